@@ -1,0 +1,23 @@
+# `make demo`: set up .venv and run the whole pipeline on the built-in data.
+# `make test`: set up .venv and run the tests.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DATA ?= openclipart
+
+.PHONY: setup test demo clean-demo
+
+# The venv is (re)made when missing or older than requirements.txt.
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	$(PY) demo.py --data $(DATA) $(DEMO_ARGS)

@@ -1,0 +1,56 @@
+"""Every constant a user edits to port the method to a new dataset.
+
+Each one is the default of a command-line flag of the same name (lower case, dashes), so a
+run can override any of them without editing this file. Values are the authors' unless noted.
+"""
+import os
+
+# --- Dataset -------------------------------------------------------------------------------
+DATASET = "runs/demo/synthetic/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics folder/db.pickle
+DATASET_FORMAT = None           # None: found from the path; or "jsonl", "karpathy", "politics"
+IMAGE_ROOT = None               # folder image paths are relative to (None: the dataset file's folder)
+WORK_DIR = "runs/default"       # every script reads and writes here, never the current directory
+SEED = 0
+WORKERS = min(8, os.cpu_count() or 1)
+
+# Validation split when the dataset marks no item "val": a seeded slice of train.
+VAL_SIZE = None                 # None: as large as the test split (the authors' choice)
+POLITICS_MIN_CHARS = 500        # complete_db.pickle items with len(text) <= this are dropped (0: keep all)
+
+# --- Text preprocessing --------------------------------------------------------------------
+MAX_SENTENCES = 2               # first N sentences of each text (None: whole text, as for captions)
+MAX_CHARS = 10_000              # raw text cut before tokenising
+
+# --- Doc2Vec -------------------------------------------------------------------------------
+VECTOR_SIZE = 200
+WINDOW = 20
+MIN_COUNT = 20
+EPOCHS = 50                     # the paper reports 20 on Politics; the release used 50
+
+# --- Semantic neighbourhoods (kNN) ---------------------------------------------------------
+K = 200
+BACKEND = "hnsw"                # "hnsw" (nmslib) or "exact" (torch, GPU when present)
+SPACE = "l2"                    # "l2" as the authors, or "cosinesimil"
+M = 16                          # HNSW graph degree (nmslib's default)
+EF_CONSTRUCTION = 200           # nmslib's default
+EF_SEARCH = 400                 # the release never set it; below K the recall drops sharply
+NEIGHBOR_POOL = 10              # a training item draws its neighbour from this many nearest
+
+# --- Cross-modal model and training --------------------------------------------------------
+ARCH = "resnet50"
+EMBED_DIM = 256
+GRU_HIDDEN = 512
+MAX_TOKENS = 200                # longest token sequence fed to the GRU (after filtering)
+IMAGE_SIZE = 224
+BATCH_SIZE = 32
+LR = 1e-4
+WEIGHT_DECAY = 1e-5
+LR_PATIENCE = 5                 # ReduceLROnPlateau patience (epochs)
+PATIENCE = 10                   # early stop after this many epochs without a better val loss
+MAX_EPOCHS = 999
+LOSS = "angular"                # "angular" (N-pair angular, the paper's) or "triplet"
+TAN2_ALPHA = 1.0                # angular loss tan^2(alpha)
+MARGIN = 0.2                    # triplet margin
+HARDEST_NEGATIVE = False        # triplet: hardest negative (VSE++) instead of the sum
+PRECISION = "bf16"              # on CUDA; the CPU always runs fp32
+MAX_BAD_IMAGES = 0.01           # share of unreadable images tolerated before training stops

@@ -1,0 +1,1 @@
+"""Datasets, text preprocessing and the files the pipeline's scripts exchange."""

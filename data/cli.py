@@ -1,0 +1,49 @@
+"""Command-line flags every script shares; each default comes from config.py."""
+from __future__ import annotations
+
+import argparse
+
+import config
+
+from .items import Item
+from .readers import FORMATS, load_dataset
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = p.add_argument_group("dataset and work folder (config.py)")
+    g.add_argument("--dataset", default=config.DATASET,
+                   help="a .jsonl manifest, a Karpathy .json, or a Politics folder / db.pickle")
+    g.add_argument("--dataset-format", choices=FORMATS, default=config.DATASET_FORMAT,
+                   help="force the format instead of finding it from the path")
+    g.add_argument("--image-root", default=config.IMAGE_ROOT,
+                   help="folder relative image paths start from (default: the dataset's folder)")
+    g.add_argument("--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
+    g.add_argument("--workers", type=int, default=config.WORKERS, help="worker processes")
+    g.add_argument("--seed", type=int, default=config.SEED)
+    g.add_argument("--val-size", type=int, default=config.VAL_SIZE,
+                   help="size of the seeded validation slice of train when no item is marked val "
+                        "(default: the test split's size)")
+    g.add_argument("--politics-min-chars", type=int, default=config.POLITICS_MIN_CHARS,
+                   help="complete_db.pickle items this short or shorter are dropped")
+    g.add_argument("--max-sentences", type=int, default=config.MAX_SENTENCES,
+                   help="first N sentences of each text (0: the whole text)")
+    g.add_argument("--max-chars", type=int, default=config.MAX_CHARS, help="raw text cut before tokenising")
+    return p
+
+
+def load_items(args: argparse.Namespace) -> list[Item]:
+    return load_dataset(args.dataset, args.dataset_format, args.image_root, args.val_size,
+                        args.seed, args.politics_min_chars)
+
+
+def run_main(main) -> None:
+    """Run a script's main(), turning input errors into one line on stderr and exit status 2."""
+    import sys
+    from .items import DatasetError
+    try:
+        main()
+    except DatasetError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

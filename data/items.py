@@ -1,0 +1,75 @@
+"""The one item type every reader yields, the split logic and the document view of items."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+SPLITS = ("train", "val", "test")
+
+
+class DatasetError(ValueError):
+    """Bad input: the message is one line naming the file or item and the fix."""
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    image: str                  # absolute path
+    texts: tuple[str, ...]      # one or more texts (several captions per image for COCO)
+    split: str                  # "train", "val" or "test"
+    label: str | None = None    # a category, used by evaluation when present
+
+
+@dataclass(frozen=True)
+class Document:
+    """One (image, text) pair: the unit Doc2Vec, the kNN and training work on."""
+    id: str          # "<item id>" for single-text items, "<item id>#<j>" otherwise
+    item: int        # index into the item list
+    text: int        # index into the item's texts
+
+
+def assign_validation(items: list[Item], val_size: int | None, seed: int) -> list[Item]:
+    """Mark a seeded slice of train as val when no item is marked val.
+
+    The slice is the same on every run and in every script, as long as the items and seed are.
+    `val_size` None means as large as the test split (the authors' choice).
+    """
+    if any(it.split == "val" for it in items):
+        return items
+    train = [i for i, it in enumerate(items) if it.split == "train"]
+    n = val_size if val_size is not None else sum(it.split == "test" for it in items)
+    if n <= 0:
+        return items
+    if n >= len(train):
+        raise DatasetError(f"validation size {n} leaves no training items (only {len(train)} "
+                           "train items): pass a smaller --val-size")
+    chosen = set(random.Random(seed).sample(train, n))
+    return [Item(it.id, it.image, it.texts, "val", it.label) if i in chosen else it
+            for i, it in enumerate(items)]
+
+
+def documents(items: Sequence[Item], splits: Iterable[str] = ("train",)) -> list[Document]:
+    """Every (image, text) pair of the given splits, in item order."""
+    wanted = set(splits)
+    docs = []
+    for i, it in enumerate(items):
+        if it.split not in wanted:
+            continue
+        for j in range(len(it.texts)):
+            docs.append(Document(it.id if len(it.texts) == 1 else f"{it.id}#{j}", i, j))
+    return docs
+
+
+def check_unique_ids(items: Sequence[Item], source: str) -> None:
+    seen: set[str] = set()
+    for it in items:
+        if it.id in seen:
+            raise DatasetError(f"{source}: duplicate id {it.id!r}: make every item id unique")
+        seen.add(it.id)
+
+
+def check_split(split: str, where: str) -> str:
+    if split not in SPLITS:
+        raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+    return split

@@ -1,0 +1,194 @@
+"""Dataset readers: a JSONL manifest (the project's format), the authors' Politics pickles and
+the Karpathy split JSON (COCO, Flickr30K). Each returns a list of `Item`s."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from pathlib import Path
+
+from .items import DatasetError, Item, assign_validation, check_split, check_unique_ids
+
+FORMATS = ("jsonl", "karpathy", "politics")
+
+
+def detect_format(path: Path) -> str:
+    if path.is_dir() or path.suffix == ".pickle":
+        return "politics"
+    if path.suffix == ".jsonl":
+        return "jsonl"
+    if path.suffix == ".json":
+        return "karpathy"
+    raise DatasetError(f"{path}: cannot tell the dataset format from the name: pass "
+                       f"--dataset-format {'|'.join(FORMATS)}")
+
+
+def _resolve(image: str, root: Path) -> str:
+    return image if os.path.isabs(image) else os.path.normpath(os.path.join(root, image))
+
+
+def _clean_texts(texts: list, where: str, dropped: list[str]) -> tuple[str, ...]:
+    kept = []
+    for t in texts:
+        if not isinstance(t, str):
+            raise DatasetError(f"{where}: a text is {type(t).__name__}, not a string: fix the item")
+        if t.strip():
+            kept.append(t)
+        else:
+            dropped.append(where)
+    return tuple(kept)
+
+
+def _report_dropped(dropped: list[str], what: str) -> None:
+    if dropped:
+        print(f"dropped {len(dropped)} {what} (first: {', '.join(dropped[:3])})")
+
+
+def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
+    root = image_root or path.parent
+    items, empty = [], []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            where = f"{path}:{n}"
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+            if not isinstance(rec, dict):
+                raise DatasetError(f"{where}: expected a JSON object per line")
+            if not isinstance(rec.get("image"), str) or not rec["image"]:
+                raise DatasetError(f'{where}: no "image" path: add one')
+            if "texts" in rec:
+                texts = rec["texts"] if isinstance(rec["texts"], list) else [rec["texts"]]
+            elif "text" in rec:
+                texts = [rec["text"]]
+            else:
+                raise DatasetError(f'{where}: no "texts" or "text": add the item\'s text')
+            item_id = str(rec.get("id", n))
+            texts = _clean_texts(texts, f"{where} (id {item_id})", empty)
+            if not texts:
+                continue
+            split = check_split(rec.get("split", "train"), where)
+            label = rec.get("label")
+            items.append(Item(item_id, _resolve(rec["image"], root), texts, split,
+                              None if label is None else str(label)))
+    _report_dropped(empty, "empty texts")
+    check_unique_ids(items, str(path))
+    return items
+
+
+def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
+    root = image_root or path.parent
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        images = data["images"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise DatasetError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
+                           "pass the dataset_coco.json / dataset_flickr30k.json file") from None
+    items, empty = [], []
+    for n, img in enumerate(images):
+        where = f"{path}: images[{n}]"
+        try:
+            rel = os.path.join(img.get("filepath", ""), img["filename"])
+            raws = [s["raw"] for s in img["sentences"]]
+            split = {"restval": "train"}.get(img["split"], img["split"])
+        except (KeyError, TypeError) as e:
+            raise DatasetError(f"{where}: missing field {e}: every image needs filename, split and "
+                               "sentences[].raw") from None
+        item_id = str(img.get("cocoid", img.get("imgid", rel)))
+        texts = _clean_texts(raws, f"{where} ({rel})", empty)
+        if texts:
+            items.append(Item(item_id, _resolve(rel, root), texts, check_split(split, where)))
+    _report_dropped(empty, "empty captions")
+    check_unique_ids(items, str(path))
+    return items
+
+
+def _load_pickle(path: Path) -> object:
+    try:
+        with open(path, "rb") as f:
+            return pickle.load(f)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
+        raise DatasetError(f"{path}: unreadable pickle ({e}): re-create the file") from None
+
+
+def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 500) -> list[Item]:
+    """db.pickle or complete_db.pickle, with train_test_paths.pickle beside it."""
+    folder = path if path.is_dir() else path.parent
+    if path.is_dir():
+        path = next((folder / n for n in ("db.pickle", "complete_db.pickle") if (folder / n).exists()),
+                    folder / "db.pickle")
+    if not path.exists():
+        raise DatasetError(f"{path}: not found: a Politics folder needs db.pickle or complete_db.pickle")
+    split_file = next((folder / n for n in ("train_test_paths.pickle", "train_test_pths.pickle")
+                       if (folder / n).exists()), None)
+    if split_file is None:
+        raise DatasetError(f"{folder / 'train_test_paths.pickle'}: not found: the Politics split file "
+                           "({'train': [...], 'test': [...]}) must lie beside the texts")
+    db = _load_pickle(path)
+    texts: dict[str, str] = {}
+    short = []
+    if isinstance(db, dict):  # complete_db: {side: {issue: [{'content_text', 'local_path'}]}}
+        for side, issues in db.items():
+            for issue, records in issues.items():
+                for r in records:
+                    if len(r["content_text"]) <= min_chars:
+                        short.append(r["local_path"])
+                    else:
+                        texts[r["local_path"]] = r["content_text"]
+    elif isinstance(db, list):
+        for n, pair in enumerate(db):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+                raise DatasetError(f"{path}: entry {n} is not an (image_path, text) pair")
+            texts[pair[0]] = pair[1]
+    else:
+        raise DatasetError(f"{path}: expected a list of (image_path, text) or the complete_db dict")
+    if short:
+        print(f"dropped {len(short)} items of {min_chars} characters or fewer "
+              f"(first: {', '.join(short[:3])}); --politics-min-chars 0 keeps them")
+    splits = _load_pickle(split_file)
+    if not isinstance(splits, dict) or not {"train", "test"} <= set(splits):
+        raise DatasetError(f"{split_file}: expected a dict with 'train' and 'test' path lists")
+    root = image_root or folder
+    items, empty, unsplit = [], [], set(texts)
+    for split in ("train", "val", "test"):
+        for p in splits.get(split, []):
+            if p not in texts:
+                if p in short:
+                    continue
+                raise DatasetError(f"{split_file}: {split} path {p!r} has no text in {path.name}: "
+                                   "use the split file made with this db")
+            unsplit.discard(p)
+            kept = _clean_texts([texts[p]], f"{path.name} ({p})", empty)
+            if kept:
+                items.append(Item(p, _resolve(p, root), kept, split))
+    _report_dropped(empty, "empty texts")
+    if unsplit:
+        print(f"left out {len(unsplit)} items that {split_file.name} puts in no split "
+              f"(first: {', '.join(sorted(unsplit)[:3])})")
+    check_unique_ids(items, str(split_file))
+    return items
+
+
+def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Path | None = None,
+                 val_size: int | None = None, seed: int = 0, politics_min_chars: int = 500) -> list[Item]:
+    """Read any supported dataset and assign the seeded validation slice."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"{path}: dataset not found: pass --dataset with a .jsonl manifest, a "
+                           "Karpathy .json or a Politics folder")
+    fmt = fmt or detect_format(path)
+    root = Path(image_root) if image_root else None
+    if fmt == "jsonl":
+        items = read_jsonl(path, root)
+    elif fmt == "karpathy":
+        items = read_karpathy(path, root)
+    elif fmt == "politics":
+        items = read_politics(path, root, politics_min_chars)
+    else:
+        raise DatasetError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
+    if not any(it.split == "train" for it in items):
+        raise DatasetError(f"{path}: no training items: mark some items \"split\": \"train\"")
+    return assign_validation(items, val_size, seed)

@@ -1,0 +1,26 @@
+"""Step 2: infer a Doc2Vec vector for every training document -> doc2vec_features.pickle.
+
+The file holds {'ids': [document id], 'vectors': float32 [N, d]} in document order;
+documents whose text leaves no token are dropped and counted.
+"""
+from pathlib import Path
+
+from data.cli import load_items, parser, run_main
+from data.corpus import drop_empty, tokenized_documents
+from data.doc2vec import infer_vectors
+from data.workdir import DOC2VEC_FEATURES, DOC2VEC_MODEL, require, save_pickle
+
+
+def main() -> None:
+    args = parser(__doc__).parse_args()
+    model_path = require(args.work_dir, DOC2VEC_MODEL)
+    items = load_items(args)
+    docs, tokens = drop_empty(*tokenized_documents(items, ["train"], args), "training")
+    vectors = infer_vectors(str(model_path), tokens, args.workers)
+    out = Path(args.work_dir) / DOC2VEC_FEATURES
+    save_pickle({"ids": [d.id for d in docs], "vectors": vectors}, out)
+    print(f"wrote {out}: {vectors.shape[0]} vectors of {vectors.shape[1]} dimensions")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,56 @@
+"""Step 3: the semantic neighbours of every training document -> document_feats_knn.pickle.
+
+The file holds {'ids', 'neighbors': int32 [N, k], 'distances': float32 [N, k], 'space',
+'backend'}: rows sorted nearest first, self included (the training sampler drops it).
+"""
+import time
+from pathlib import Path
+
+import numpy as np
+
+import config
+from data.cli import parser, run_main
+from data.items import DatasetError
+from data.knn import SPACES, exact_knn, hnsw_knn, recall_at
+from data.workdir import DOC2VEC_FEATURES, KNN, load_pickle, save_pickle
+
+
+def main() -> None:
+    p = parser(__doc__)
+    g = p.add_argument_group("neighbours (config.py)")
+    g.add_argument("--k", type=int, default=config.K)
+    g.add_argument("--backend", choices=("hnsw", "exact"), default=config.BACKEND)
+    g.add_argument("--space", choices=SPACES, default=config.SPACE)
+    g.add_argument("--M", type=int, default=config.M, help="HNSW graph degree")
+    g.add_argument("--ef-construction", type=int, default=config.EF_CONSTRUCTION)
+    g.add_argument("--ef-search", type=int, default=config.EF_SEARCH)
+    g.add_argument("--device", default=None, help="exact backend: cpu or cuda (default: cuda when present)")
+    args = p.parse_args()
+
+    feats = load_pickle(args.work_dir, DOC2VEC_FEATURES)
+    vectors = feats["vectors"]
+    n = len(vectors)
+    if args.k > n:
+        raise DatasetError(f"--k {args.k} is larger than the corpus ({n} documents in "
+                           f"{Path(args.work_dir) / DOC2VEC_FEATURES}): pass --k {n} or less")
+    t = time.time()
+    if args.backend == "exact":
+        ids, dists = exact_knn(vectors, args.k, args.space, args.device)
+    else:
+        ids, dists = hnsw_knn(vectors, args.k, args.space, args.M, args.ef_construction,
+                              args.ef_search, args.workers)
+    print(f"{args.backend} kNN, k={args.k}, {n} documents: {time.time() - t:.1f}s")
+    if args.backend == "hnsw":
+        sample = np.random.default_rng(args.seed).choice(n, size=min(1000, n), replace=False)
+        _, exact_d = exact_knn(vectors, min(10, args.k), args.space, args.device,
+                               queries=vectors[sample], progress=False)
+        print(f"HNSW recall@{min(10, args.k)} against exact on {len(sample)} queries: "
+              f"{recall_at(dists[sample], exact_d, min(10, args.k)):.4f}")
+    out = Path(args.work_dir) / KNN
+    save_pickle({"ids": feats["ids"], "neighbors": ids, "distances": dists,
+                 "space": args.space, "backend": args.backend}, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,8 @@
+"""The cross-modal model: image and text encoders into one 256-d unit sphere."""
+from models.image import ARCHS, ImageEncoder, imagenet_cache_path
+from models.joint import CrossModalModel, build_model, model_config
+from models.text import TextEncoder
+from models.vocab import END, PAD, START, Vocabulary, pad_batch
+
+__all__ = ["ARCHS", "ImageEncoder", "imagenet_cache_path", "TextEncoder", "CrossModalModel",
+           "build_model", "model_config", "Vocabulary", "pad_batch", "PAD", "START", "END"]

@@ -1,0 +1,63 @@
+"""The two branches together, and the dict that lets a checkpoint rebuild them."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from torch import Tensor, nn
+
+from models.image import ImageEncoder
+from models.text import TextEncoder
+
+CONFIG_KEYS = ("arch", "embed_dim", "word_dim", "hidden", "vocab_size")
+
+
+class CrossModalModel(nn.Module):
+    """Images and texts embedded as unit vectors of one joint space."""
+
+    def __init__(self, image: ImageEncoder, text: TextEncoder):
+        super().__init__()
+        if image.embed_dim != text.embed_dim:
+            raise ValueError(f"image embed_dim {image.embed_dim} differs from text embed_dim "
+                             f"{text.embed_dim}: both branches must share the joint space")
+        self.image = image
+        self.text = text
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        return self.image(images)
+
+    def embed_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        return self.text(tokens, lengths)
+
+    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Both branches in one call, so that DistributedDataParallel sees every parameter."""
+        return self.image(images), self.text(tokens, lengths)
+
+    def config(self) -> dict:
+        return model_config(arch=self.image.arch, embed_dim=self.image.embed_dim,
+                            word_dim=self.text.embedding.embedding_dim,
+                            hidden=self.text.gru.hidden_size,
+                            vocab_size=self.text.embedding.num_embeddings)
+
+
+def model_config(arch: str, embed_dim: int, word_dim: int, hidden: int, vocab_size: int) -> dict:
+    """Plain dict (json- and torch.save-safe) that build_model turns back into the model."""
+    return {"arch": arch, "embed_dim": int(embed_dim), "word_dim": int(word_dim),
+            "hidden": int(hidden), "vocab_size": int(vocab_size)}
+
+
+def build_model(config: dict, word_vectors: np.ndarray | None = None, pretrained: bool = False,
+                weights_file: str | os.PathLike | None = None) -> CrossModalModel:
+    """The model `config` describes. The defaults build it without any pretrained weights,
+    which is what loading a checkpoint needs: its state dict overwrites every parameter."""
+    if not isinstance(config, dict):
+        raise ValueError(f"model config must be a dict, got {type(config).__name__}")
+    missing = [k for k in CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"model config lacks {', '.join(missing)}: the checkpoint was not "
+                         "written by this project's training")
+    image = ImageEncoder(config["arch"], config["embed_dim"], pretrained=pretrained,
+                         weights_file=weights_file)
+    text = TextEncoder(config["vocab_size"], config["word_dim"], config["hidden"],
+                       config["embed_dim"], word_vectors=word_vectors)
+    return CrossModalModel(image, text)
