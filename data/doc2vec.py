@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -14,6 +15,9 @@ from .items import DatasetError
 def train_doc2vec(tokens: Sequence[list[str]], vector_size: int, window: int, min_count: int,
                   epochs: int, workers: int, seed: int) -> Doc2Vec:
     """PV-DM with gensim's defaults otherwise, documents tagged by index (as the authors)."""
+    if not tokens:
+        raise DatasetError("no training documents to train Doc2Vec on: mark some items "
+                           '"split": "train" with non-empty texts')
     corpus = [TaggedDocument(t, [i]) for i, t in enumerate(tokens)]
     model = Doc2Vec(vector_size=vector_size, window=window, min_count=min_count, epochs=epochs,
                     workers=max(1, workers), seed=seed)
@@ -34,14 +38,18 @@ def _init(path: str) -> None:
 
 
 def _infer(tokens: list[str]) -> np.ndarray:
+    # Inference draws negative samples and windows from model.random, whose state would carry
+    # over from the previous document: reseeding from the words makes each vector independent
+    # of the document order and of the worker count.
+    _model.random.seed([_model.seed, zlib.crc32(" ".join(tokens).encode("utf-8"))])
     return _model.infer_vector(tokens)
 
 
 def infer_vectors(model_path: str, tokens: Sequence[list[str]], workers: int = 1) -> np.ndarray:
     """`infer_vector` with gensim's defaults for every document, in order: float32 [N, d].
 
-    gensim seeds each inference from the document's words, so the result does not depend on
-    the worker count.
+    Each inference is seeded from the model's seed and the document's words, so a vector does
+    not depend on the document order or the worker count.
     """
     bar = dict(total=len(tokens), desc="inferring Doc2Vec vectors", unit="doc", mininterval=1.0)
     if workers <= 1 or len(tokens) < 1000:

@@ -27,6 +27,13 @@ def _resolve(image: str, root: Path) -> str:
     return image if os.path.isabs(image) else os.path.normpath(os.path.join(root, image))
 
 
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
+
+
 def _clean_texts(texts: list, where: str, dropped: list[str]) -> tuple[str, ...]:
     kept = []
     for t in texts:
@@ -47,33 +54,33 @@ def _report_dropped(dropped: list[str], what: str) -> None:
 def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or path.parent
     items, empty = [], []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DatasetError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
-            if not isinstance(rec, dict):
-                raise DatasetError(f"{where}: expected a JSON object per line")
-            if not isinstance(rec.get("image"), str) or not rec["image"]:
-                raise DatasetError(f'{where}: no "image" path: add one')
-            if "texts" in rec:
-                texts = rec["texts"] if isinstance(rec["texts"], list) else [rec["texts"]]
-            elif "text" in rec:
-                texts = [rec["text"]]
-            else:
-                raise DatasetError(f'{where}: no "texts" or "text": add the item\'s text')
-            item_id = str(rec.get("id", n))
-            texts = _clean_texts(texts, f"{where} (id {item_id})", empty)
-            if not texts:
-                continue
-            split = check_split(rec.get("split", "train"), where)
-            label = rec.get("label")
-            items.append(Item(item_id, _resolve(rec["image"], root), texts, split,
-                              None if label is None else str(label)))
+    # Split on "\n" only: JSON strings may hold U+2028 and the like, which splitlines() breaks on.
+    for n, line in enumerate(_read_text(path).split("\n"), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DatasetError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+        if not isinstance(rec, dict):
+            raise DatasetError(f"{where}: expected a JSON object per line: fix or remove the line")
+        if not isinstance(rec.get("image"), str) or not rec["image"]:
+            raise DatasetError(f'{where}: no "image" path: add one')
+        if "texts" in rec:
+            texts = rec["texts"] if isinstance(rec["texts"], list) else [rec["texts"]]
+        elif "text" in rec:
+            texts = [rec["text"]]
+        else:
+            raise DatasetError(f'{where}: no "texts" or "text": add the item\'s text')
+        item_id = str(rec["id"]) if rec.get("id") is not None else str(n)
+        texts = _clean_texts(texts, f"{where} (id {item_id})", empty)
+        if not texts:
+            continue
+        split = check_split(rec.get("split", "train"), where)
+        label = rec.get("label")
+        items.append(Item(item_id, _resolve(rec["image"], root), texts, split,
+                          None if label is None else str(label)))
     _report_dropped(empty, "empty texts")
     check_unique_ids(items, str(path))
     return items
@@ -82,7 +89,7 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
 def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or path.parent
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(_read_text(path))
         images = data["images"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise DatasetError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
@@ -94,7 +101,7 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
             rel = os.path.join(img.get("filepath", ""), img["filename"])
             raws = [s["raw"] for s in img["sentences"]]
             split = {"restval": "train"}.get(img["split"], img["split"])
-        except (KeyError, TypeError) as e:
+        except (KeyError, TypeError, AttributeError) as e:
             raise DatasetError(f"{where}: missing field {e}: every image needs filename, split and "
                                "sentences[].raw") from None
         item_id = str(img.get("cocoid", img.get("imgid", rel)))
@@ -110,8 +117,10 @@ def _load_pickle(path: Path) -> object:
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as e:
-        raise DatasetError(f"{path}: unreadable pickle ({e}): re-create the file") from None
+    except Exception as e:  # a damaged pickle can raise almost anything
+        msg = " ".join(str(e).split())[:200]
+        raise DatasetError(f"{path}: unreadable pickle ({type(e).__name__}: {msg}): re-create "
+                           "the file") from None
 
 
 def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 500) -> list[Item]:
@@ -129,15 +138,20 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
                            "({'train': [...], 'test': [...]}) must lie beside the texts")
     db = _load_pickle(path)
     texts: dict[str, str] = {}
-    short = []
+    short: dict[str, None] = {}  # ordered, for the message, and fast to look up
     if isinstance(db, dict):  # complete_db: {side: {issue: [{'content_text', 'local_path'}]}}
-        for side, issues in db.items():
-            for issue, records in issues.items():
-                for r in records:
-                    if len(r["content_text"]) <= min_chars:
-                        short.append(r["local_path"])
-                    else:
-                        texts[r["local_path"]] = r["content_text"]
+        try:
+            for side, issues in db.items():
+                for issue, records in issues.items():
+                    for r in records:
+                        if min_chars > 0 and len(r["content_text"]) <= min_chars:
+                            short[r["local_path"]] = None
+                        else:
+                            texts[r["local_path"]] = r["content_text"]
+        except (AttributeError, KeyError, TypeError) as e:
+            raise DatasetError(f"{path}: not the complete_db layout {{side: {{issue: [{{'content_text', "
+                               f"'local_path'}}]}}}} ({type(e).__name__}: {e}): pass db.pickle "
+                               "or re-create the file") from None
     elif isinstance(db, list):
         for n, pair in enumerate(db):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
@@ -147,7 +161,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
         raise DatasetError(f"{path}: expected a list of (image_path, text) or the complete_db dict")
     if short:
         print(f"dropped {len(short)} items of {min_chars} characters or fewer "
-              f"(first: {', '.join(short[:3])}); --politics-min-chars 0 keeps them")
+              f"(first: {', '.join(list(short)[:3])}); --politics-min-chars 0 keeps them")
     splits = _load_pickle(split_file)
     if not isinstance(splits, dict) or not {"train", "test"} <= set(splits):
         raise DatasetError(f"{split_file}: expected a dict with 'train' and 'test' path lists")

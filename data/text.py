@@ -6,6 +6,7 @@ untrained Punkt tokenizer given a list of common English abbreviations instead.
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 from functools import lru_cache, partial
 from typing import Sequence
 
@@ -21,6 +22,10 @@ ABBREVIATIONS = (
     "jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun "
     "u.s u.k u.n e.u a.m p.m e.g i.e d.c n.y l.a ph.d u.s.a"
 ).split()
+
+# gensim's strip_tags pattern. Tags become a space before sentences are split, so that
+# "end.</p><p>Next" still ends a sentence; the filter chain would strip them anyway.
+_TAG = re.compile(r"<([^>]+)>", re.UNICODE)
 
 FILTERS = [lambda s: s.lower(), strip_tags, strip_punctuation, strip_multiple_whitespaces,
            strip_non_alphanum, remove_stopwords, strip_short]
@@ -40,14 +45,15 @@ def first_sentences(text: str, max_sentences: int | None) -> str:
 
 
 def preprocess(text: str, max_sentences: int | None = 2, max_chars: int | None = 10_000) -> list[str]:
-    """Raw text -> tokens: cut, first sentences, ascii, gensim filters.
+    """Raw text -> tokens: cut, html tags, first sentences, ascii, gensim filters.
 
     The authors replaced non-ascii characters before splitting sentences; the '?' that leaves
     ("Caf? owners") then ends a sentence. Splitting first keeps their tokens and fixes that.
     """
     if max_chars:
         text = text[:max_chars]
-    text = first_sentences(text, max_sentences).encode("ascii", errors="replace").decode("ascii")
+    text = first_sentences(_TAG.sub(" ", text), max_sentences)
+    text = text.encode("ascii", errors="replace").decode("ascii")
     return preprocess_string(text, FILTERS)
 
 

@@ -41,7 +41,8 @@ def download_weights(url: str, dest: Path) -> None:
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        torch.hub.download_url_to_file(url, str(dest), hash_prefix=match.group(1) if match else None)
+        torch.hub.download_url_to_file(url, str(dest),
+                                       hash_prefix=match.group(1) if match else None)
     finally:
         socket.setdefaulttimeout(previous)
 

@@ -57,7 +57,8 @@ class Vocabulary:
     def from_state(cls, state: list[str]) -> "Vocabulary":
         if not isinstance(state, list):
             raise ValueError(f"vocabulary state must be a list of words, got "
-                             f"{type(state).__name__}: the checkpoint is not one this project wrote")
+                             f"{type(state).__name__}: the checkpoint is not one this project "
+                             "wrote")
         return cls(state)
 
     def fingerprint(self) -> str:

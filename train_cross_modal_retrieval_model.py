@@ -1,0 +1,197 @@
+"""Step 4: train the cross-modal model with the semantic-neighbourhood constraints.
+
+    python train_cross_modal_retrieval_model.py W_SYM W_IMG W_TEXT [flags]
+
+L = L_i2t + W_SYM * L_sym + W_IMG * L_img + W_TEXT * L_text; `1 0.3 0.2` are the paper's
+weights, `1 0 0` the baseline without its constraints. Several GPUs: torchrun --nproc_per_node N.
+"""
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
+
+import config
+from data.cli import parser, run_main
+from losses import cross_modal_loss
+from models import ARCHS, build_model
+from training import distributed
+from training.checkpoint import load_checkpoint, save_checkpoint
+from training.data import PairDataset, epoch_order, make_loader
+from training.images import normalize
+from training.prepare import prepare
+
+
+def parse_args():
+    p = parser(__doc__)
+    p.add_argument("w_sym", type=float, help="weight of L_sym (text -> its image)")
+    p.add_argument("w_img", type=float, help="weight of L_img (image -> a text-neighbour's image)")
+    p.add_argument("w_text", type=float, help="weight of L_text (text -> a neighbour's text)")
+    g = p.add_argument_group("model (config.py)")
+    g.add_argument("--arch", choices=sorted(ARCHS), default=config.ARCH)
+    g.add_argument("--no-pretrained", action="store_true", help="random image weights, not ImageNet")
+    g.add_argument("--image-weights", default=None, help="a local state dict for the ResNet")
+    g.add_argument("--image-size", type=int, default=config.IMAGE_SIZE)
+    g.add_argument("--embed-dim", type=int, default=config.EMBED_DIM)
+    g.add_argument("--gru-hidden", type=int, default=config.GRU_HIDDEN)
+    g.add_argument("--max-tokens", type=int, default=config.MAX_TOKENS)
+    g = p.add_argument_group("training (config.py)")
+    g.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="per process")
+    g.add_argument("--epochs", type=int, default=config.MAX_EPOCHS, help="a cap on the epochs")
+    g.add_argument("--patience", type=int, default=config.PATIENCE,
+                   help="stop after this many epochs without a better validation loss")
+    g.add_argument("--lr", type=float, default=config.LR)
+    g.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
+    g.add_argument("--lr-patience", type=int, default=config.LR_PATIENCE)
+    g.add_argument("--loss", choices=("angular", "triplet"), default=config.LOSS)
+    g.add_argument("--tan2-alpha", type=float, default=config.TAN2_ALPHA)
+    g.add_argument("--margin", type=float, default=config.MARGIN)
+    g.add_argument("--hardest-negative", action="store_true", default=config.HARDEST_NEGATIVE)
+    g.add_argument("--neighbor-pool", type=int, default=config.NEIGHBOR_POOL)
+    g.add_argument("--precision", choices=("bf16", "fp32"), default=config.PRECISION,
+                   help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when present")
+    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+                   help="share of unreadable images tolerated")
+    g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
+    g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
+    return p.parse_args()
+
+
+def run_name(w_sym: float, w_img: float, w_text: float) -> str:
+    f = lambda w: f"{w:g}".replace(".", "_")  # noqa: E731
+    return f"l_i2t_l_sym_{f(w_sym)}_l_img_{f(w_img)}_l_text_{f(w_text)}"
+
+
+def validate(model, data, args, ctx, amp) -> float:
+    """Mean L_i2t over the validation documents (in-batch negatives), as the authors."""
+    model.eval()
+    ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
+    order = epoch_order(len(ds), args.seed, 0, ctx.rank, ctx.world, shuffle=False)
+    total = count = 0.0
+    with torch.no_grad():
+        for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
+            if len(b["image_ids"]) < 2:
+                continue
+            with amp:
+                img, txt = model(prep_images(b, ctx, args, train=False),
+                                 b["tokens"].to(ctx.device), b["lengths"])
+            _, parts = cross_modal_loss(img, txt, img, txt, b["image_ids"].to(ctx.device),
+                                        b["image_ids"].to(ctx.device), b["has_nb"].to(ctx.device),
+                                        0, 0, 0, args.loss, args.tan2_alpha, args.margin,
+                                        args.hardest_negative)
+            total += parts["l_i2t"].item() * len(b["image_ids"])
+            count += len(b["image_ids"])
+    total, count = distributed.all_sum([total, count], ctx)
+    return total / max(count, 1)
+
+
+def prep_images(batch: dict, ctx, args, train: bool) -> torch.Tensor:
+    images = batch["images"].to(ctx.device, non_blocking=True)
+    flip = (torch.rand(len(images)) < 0.5).to(ctx.device) if train else None
+    x = normalize(images, flip)
+    if ctx.device.type == "cuda" and args.precision == "bf16":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def main() -> None:
+    args = parse_args()
+    ctx = distributed.setup(args.device)
+    torch.manual_seed(args.seed)
+    data = prepare(args, ctx)
+    log_dir = Path(args.log_dir or Path(args.work_dir) / "models" / run_name(args.w_sym, args.w_img, args.w_text))
+    use_bf16 = ctx.device.type == "cuda" and args.precision == "bf16"
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+
+    model = build_model({"arch": args.arch, "embed_dim": args.embed_dim, "word_dim": data.word_vectors.shape[1],
+                         "hidden": args.gru_hidden, "vocab_size": len(data.vocab)},
+                        data.word_vectors, pretrained=not args.no_pretrained,
+                        weights_file=args.image_weights).to(ctx.device)
+    if use_bf16:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
+    start, best, since_best, step = 0, math.inf, 0, 0
+    if args.resume:
+        state = load_checkpoint(log_dir / "last.pt", ctx.device)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        start, best, since_best, step = state["epoch"] + 1, state["best_val"], state["since_best"], state["step"]
+        if ctx.main:
+            print(f"resuming {log_dir / 'last.pt'} after epoch {state['epoch']}")
+    net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
+        if ctx.world > 1 else model
+    writer = SummaryWriter(str(log_dir), purge_step=step if args.resume else None) if ctx.main else None
+    train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
+    config_record = {k: v for k, v in vars(args).items() if k != "resume"}
+    config_record["dataset"] = str(Path(args.dataset).resolve())
+
+    epochs = tqdm(range(start, args.epochs), desc="epochs", unit="epoch", initial=start,
+                  total=args.epochs, disable=not ctx.main)
+    for epoch in epochs:
+        if since_best >= args.patience:
+            break
+        torch.manual_seed(args.seed * 100_003 + epoch)  # the epoch's flips, same on resume
+        train_ds.set_neighbors(data.sampler.sample(args.seed, epoch))
+        order = epoch_order(len(train_ds), args.seed, epoch, ctx.rank, ctx.world)
+        loader = make_loader(train_ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
+                             drop_last=len(order) > args.batch_size)
+        model.train()
+        t0, seen = time.time(), 0
+        for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
+            n = len(b["image_ids"])
+            has_nb = b["has_nb"].to(ctx.device)
+            with amp:
+                img_all, txt_all = net(prep_images(b, ctx, args, train=True),
+                                       b["tokens"].to(ctx.device, non_blocking=True), b["lengths"])
+            rows = has_nb.nonzero().squeeze(1)
+            nb_img = img_all.new_zeros(n, img_all.shape[1]).index_copy(0, rows, img_all[n:])
+            nb_txt = txt_all.new_zeros(n, txt_all.shape[1]).index_copy(0, rows, txt_all[n:])
+            loss, parts = cross_modal_loss(img_all[:n], txt_all[:n], nb_img, nb_txt,
+                                           b["image_ids"].to(ctx.device), b["nb_image_ids"].to(ctx.device),
+                                           has_nb, args.w_sym, args.w_img, args.w_text, args.loss,
+                                           args.tan2_alpha, args.margin, args.hardest_negative)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            seen += n * ctx.world
+            if writer:
+                values = torch.stack([loss.detach(), *parts.values()]).tolist()
+                for tag, v in zip(("train_loss", *parts), values):
+                    writer.add_scalar(f"data/{tag}", v, step)
+                writer.add_scalar("data/lr", optimizer.param_groups[0]["lr"], step)
+        val = validate(model, data, args, ctx, amp)
+        scheduler.step(val)
+        improved = val < best
+        best, since_best = (val, 0) if improved else (best, since_best + 1)
+        if ctx.main:
+            writer.add_scalar("data/val_loss", val, epoch)
+            writer.flush()
+            state = {"model": model.state_dict(), "model_config": model.config(), "vocab": data.vocab.to_state(),
+                     "vocab_fingerprint": data.vocab.fingerprint(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val": best,
+                     "since_best": since_best, "val_loss": val, "config": config_record}
+            save_checkpoint(state, log_dir / "last.pt")
+            if improved:
+                save_checkpoint(state, log_dir / "best.pt")
+            rate = seen / max(time.time() - t0, 1e-9)
+            epochs.write(f"epoch {epoch}: train loss {loss.item():.4f}, val loss {val:.4f}"
+                         f"{' (best)' if improved else ''}, {rate:.1f} items/s")
+    if ctx.main:
+        writer.close()
+        if since_best >= args.patience:
+            print(f"stopped early: no better validation loss for {args.patience} epochs")
+        print(log_dir / "best.pt")
+    distributed.teardown(ctx)
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,38 @@
+"""One-file checkpoints: everything to rebuild the model and to resume its training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from data.items import DatasetError
+from data.workdir import atomic_write
+from models import CrossModalModel, Vocabulary, build_model
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    """Atomic: an interrupted save leaves the previous file whole."""
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: checkpoint not found: pass the best.pt that "
+                           "train_cross_modal_retrieval_model.py printed")
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
+        raise DatasetError(f"{path}: not a readable checkpoint ({type(e).__name__}): "
+                           "pass a best.pt written by the training script") from None
+    if not isinstance(state, dict) or not {"model", "model_config", "vocab"} <= set(state):
+        raise DatasetError(f"{path}: not a checkpoint of this project (no model, model_config "
+                           "or vocab): pass a best.pt written by the training script")
+    return state
+
+
+def rebuild(state: dict, device: str | torch.device = "cpu") -> tuple[CrossModalModel, Vocabulary]:
+    """The trained model and its vocabulary, from the checkpoint alone (no pretrained weights)."""
+    model = build_model(state["model_config"])
+    model.load_state_dict(state["model"])
+    return model.to(device).eval(), Vocabulary.from_state(state["vocab"])

@@ -1,0 +1,69 @@
+"""Training pairs: a document's image and tokens plus those of its sampled neighbour."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from models.vocab import pad_batch
+
+
+class PairDataset(Dataset):
+    """Item i is document i: its image (uint8), token ids, image id, and its neighbour's."""
+
+    def __init__(self, image_ids: Sequence[int], token_ids: Sequence[list[int]],
+                 read: Callable[[int], torch.Tensor]):
+        self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        self.tokens = token_ids
+        self.read = read                       # image id -> uint8 [3, H, W]
+        self.neighbors = np.full(len(token_ids), -1, dtype=np.int64)
+
+    def set_neighbors(self, neighbors: np.ndarray) -> None:
+        self.neighbors = neighbors
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, i: int) -> dict:
+        out = {"image": self.read(int(self.image_ids[i])), "tokens": self.tokens[i],
+               "image_id": int(self.image_ids[i]), "nb": int(self.neighbors[i])}
+        if out["nb"] >= 0:
+            nb = out["nb"]
+            out["nb_image"] = self.read(int(self.image_ids[nb]))
+            out["nb_tokens"] = self.tokens[nb]
+            out["nb_image_id"] = int(self.image_ids[nb])
+        return out
+
+
+def collate(samples: list[dict]) -> dict:
+    """Images and texts of the batch followed by those of the neighbours that exist.
+
+    Only real neighbours are stacked, so no filler image passes through BatchNorm.
+    """
+    with_nb = [s for s in samples if s["nb"] >= 0]
+    images = torch.stack([s["image"] for s in samples] + [s["nb_image"] for s in with_nb])
+    tokens, lengths = pad_batch([s["tokens"] for s in samples] + [s["nb_tokens"] for s in with_nb])
+    image_ids = torch.tensor([s["image_id"] for s in samples])
+    has_nb = torch.tensor([s["nb"] >= 0 for s in samples])
+    nb_image_ids = torch.full_like(image_ids, -1)
+    nb_image_ids[has_nb] = torch.tensor([s["nb_image_id"] for s in with_nb], dtype=torch.long)
+    return {"images": images, "tokens": tokens, "lengths": lengths, "image_ids": image_ids,
+            "nb_image_ids": nb_image_ids, "has_nb": has_nb}
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True
+                ) -> list[int]:
+    """The epoch's permutation, cut into `world` equal shards (a few items repeat to even them)."""
+    order = np.random.default_rng([seed, epoch, 11]).permutation(n) if shuffle else np.arange(n)
+    per = -(-n // world)
+    order = np.resize(order, per * world)
+    return order[rank::world].tolist()
+
+
+def make_loader(dataset: Dataset, order: list[int], batch_size: int, workers: int, pin: bool,
+                drop_last: bool) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, sampler=order, num_workers=workers,
+                      collate_fn=collate, pin_memory=pin, drop_last=drop_last,
+                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)

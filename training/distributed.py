@@ -1,0 +1,57 @@
+"""Process-group set-up for torchrun (DistributedDataParallel); a single process otherwise."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class Context:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup(device: str | None) -> Context:
+    """Read torchrun's environment; NCCL on CUDA, gloo on the CPU."""
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return Context(device=torch.device(want))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if want == "cuda":
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    dist.init_process_group("nccl" if want == "cuda" else "gloo", rank=rank, world_size=world)
+    return Context(rank, world, dev)
+
+
+def all_sum(values: list[float], ctx: Context) -> list[float]:
+    if ctx.world == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=ctx.device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def broadcast(obj: object, ctx: Context) -> object:
+    """Rank 0's object on every rank (for work done once, like the image check)."""
+    if ctx.world == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def teardown(ctx: Context) -> None:
+    if ctx.world > 1:
+        dist.destroy_process_group()

@@ -1,0 +1,73 @@
+"""Image decoding (on CPU workers, to uint8) and augmentation + normalisation (on the device).
+
+Workers hand over uint8 tensors already resized, a quarter of the bytes of float32; the flip and
+the ImageNet normalisation then run batched wherever the model runs.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def read_image(path: str, size: int) -> torch.Tensor:
+    """Decode and resize to [3, size, size] uint8, aspect ratio not kept (as the authors)."""
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
+        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        arr = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+
+
+def _probe(job: tuple[str, int]) -> str | None:
+    path, size = job
+    try:
+        read_image(path, size)
+        return None
+    except Exception as e:  # noqa: BLE001 - any decoder failure means the same: unusable image
+        return f"{type(e).__name__}: {e}".splitlines()[0]
+
+
+def find_bad_images(paths: Sequence[str], size: int, workers: int = 1) -> dict[str, str]:
+    """Decode every image once; returns {path: reason} for those that are missing or broken."""
+    unique = sorted(set(paths))
+    jobs = [(p, size) for p in unique]
+    bar = dict(total=len(jobs), desc="checking images", unit="img", mininterval=1.0,
+               disable=len(jobs) < 2000)
+    if workers <= 1 or len(jobs) < 500:
+        reasons = [_probe(j) for j in tqdm(jobs, **bar)]
+    else:
+        with mp.get_context("fork").Pool(workers) as pool:
+            reasons = list(tqdm(pool.imap(_probe, jobs, chunksize=64), **bar))
+    return {p: r for p, r in zip(unique, reasons) if r is not None}
+
+
+def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: str) -> None:
+    """Print the count and first examples; stop when more than `max_share` of images are bad."""
+    from data.items import DatasetError
+    if not bad:
+        return
+    first = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
+    share = len(bad) / max(total, 1)
+    print(f"left out {len(bad)} of {total} {what} images that are missing or unreadable: {first}")
+    if share > max_share:
+        raise DatasetError(f"{len(bad)} of {total} {what} images ({share:.1%}) are missing or "
+                           f"unreadable, more than --max-bad-images {max_share:.1%}: fix the "
+                           f"image paths (--image-root) or raise the limit (first: {first})")
+
+
+def normalize(batch: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 ImageNet-normalised, images with flip[i] mirrored."""
+    x = batch.float().div_(255)
+    if flip is not None and bool(flip.any()):
+        x[flip] = x[flip].flip(-1)
+    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    return x.sub_(mean).div_(std)
