@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> Path:
                    help="an unpacked usr/share/openclipart folder to use instead of downloading")
     p.add_argument("--max-side", type=int, default=256, help="longest side of the resized pictures")
     p.add_argument("--max-pixels", type=int, default=40_000_000,
-                   help="larger pictures are skipped (decoding needs ~8 bytes a pixel per worker)")
+                   help="larger pictures are skipped (decoding needs ~12 bytes a pixel per worker)")
     p.add_argument("--max-shared-text", type=int, default=20,
                    help="a text shared verbatim by more pictures than this is left out as boilerplate")
     p.add_argument("--seed", type=int, default=config.SEED)

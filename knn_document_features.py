@@ -1,7 +1,8 @@
 """Step 3: the semantic neighbours of every training document -> document_feats_knn.pickle.
 
 The file holds {'ids', 'neighbors': int32 [N, k], 'distances': float32 [N, k], 'space',
-'backend'}: rows sorted nearest first, self included (the training sampler drops it).
+'backend'}: rows sorted nearest first, each starting with the document itself at distance 0
+(the training sampler drops it); distances are Euclidean for l2, 1 - cosine for cosinesimil.
 """
 import time
 from pathlib import Path
@@ -27,7 +28,12 @@ def main() -> None:
     g.add_argument("--device", default=None, help="exact backend: cpu or cuda (default: cuda when present)")
     args = p.parse_args()
 
+    if args.k < 1:
+        p.error(f"--k {args.k}: pass 1 or more")
     feats = load_pickle(args.work_dir, DOC2VEC_FEATURES)
+    if not {"ids", "vectors"} <= set(feats):
+        raise DatasetError(f"{Path(args.work_dir) / DOC2VEC_FEATURES}: no 'ids' and 'vectors': "
+                           "run extract_doc2vec_vectors.py again")
     vectors = feats["vectors"]
     n = len(vectors)
     if args.k > n:

@@ -128,7 +128,7 @@ def main() -> None:
             print(f"resuming {log_dir / 'last.pt'} after epoch {state['epoch']}")
     net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else model
-    writer = SummaryWriter(str(log_dir), purge_step=step if args.resume else None) if ctx.main else None
+    writer = SummaryWriter(str(log_dir), purge_step=step + 1 if args.resume else None) if ctx.main else None
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
     config_record = {k: v for k, v in vars(args).items() if k != "resume"}
     config_record["dataset"] = str(Path(args.dataset).resolve())

@@ -1,4 +1,8 @@
-"""k-nearest-neighbour backends: nmslib HNSW (the authors') and exact chunked search with torch."""
+"""k-nearest-neighbour backends: nmslib HNSW (the authors') and exact chunked search with torch.
+
+Both report distances in the same units: Euclidean for "l2" (nmslib's own l2 space returns the
+square, which hnsw_knn undoes) and 1 - cosine for "cosinesimil".
+"""
 from __future__ import annotations
 
 import time
@@ -16,15 +20,33 @@ def _block_rows(n: int, device: torch.device) -> int:
     return int(max(1, min(8192, budget // (4 * max(n, 1)))))
 
 
+def _exact_distances(q: torch.Tensor, base: torch.Tensor, idx: torch.Tensor, space: str) -> torch.Tensor:
+    """Distances of each query row to its candidates, from differences, not a dot-product expansion:
+    the expansion loses ~1e-3 to cancellation, enough to misorder near ties and to give a
+    duplicate text a distance above 0."""
+    out = torch.empty(idx.shape, dtype=torch.float32, device=q.device)
+    step = max(1, (64 << 20) // (4 * max(1, idx.shape[1] * base.shape[1])))
+    for s in range(0, len(q), step):
+        diff = q[s:s + step, None, :] - base[idx[s:s + step]]
+        out[s:s + step] = (diff * diff).sum(-1)
+    # For unit vectors |a - b|^2 / 2 = 1 - cos(a, b), exactly 0 for identical ones.
+    return out.sqrt_() if space == "l2" else out.mul_(0.5)
+
+
 def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None = None,
-              queries: np.ndarray | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+              queries: np.ndarray | None = None, progress: bool = True,
+              block_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact neighbours of each query among `vectors`, nearest first, self included.
 
-    Distances are in nmslib's units: Euclidean for "l2", 1 - cosine for "cosinesimil".
-    Memory stays bounded: distances are computed one block of queries at a time.
+    Distances: Euclidean for "l2", 1 - cosine for "cosinesimil". Memory stays bounded: scores
+    are computed one block of `block_rows` queries at a time (default: from the memory budget).
+    Without `queries` (all pairs) each row starts with the document itself at distance 0.
     """
     if space not in SPACES:
         raise ValueError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
+    n = len(vectors)
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of vectors ({n})")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = torch.as_tensor(np.ascontiguousarray(vectors), dtype=torch.float32, device=dev)
     q_all = base if queries is None else torch.as_tensor(np.ascontiguousarray(queries),
@@ -36,27 +58,50 @@ def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None
     n_q = q_all.shape[0]
     ids = np.empty((n_q, k), dtype=np.int32)
     dists = np.empty((n_q, k), dtype=np.float32)
-    step = _block_rows(base.shape[0], dev)
+    step = block_rows or _block_rows(base.shape[0], dev)
     for start in tqdm(range(0, n_q, step), desc=f"exact kNN on {dev.type}", unit="block",
                       disable=not progress or n_q <= step, mininterval=1.0):
         q = q_all[start:start + step]
-        dot = q @ base.T
-        if space == "l2":
-            score = dot.mul_(2).sub_(base_sq).sub_((q * q).sum(1, keepdim=True))  # = -|q - x|^2
-        else:
-            score = dot
-        top, idx = torch.topk(score, k, dim=1)
-        dist = (-top).clamp_min_(0).sqrt_() if space == "l2" else (1 - top).clamp_min_(0)
-        ids[start:start + len(q)] = idx.cpu().numpy()
+        score = q @ base.T
+        if space == "l2":  # -|q - x|^2 up to the query's own norm, which does not change the order
+            score.mul_(2).sub_(base_sq)
+        idx = torch.topk(score, k, dim=1).indices
+        dist = _exact_distances(q, base, idx, space)
+        dist, order = torch.sort(dist, dim=1, stable=True)
+        ids[start:start + len(q)] = torch.gather(idx, 1, order).cpu().numpy()
         dists[start:start + len(q)] = dist.cpu().numpy()
+    if queries is None:
+        put_self_first(ids, dists, np.arange(n_q))
     return ids, dists
+
+
+def put_self_first(ids: np.ndarray, dists: np.ndarray, self_ids: np.ndarray) -> None:
+    """In place: row r starts with self_ids[r] at distance 0, the others keep their order.
+
+    Duplicate texts tie with the document itself at distance 0, so search order alone does not
+    put it first; a row that lacks it (an approximate search missed it) loses its last entry.
+    """
+    k = ids.shape[1]
+    hit = ids == self_ids[:, None]
+    pos = np.where(hit.any(1), hit.argmax(1), k - 1)
+    cols = np.arange(k)[None, :]
+    src = np.where(cols <= pos[:, None], np.maximum(cols - 1, 0), cols)
+    ids[:] = np.take_along_axis(ids, src, 1)
+    dists[:] = np.take_along_axis(dists, src, 1)
+    ids[:, 0] = self_ids
+    dists[:, 0] = 0
 
 
 def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_construction: int = 200,
              ef_search: int = 400, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """All-pairs neighbours with nmslib HNSW. Rows nmslib returns short are completed exactly."""
+    """All-pairs neighbours with nmslib HNSW, self first. Rows nmslib returns short are completed
+    exactly."""
     import nmslib
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
     data = np.ascontiguousarray(vectors, dtype=np.float32)
+    if not 1 <= k <= len(data):
+        raise ValueError(f"k={k} must be between 1 and the number of vectors ({len(data)})")
     index = nmslib.init(method="hnsw", space=space)
     index.addDataPointBatch(data)
     t = time.time()
@@ -74,10 +119,13 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
             continue
         order = np.argsort(r_d, kind="stable")
         ids[i], dists[i] = r_ids[order], r_d[order]
+    if space == "l2":  # nmslib's l2 space gives squared distances
+        np.sqrt(np.maximum(dists, 0, out=dists), out=dists)
     if short:
         print(f"HNSW returned fewer than {k} neighbours for {len(short)} documents "
               f"(first: {short[:3]}); those rows were searched exactly")
         ids[short], dists[short] = exact_knn(data, k, space, "cpu", queries=data[short], progress=False)
+    put_self_first(ids, dists, np.arange(len(data)))
     return ids, dists
 
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from .items import DatasetError
 from .synthetic import assign_splits
+from .text import preprocess
 
 PACKAGES = ("openclipart-png", "openclipart-svg")
 SHARE = Path("usr/share/openclipart")
@@ -36,19 +37,24 @@ UNLABELLED = {"unsorted"}        # a folder that names no category
 DUPLICATE = "duplicate (link to another picture)"
 MISSING_PAIR = "missing pair (png without svg or svg without png)"
 UNREADABLE_SVG = "unreadable svg"
-NO_TEXT = "no text"
+NO_TEXT = "no text (no word the text preprocessing keeps)"
 GENERATED = "generated art"
 BOILERPLATE = "boilerplate text (same text as many other pictures)"
 UNREADABLE_PNG = "unreadable png"
 TOO_BIG = "too big to decode"
 TOO_SMALL = "too small"
 BLANK = "blank picture"
+NOT_TAKEN = "not taken (--limit)"
 
 MIN_SIDE = 16         # a few flags are 3x2 pixels: nothing to see
 BLANK_RANGE = 8       # grey levels: less spread than this over the picture means nothing is drawn
 # Families made by a program, not drawn: ImageMagick star polygrams (1375 near-identical
 # pictures, all titled "gramastar") and colour-gradient swatches (their PNGs are empty).
 GENERATED_TITLES = (re.compile(r"gramastar$"), re.compile(r"svg gradient collection"))
+
+# The library's export tool leaked Perl hash references: a keyword "hash" on thousands of
+# drawings and "HASH(0x85a4f2c)" in some descriptions.
+PERL_HASH = re.compile(r"HASH\(0x[0-9a-fA-F]+\)")
 
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns# "
 DC = "http://purl.org/dc/elements/1.1/ "
@@ -207,7 +213,9 @@ def compose_text(meta: SvgText) -> str:
     Keywords come before the (often long) description so that a pipeline keeping the first two
     sentences still sees them.
     """
-    parts = [meta.title, ", ".join(meta.keywords), meta.description]
+    keywords = [k for k in meta.keywords if k.lower() != "hash"]
+    parts = [meta.title, ", ".join(keywords), meta.description]
+    parts = [PERL_HASH.sub(" ", p) for p in parts]
     return " ".join(p if p[-1] in ".!?" else p + "." for p in (" ".join(p.split()) for p in parts) if p)
 
 
@@ -220,7 +228,7 @@ def resize_picture(task: tuple[str, str, int, int]) -> str | None:
     """Resize one picture into the cache as RGB on white; None when kept, else the skip reason.
 
     The pixel count is checked from the header before decoding, so a worker never holds more
-    than about 8 bytes per allowed pixel. A picture already in the cache is reused.
+    than about 12 bytes per allowed pixel. A picture already in the cache is reused.
     """
     src, dst, max_side, max_pixels = task
     if os.path.exists(dst):
@@ -235,6 +243,12 @@ def resize_picture(task: tuple[str, str, int, int]) -> str | None:
                 if min(w, h) < MIN_SIDE:
                     return TOO_SMALL
                 rgba = im.convert("RGBA")
+        # Many are whole pages with a small drawing on them: keep the drawn area and a margin.
+        box = rgba.getchannel("A").getbbox()
+        if box is None:
+            return BLANK
+        pad = round(0.03 * max(box[2] - box[0], box[3] - box[1]))
+        rgba = rgba.crop((max(0, box[0] - pad), max(0, box[1] - pad), min(w, box[2] + pad), min(h, box[3] + pad)))
         # Pillow resizes RGBA premultiplied, so transparent pixels' colours do not bleed in.
         rgba.thumbnail((max_side, max_side), Image.Resampling.LANCZOS, reducing_gap=3.0)
         rgb = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -279,7 +293,7 @@ def scan(root: Path, skips: Skips) -> list[tuple[str, str]]:
             skips.add(UNREADABLE_SVG, f"svg/{rel}.svg")
             continue
         text = compose_text(meta)
-        if not re.search(r"[A-Za-z]{3,}", text):
+        if not preprocess(text, max_sentences=None, max_chars=None):     # e.g. "Cd. computer."
             skips.add(NO_TEXT, f"svg/{rel}.svg")
         elif generated_family(meta):
             skips.add(GENERATED, f"svg/{rel}.svg ({meta.title})")
@@ -306,13 +320,46 @@ def drop_boilerplate(found: list[tuple[str, str]], max_shared: int, skips: Skips
     return kept
 
 
+def resize_all(found: list[tuple[str, str]], root: Path, resized: Path, max_side: int, max_pixels: int,
+               workers: int, limit: int | None, seed: int, skips: Skips) -> list[tuple[str, str]]:
+    """Resize every found picture, or with `limit` seeded picks until that many are kept."""
+    order = list(found)
+    if limit is not None:
+        random.Random(f"limit-{seed}").shuffle(order)
+    want = len(order) if limit is None else min(limit, len(order))
+    kept: list[tuple[str, str]] = []
+    pool = ProcessPoolExecutor(max_workers=workers) if workers > 1 else None
+    try:
+        with tqdm(total=want, desc="resizing pictures", unit="picture", mininterval=1.0) as bar:
+            while len(kept) < want and order:
+                batch, order = order[:want - len(kept)], order[want - len(kept):]
+                tasks = [(str(root / "png" / f"{rel}.png"), str(resized / f"{rel}.png"), max_side, max_pixels)
+                         for rel, _ in batch]
+                results = pool.map(resize_picture, tasks, chunksize=16) if pool else map(resize_picture, tasks)
+                for (rel, text), reason in zip(batch, results):
+                    if reason is None:
+                        kept.append((rel, text))
+                    else:
+                        skips.add(reason, f"png/{rel}.png")
+                        if limit is not None and order:     # another picture will be tried
+                            bar.total += 1
+                    bar.update()
+    finally:
+        if pool:
+            pool.shutdown(cancel_futures=True)
+    for rel, _ in order:
+        skips.add(NOT_TAKEN, rel)
+    return sorted(kept)
+
+
 def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | None = None,
                       max_side: int = 256, seed: int = 0, workers: int = 1, limit: int | None = None,
                       max_pixels: int = 40_000_000, max_shared_text: int = 20,
                       val_fraction: float = 0.1, test_fraction: float = 0.1) -> BuildReport:
     """Build out_dir/manifest.jsonl from the unpacked packages at `root` (None: download them
     into `cache`, default out_dir/cache). Resized pictures go to cache/png-<max_side>/.
-    A finished build with the same settings is reused."""
+    A finished build with the same settings whose pictures are all there is reused. With
+    `limit`, the picture checks (size, blank, ...) are counted only over the pictures tried."""
     out_dir = Path(out_dir)
     cache = Path(cache) if cache is not None else out_dir / "cache"
     if max_side < MIN_SIDE or max_pixels < 1 or max_shared_text < 1 or (limit is not None and limit < 1):
@@ -324,7 +371,8 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
     manifest, stamp = out_dir / "manifest.jsonl", out_dir / STAMP
     if manifest.exists() and stamp.exists():
         done = json.loads(stamp.read_text())
-        if done.get("params") == params:
+        images = [json.loads(line)["image"] for line in manifest.read_text(encoding="utf-8").splitlines()]
+        if done.get("params") == params and all((out_dir / im).is_file() for im in images):
             return BuildReport(**{**done["report"], "reused": True})
     stamp.unlink(missing_ok=True)
     start = time.time()
@@ -332,23 +380,8 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
         root = fetch_packages(cache)
     skips = Skips()
     found = drop_boilerplate(scan(Path(root), skips), max_shared_text, skips)
-    if limit is not None and limit < len(found):
-        found = sorted(random.Random(f"limit-{seed}").sample(found, limit))
-    resized = cache / f"png-{max_side}"
-    tasks = [(str(Path(root) / "png" / f"{rel}.png"), str(resized / f"{rel}.png"), max_side, max_pixels)
-             for rel, _ in found]
-    bar = dict(total=len(tasks), desc="resizing pictures", unit="picture", mininterval=1.0)
-    if workers <= 1:
-        results = [resize_picture(t) for t in tqdm(tasks, **bar)]
-    else:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(tqdm(pool.map(resize_picture, tasks, chunksize=16), **bar))
-    kept = []
-    for (rel, text), reason in zip(found, results):
-        if reason is None:
-            kept.append((rel, text))
-        else:
-            skips.add(reason, f"png/{rel}.png")
+    kept = resize_all(found, Path(root), cache / f"png-{max_side}", max_side, max_pixels, workers,
+                      limit, seed, skips)
     if not kept:
         raise DatasetError(f"{root}: no usable picture (skipped: {dict(skips.counts)})")
     splits = assign_splits(len(kept), val_fraction, test_fraction, seed)
@@ -358,7 +391,7 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
     with open(tmp, "w", encoding="utf-8") as f:
         for (rel, text), split in zip(kept, splits):
             category = rel.split("/", 1)[0]
-            rec = {"id": rel, "image": os.path.relpath(resized / f"{rel}.png", out_dir),
+            rec = {"id": rel, "image": os.path.relpath(cache / f"png-{max_side}" / f"{rel}.png", out_dir),
                    "texts": [text], "split": split}
             if "/" in rel and category not in UNLABELLED:
                 rec["label"] = category

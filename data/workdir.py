@@ -51,5 +51,12 @@ def save_pickle(obj: object, path: str | Path) -> None:
 
 def load_pickle(work_dir: str | Path, name: str) -> dict:
     path = require(work_dir, name)
-    with open(path, "rb") as f:
-        return pickle.load(f)
+    try:
+        with open(path, "rb") as f:
+            obj = pickle.load(f)
+    except Exception as e:  # a damaged pickle can raise almost anything
+        raise DatasetError(f"{path}: unreadable ({type(e).__name__}): run "
+                           f"{WRITER.get(name, 'the earlier script')} again") from None
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path}: not a file {WRITER.get(name, 'this project')} wrote: run it again")
+    return obj

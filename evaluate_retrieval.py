@@ -1,0 +1,183 @@
+"""Step 5: evaluate trained checkpoints on a split -> a table and metrics.json.
+
+    python evaluate_retrieval.py --checkpoint RUN/best.pt [RUN2/best.pt ...] [--split test]
+
+Each checkpoint is rebuilt from its file alone; the dataset, work folder, seed, validation size
+and preprocessing default to those it was trained with, so the split is the one training held
+out. Every distinct image of the split is embedded once; images that are missing or unreadable
+are reported and left out with their texts, and texts that leave no token are dropped.
+
+Reported, image->text and text->image: Recall@1/5/10 (percent), median and mean rank, rsum (the
+six recalls summed). With several texts per image an image query is a hit when ANY of its texts
+is in the top K; each text has one correct image. With at least 2,000 images the same numbers
+are also averaged over folds of 1,000 images (the COCO 1K protocol, key folds_1k).
+
+Neighbourhood preservation (the paper's claim): for each image, the share of its 10 nearest
+neighbours in Doc2Vec space (vectors inferred for the split's texts) that are also among its 10
+nearest in the learned image space, and likewise in the learned text space. With several texts
+per image one document per image is used, its first text, so that the other texts of an image
+(identical in image space) do not count as neighbours. It needs the Doc2Vec model of the
+checkpoint's work folder: without one the metric is skipped (the reason is printed); a model
+whose vocabulary is not the checkpoint's is an error. When every item has a label, precision@10
+of same-label results is reported for i2t, t2i, i2i and t2t (fractions, 0..1).
+
+Output: one table, one column per checkpoint (named by its run folder). Without --out,
+metrics.json is written beside each checkpoint (metrics_<file>_<split>.json for a file other
+than best.pt or a split other than test). With --out and one checkpoint, that file holds its
+metrics; with --out and several checkpoints, it holds one dict keyed by run name.
+"""
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import config
+from data.cli import load_items, run_main
+from data.doc2vec import infer_vectors
+from data.items import DatasetError
+from evaluation.cli import eval_parser, load_model
+from evaluation.embed import embed_images, embed_texts
+from evaluation.evaluate import evaluate_embeddings
+from evaluation.export import save_embeddings, write_projector
+from evaluation.reference import doc2vec_model_path
+from evaluation.report import format_table, metrics_path, run_names, write_json
+from evaluation.split import EvalSplit, integer_labels, load_split
+from training.images import report_bad_images
+
+SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
+              "max_sentences", "max_chars", "split")
+
+
+def parse_args() -> argparse.Namespace:
+    p = eval_parser(__doc__)
+    g = p.add_argument_group("evaluation")
+    g.add_argument("--checkpoint", required=True, action="extend", nargs="+",
+                   help="one or more best.pt files (repeat the flag or list them)")
+    g.add_argument("--out", default=None,
+                   help="metrics file (default: metrics.json beside each checkpoint); with several "
+                        "checkpoints it holds a dict keyed by run name")
+    g.add_argument("--block", type=int, default=1024,
+                   help="queries scored at once: bounds the similarity matrix held in memory")
+    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+                   help="share of unreadable split images tolerated (they are left out)")
+    g.add_argument("--save-embeddings", nargs="?", const="", default=None, metavar="DIR",
+                   help="write images.npy, texts.npy, text_image.npy and ids.json to DIR (default: "
+                        "embeddings_<split> beside the checkpoint; with several checkpoints, "
+                        "DIR/<run name>)")
+    g.add_argument("--projector", action="store_true",
+                   help="also write a TensorBoard projector log to the embeddings folder's "
+                        "projector/ (implies --save-embeddings)")
+    g.add_argument("--projector-max", type=int, default=2000, help="images in the projector log")
+    g.add_argument("--projector-thumb", type=int, default=32, help="thumbnail side in pixels")
+    args = p.parse_args()
+    for flag in ("batch_size", "block", "projector_max", "projector_thumb"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.projector and args.save_embeddings is None:
+        args.save_embeddings = ""
+    return args
+
+
+def embeddings_dir(args: argparse.Namespace, checkpoint: str, name: str, several: bool) -> Path:
+    if args.save_embeddings:
+        return Path(args.save_embeddings) / name if several else Path(args.save_embeddings)
+    stem = Path(checkpoint).stem
+    return Path(checkpoint).parent / f"embeddings{'' if stem == 'best' else '_' + stem}_{args.split}"
+
+
+class Cache:
+    """The split and its Doc2Vec vectors, shared by checkpoints trained on the same data."""
+
+    def __init__(self):
+        self.splits: dict[tuple, EvalSplit] = {}
+        self.vectors: dict[tuple, np.ndarray] = {}
+
+    def split(self, run: argparse.Namespace) -> EvalSplit:
+        key = tuple(getattr(run, k) for k in SPLIT_KEYS)
+        if key not in self.splits:
+            self.splits[key] = load_split(load_items(run), run.split, run)
+        return self.splits[key]
+
+    def reference(self, model_path: Path, split: EvalSplit, workers: int) -> np.ndarray:
+        first = split.first_texts()
+        key = (str(model_path.resolve()), tuple(split.text_ids[t] for t in first))
+        if key not in self.vectors:
+            self.vectors[key] = infer_vectors(str(model_path), [split.text_tokens[t] for t in first],
+                                              workers)
+        return self.vectors[key]
+
+
+def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_dir: Path | None
+                        ) -> dict:
+    model, vocab, run, device = load_model(path, args)
+    # Checked before the embedding, so that a wrong work folder fails in seconds.
+    d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab)
+    split = cache.split(run)
+    print(f"{path}: {run.split} split of {run.dataset}: {split.n_images} images, "
+          f"{split.n_texts} texts")
+    images, failures = embed_images(model, split.image_paths, run.image_size, device,
+                                    args.batch_size, args.workers, args.precision)
+    if failures:
+        report_bad_images({split.image_paths[i]: r for i, r in sorted(failures.items())},
+                          split.n_images, args.max_bad_images, run.split)
+        good = [i for i in range(split.n_images) if i not in failures]
+        if not good:
+            raise DatasetError(f"{run.dataset}: no image of the {run.split} split can be read: "
+                               "fix the image paths (--image-root)")
+        split, _ = split.keep_images(good)
+        images = images[good]
+    texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device, args.batch_size,
+                        args.precision)
+
+    reference = None
+    if d2v_path is None:
+        print(f"neighbourhood: skipped, {why}")
+    else:
+        reference = torch.from_numpy(cache.reference(d2v_path, split, args.workers))
+    labels = integer_labels(split.image_labels, split.text_labels)
+    if labels is None and any(lab is not None for lab in split.image_labels):
+        print("label precision: skipped, some items of the split have no label")
+    on = dict(device=device)
+    metrics, notes = evaluate_embeddings(
+        images.to(**on), texts.to(**on), torch.from_numpy(split.text_image).to(**on),
+        torch.from_numpy(split.first_texts()).to(**on), reference,
+        None if labels is None else torch.from_numpy(labels[0]),
+        None if labels is None else torch.from_numpy(labels[1]), args.block)
+    for note in notes:
+        print(note)
+    if out_dir is not None:
+        save_embeddings(out_dir, split, images, texts)
+        print(f"wrote embeddings to {out_dir}")
+        if args.projector:
+            log = write_projector(out_dir / "projector", split, images, texts, args.projector_max,
+                                  args.projector_thumb)
+            print(f"wrote a projector log: tensorboard --logdir {log}")
+    return metrics
+
+
+def main() -> None:
+    start = time.time()
+    args = parse_args()
+    names = run_names(args.checkpoint)
+    several = len(names) > 1
+    cache, results = Cache(), {}
+    for name, path in zip(names, args.checkpoint):
+        out_dir = None if args.save_embeddings is None else embeddings_dir(args, path, name, several)
+        results[name] = evaluate_checkpoint(path, args, cache, out_dir)
+        if args.out is None:
+            target = metrics_path(path, args.split)
+            write_json(results[name], target)
+            print(f"wrote {target}")
+    if args.out is not None:
+        write_json(results if several else results[names[0]], args.out)
+        print(f"wrote {args.out}")
+    print()
+    print(format_table(names, list(results.values())))
+    print(f"\nevaluated {len(names)} checkpoint{'s' if several else ''} in "
+          f"{time.time() - start:.1f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

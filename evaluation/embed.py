@@ -1,0 +1,110 @@
+"""Batched embedding of images and texts with a trained model, shared by evaluation and retrieval.
+
+Images are decoded to uint8 by DataLoader workers and normalised on the device; on CUDA the
+forward runs under bf16 autocast with channels_last unless precision is "fp32". An image that
+cannot be decoded is not fatal here: its row is filled from a blank image and it is returned as
+a failure, so the caller decides (evaluation leaves it out, retrieval refuses a bad query).
+"""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from models import CrossModalModel, Vocabulary, pad_batch
+from training.images import normalize, read_image
+
+
+def pick_device(name: str | None) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but no CUDA device is available: "
+                         "pass --device cpu")
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast on CUDA unless precision is fp32; the CPU always runs fp32."""
+    if device.type == "cuda" and precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def prepare_model(model: CrossModalModel, device: torch.device, precision: str) -> CrossModalModel:
+    model = model.to(device).eval()
+    if device.type == "cuda" and precision == "bf16":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+class ImageFiles(Dataset):
+    """Item i: (i, uint8 [3, s, s], "" or the reason the file could not be decoded)."""
+
+    def __init__(self, paths: Sequence[str], size: int):
+        self.paths, self.size = list(paths), size
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
+        try:
+            return i, read_image(self.paths[i], self.size), ""
+        except Exception as e:  # noqa: BLE001 - any decoder failure means the same: unusable
+            blank = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+            return i, blank, (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0]
+
+
+def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    index, images, reasons = zip(*batch)
+    return torch.tensor(index), torch.stack(images), list(reasons)
+
+
+@torch.no_grad()
+def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device: torch.device,
+                 batch_size: int = 128, workers: int = 0, precision: str = "bf16",
+                 desc: str = "embedding images") -> tuple[torch.Tensor, dict[int, str]]:
+    """(float32 CPU [N, D] unit rows in the order of `paths`, {index: reason} of unreadable files).
+
+    `model` must already be on `device` (see prepare_model).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    loader = DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
+                        num_workers=max(0, workers), collate_fn=_collate,
+                        pin_memory=device.type == "cuda",
+                        prefetch_factor=4 if workers > 0 else None)
+    out = torch.empty(len(paths), model.image.embed_dim)
+    failures: dict[int, str] = {}
+    for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
+                                       disable=len(loader) < 2):
+        x = normalize(images.to(device, non_blocking=True))
+        if device.type == "cuda" and precision == "bf16":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, precision):
+            out[index] = model.embed_images(x).float().cpu()
+        failures.update({int(i): r for i, r in zip(index, reasons) if r})
+    return out, failures
+
+
+@torch.no_grad()
+def embed_texts(model: CrossModalModel, vocab: Vocabulary, tokens: Sequence[list[str]],
+                max_tokens: int, device: torch.device, batch_size: int = 128,
+                precision: str = "bf16", desc: str = "embedding texts") -> torch.Tensor:
+    """float32 CPU [N, D] unit rows in the order of `tokens` (preprocessed word lists).
+
+    Texts are batched by length, so a batch pads little, then put back in their order.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    encoded = [vocab.encode(t, max_tokens) for t in tokens]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
+    out = torch.empty(len(encoded), model.text.embed_dim)
+    starts = range(0, len(order), batch_size)
+    for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0, disable=len(starts) < 2):
+        rows = order[s:s + batch_size]
+        ids, lengths = pad_batch([encoded[i] for i in rows])
+        with autocast(device, precision):
+            out[rows] = model.embed_texts(ids.to(device, non_blocking=True), lengths).float().cpu()
+    return out

@@ -1,0 +1,79 @@
+"""Embeddings on disk (numpy) and as a TensorBoard projector log with thumbnails and texts."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evaluation.split import EvalSplit
+from training.images import read_image
+
+SPRITE_LIMIT = 8192   # TensorBoard's projector refuses sprite sheets wider than this
+
+
+def save_embeddings(folder: str | Path, split: EvalSplit, images: torch.Tensor,
+                    texts: torch.Tensor) -> Path:
+    """images.npy [Ni, D], texts.npy [Nt, D], text_image.npy [Nt] and ids.json (image ids and
+    paths, text ids) in `folder`; rows are in the order of ids.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / "images.npy", images.numpy().astype(np.float32))
+    np.save(folder / "texts.npy", texts.numpy().astype(np.float32))
+    np.save(folder / "text_image.npy", split.text_image.astype(np.int64))
+    ids = {"split": split.name, "images": split.image_ids, "image_paths": split.image_paths,
+           "texts": split.text_ids}
+    (folder / "ids.json").write_text(json.dumps(ids, indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def _cell(text: str | None, limit: int = 200) -> str:
+    """One TSV cell: tabs and newlines would split the projector's metadata rows."""
+    text = " ".join(str(text if text is not None else "").split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def write_projector(log_dir: str | Path, split: EvalSplit, images: torch.Tensor,
+                    texts: torch.Tensor, max_images: int = 2000, thumb: int = 32) -> Path:
+    """A projector log of the first `max_images` images (with thumbnails) and of their texts.
+
+    Two embeddings: "images" (label: the image's first text) and "texts" (label: the text);
+    both carry the item label when the dataset has one. Unreadable images get a grey thumbnail.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    if max_images < 1 or thumb < 1:
+        raise ValueError(f"projector image cap ({max_images}) and thumbnail size ({thumb}) must "
+                         "be positive")
+    n = min(max_images, split.n_images)
+    keep = np.nonzero(split.text_image < n)[0]
+    if math.ceil(math.sqrt(len(keep))) * thumb > SPRITE_LIMIT:
+        raise ValueError(f"{len(keep)} thumbnails of {thumb} px make a sprite wider than {SPRITE_LIMIT} "
+                         "px, which TensorBoard cannot show: lower --projector-max or "
+                         "--projector-thumb")
+    thumbs = torch.empty(n, 3, thumb, thumb)
+    for i in range(n):
+        try:
+            thumbs[i] = read_image(split.image_paths[i], thumb).float() / 255
+        except Exception:  # noqa: BLE001 - an unreadable image still gets a row
+            thumbs[i] = 0.5
+    first = split.first_texts()[:n]
+    log_dir = Path(log_dir)
+    if (log_dir / "projector_config.pbtxt").is_file():
+        shutil.rmtree(log_dir)  # a log this function wrote before; a rerun would add to it
+    writer = SummaryWriter(str(log_dir))
+    try:
+        writer.add_embedding(images[:n], tag="images", label_img=thumbs,
+                             metadata=[[split.image_ids[i], _cell(split.image_labels[i]),
+                                        _cell(split.texts[first[i]])] for i in range(n)],
+                             metadata_header=["id", "label", "text"])
+        writer.add_embedding(texts[keep], tag="texts", label_img=thumbs[split.text_image[keep]],
+                             metadata=[[split.text_ids[t], _cell(split.text_labels[t]),
+                                        _cell(split.texts[t])] for t in keep],
+                             metadata_header=["id", "label", "text"])
+    finally:
+        writer.close()
+    return log_dir

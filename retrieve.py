@@ -1,0 +1,148 @@
+"""Query a trained model: texts -> the top-k images of a split, image files -> the top-k texts.
+
+    python retrieve.py --checkpoint RUN/best.pt --query "storm over the harbour" [--k 10]
+    python retrieve.py --checkpoint RUN/best.pt --queries queries.txt --image photo.jpg
+
+Writes OUT/index.html (thumbnails copied to OUT/thumbs/, scores, ground truth marked) and one
+PNG contact sheet per query in OUT/sheets/, and prints the top results. The dataset and the
+preprocessing default to the checkpoint's training settings. Ground truth: a text query equal
+to a text of the split (case and whitespace aside) marks that text's image; an image query that
+is a file of the split marks that image's texts.
+"""
+import argparse
+import os
+from pathlib import Path
+
+import config
+from data.cli import load_items, run_main
+from data.items import DatasetError
+from evaluation.cli import eval_parser, load_model
+from evaluation.embed import embed_images, embed_texts
+from evaluation.html import Thumbnails, write_page
+from evaluation.queries import (image_by_path, images_by_text, normal_text, query_tokens,
+                                read_query_file)
+from evaluation.search import Hit, QueryResult, top_k
+from evaluation.sheet import contact_sheet
+from evaluation.split import EvalSplit, load_split
+from training.images import report_bad_images
+
+
+def parse_args() -> argparse.Namespace:
+    p = eval_parser(__doc__)
+    g = p.add_argument_group("retrieval")
+    g.add_argument("--checkpoint", required=True, help="a best.pt of the training script")
+    g.add_argument("--query", action="append", default=[], help="a text query (repeatable)")
+    g.add_argument("--queries", default=None, help="a file of text queries, one per line")
+    g.add_argument("--image", action="append", default=[], help="an image query file (repeatable)")
+    g.add_argument("--k", type=int, default=10, help="results per query")
+    g.add_argument("--out", default=None, help="output folder (default: retrieval/ beside the "
+                                               "checkpoint)")
+    g.add_argument("--thumb-size", type=int, default=128, help="thumbnail side in pixels")
+    g.add_argument("--block", type=int, default=1024, help="queries scored at once")
+    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+                   help="share of unreadable gallery images tolerated (they are left out)")
+    args = p.parse_args()
+    if not (args.query or args.queries or args.image):
+        p.error("give at least one query: --query TEXT, --queries FILE or --image FILE")
+    for flag, low in (("k", 1), ("thumb_size", 16), ("batch_size", 1), ("block", 1)):
+        if getattr(args, flag) < low:
+            p.error(f"--{flag.replace('_', '-')} must be at least {low}")
+    return args
+
+
+def _image_label(split: EvalSplit, i: int) -> str:
+    label = split.image_labels[i]
+    return split.image_ids[i] + (f" ({label})" if label is not None else "")
+
+
+def text_queries(queries, tokens, model, vocab, split, run, args, device) -> list[QueryResult]:
+    gallery, failures = embed_images(model, split.image_paths, run.image_size, device,
+                                     args.batch_size, args.workers, args.precision,
+                                     desc="embedding gallery images")
+    if failures:
+        report_bad_images({split.image_paths[i]: r for i, r in sorted(failures.items())},
+                          split.n_images, args.max_bad_images, run.split)
+        good = [i for i in range(split.n_images) if i not in failures]
+        if not good:
+            raise DatasetError(f"{run.dataset}: no image of the {run.split} split can be read: "
+                               "fix the image paths (--image-root)")
+        split, _ = split.keep_images(good)
+        gallery = gallery[good]
+    embedded = embed_texts(model, vocab, tokens, run.max_tokens, device, args.batch_size,
+                           args.precision, desc="embedding queries")
+    scores, index = top_k(embedded.to(device), gallery.to(device), args.k, args.block)
+    by_text = images_by_text(split)
+    results = []
+    for q, query in enumerate(queries):
+        truth = by_text.get(normal_text(query), set())
+        note = (f"ground truth: the image of this {run.split} text "
+                f"({', '.join(split.image_ids[i] for i in sorted(truth))})" if truth
+                else f"not a text of the {run.split} split: no ground truth")
+        hits = [Hit(r + 1, float(s), split.image_paths[j], _image_label(split, j), j in truth)
+                for r, (s, j) in enumerate(zip(scores[q].tolist(), index[q].tolist()))]
+        results.append(QueryResult("text", query, note, hits))
+    return results
+
+
+def image_queries(paths, embedded, model, vocab, split, run, args, device) -> list[QueryResult]:
+    gallery = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device,
+                          args.batch_size, args.precision, desc="embedding gallery texts")
+    scores, index = top_k(embedded.to(device), gallery.to(device), args.k, args.block)
+    by_path = image_by_path(split)
+    results = []
+    for q, path in enumerate(paths):
+        own = by_path.get(os.path.realpath(path))
+        note = (f"ground truth: the texts of this {run.split} image ({split.image_ids[own]})"
+                if own is not None else f"not an image of the {run.split} split: no ground truth")
+        hits = []
+        for r, (s, t) in enumerate(zip(scores[q].tolist(), index[q].tolist())):
+            image = int(split.text_image[t])
+            hits.append(Hit(r + 1, float(s), split.image_paths[image],
+                            f"{split.text_ids[t]}: {split.texts[t]}", image == own))
+        results.append(QueryResult("image", path, note, hits))
+    return results
+
+
+def print_results(results: list[QueryResult]) -> None:
+    for n, result in enumerate(results, 1):
+        target = "images" if result.kind == "text" else "texts"
+        print(f"\nquery {n} ({result.kind} -> {target}): {result.query}\n  {result.truth}")
+        for hit in result.hits:
+            shown = hit.label if len(hit.label) <= 100 else hit.label[:97] + "..."
+            extra = f"  {hit.image}" if result.kind == "text" else ""
+            print(f"  {hit.rank:3d}  {hit.score:6.3f}  {shown}{extra}{'  [GT]' if hit.correct else ''}")
+
+
+def main() -> None:
+    args = parse_args()
+    model, vocab, run, device = load_model(args.checkpoint, args)
+    queries = list(args.query) + (read_query_file(args.queries) if args.queries else [])
+    tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars)
+    # The query images are read before the split, so a bad one fails in seconds.
+    embedded, failures = embed_images(model, args.image, run.image_size, device, args.batch_size,
+                                      0, args.precision, desc="embedding query images")
+    if failures:
+        i, reason = min(failures.items())
+        raise DatasetError(f"{args.image[i]}: the query image cannot be read ({reason}): pass "
+                           "an existing JPEG or PNG file")
+    split = load_split(load_items(run), run.split, run)
+    results = []
+    if queries:
+        results += text_queries(queries, tokens, model, vocab, split, run, args, device)
+    if args.image:
+        results += image_queries(args.image, embedded, model, vocab, split, run, args, device)
+
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "retrieval"
+    thumbs = Thumbnails(out, args.thumb_size)
+    sheets = []
+    for n, result in enumerate(results, 1):
+        sheets.append(f"sheets/query_{n:03d}.png")
+        contact_sheet(result, thumbs, out / sheets[-1])
+    page = write_page(out, results, sheets, thumbs,
+                      f"{Path(args.checkpoint).parent.name}: top {args.k} of the {run.split} split")
+    print_results(results)
+    print(f"\nwrote {page} and {len(sheets)} contact sheet{'s' if len(sheets) != 1 else ''}")
+
+
+if __name__ == "__main__":
+    run_main(main)

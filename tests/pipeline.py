@@ -1,0 +1,29 @@
+"""Run the pipeline's scripts as a user would, on tiny generated data (shared by several tests)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+TINY_TRAIN = ["--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--batch-size", "16",
+              "--embed-dim", "32", "--gru-hidden", "64", "--workers", "0"]
+
+
+def run(script: str, *args: str, check: bool = True, env: dict | None = None,
+        launcher: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [str(ROOT / script), *map(str, args)]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def text_side(dataset: Path, work: Path, k: int = 20) -> None:
+    common = ["--dataset", dataset, "--work-dir", work, "--workers", "1"]
+    run("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20")
+    run("extract_doc2vec_vectors.py", *common)
+    run("knn_document_features.py", *common, "--k", str(k))

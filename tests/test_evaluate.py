@@ -1,0 +1,288 @@
+"""evaluate_retrieval.py end to end on a checkpoint trained here, and its building blocks."""
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import config
+from data.doc2vec import infer_vectors
+from data.items import DatasetError, Item
+from data.text import preprocess
+from evaluation.cli import with_checkpoint_defaults
+from evaluation.embed import embed_images, embed_texts
+from evaluation.evaluate import evaluate_embeddings
+from evaluation.metrics import retrieval_metrics
+from evaluation.neighborhood import knn_overlap
+from evaluation.report import format_table, metrics_path, run_names
+from evaluation.split import integer_labels, load_split
+from inprocess import RUN, cli, train_tiny
+from models import Vocabulary, build_model, pad_batch
+from training.checkpoint import load_checkpoint, rebuild
+from training.images import normalize, read_image
+
+TOP_KEYS = {"i2t", "t2i", "rsum", "n_images", "n_texts", "neighborhood", "label_precision@10"}
+DIRECTION_KEYS = {"r1", "r5", "r10", "medr", "meanr"}
+TEXTS_PER_ITEM = 2
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    return train_tiny(tmp_path_factory.mktemp("eval"), texts_per_item=TEXTS_PER_ITEM, seed=3)
+
+
+def manifest_records(manifest: Path) -> list[dict]:
+    return [json.loads(line) for line in manifest.read_text().splitlines()]
+
+
+def write_manifest(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
+def one_line_error(result, *phrases):
+    assert result.code == 2, result.out + result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+def test_metrics_json_table_and_saved_embeddings_agree(trained):
+    manifest, work, best = trained
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--workers", "0",
+                 "--batch-size", "7", "--projector")
+    metrics = json.loads((best.parent / "metrics.json").read_text())
+    assert set(metrics) == TOP_KEYS     # fewer than 2,000 images: no 1K folds
+    assert set(metrics["i2t"]) == set(metrics["t2i"]) == DIRECTION_KEYS
+    assert set(metrics["neighborhood"]) == {"image_overlap@10", "text_overlap@10"}
+    assert set(metrics["label_precision@10"]) == {"i2t", "t2i", "i2i", "t2t"}
+    test = [r for r in manifest_records(manifest) if r["split"] == "test"]
+    assert metrics["n_images"] == len(test)
+    assert metrics["n_texts"] == TEXTS_PER_ITEM * len(test)
+
+    rows = {line.split("  ")[0].strip(): line.split()[-1] for line in result.out.splitlines()
+            if "  " in line}
+    assert rows["i2t R@10"] == f"{metrics['i2t']['r10']:.1f}"
+    assert rows["t2i meanr"] == f"{metrics['t2i']['meanr']:.1f}"
+    assert rows["text overlap@10"] == f"{metrics['neighborhood']['text_overlap@10']:.3f}"
+    assert rows["metric"] == RUN
+
+    # The saved embeddings are those the metrics were computed from.
+    folder = best.parent / "embeddings_test"
+    images = torch.from_numpy(np.load(folder / "images.npy"))
+    texts = torch.from_numpy(np.load(folder / "texts.npy"))
+    text_image = torch.from_numpy(np.load(folder / "text_image.npy"))
+    ids = json.loads((folder / "ids.json").read_text())
+    assert ids["images"] == [r["id"] for r in test]
+    assert ids["texts"] == [f"{r['id']}#{j}" for r in test for j in range(TEXTS_PER_ITEM)]
+    assert text_image.tolist() == [i for i in range(len(test)) for _ in range(TEXTS_PER_ITEM)]
+    assert torch.allclose(images.norm(dim=1), torch.ones(len(test)), atol=1e-5)
+    again = retrieval_metrics(images, texts, text_image)
+    for d in ("i2t", "t2i"):
+        assert again[d] == pytest.approx(metrics[d])
+
+    # ... and they are the model's own output for each image and text, one at a time.
+    model, vocab = rebuild(load_checkpoint(best))
+    with torch.no_grad():
+        img = model.embed_images(normalize(read_image(ids["image_paths"][5], 32)[None]))
+        tokens = vocab.encode(preprocess(test[5]["texts"][1]), config.MAX_TOKENS)
+        txt = model.embed_texts(*pad_batch([tokens]))
+    assert torch.allclose(img[0], images[5], atol=1e-5)
+    assert torch.allclose(txt[0], texts[2 * 5 + 1], atol=1e-5)
+
+    # Neighbourhood: one document per image, its first text, against inferred Doc2Vec vectors.
+    first = [preprocess(r["texts"][0]) for r in test]
+    reference = torch.from_numpy(infer_vectors(str(work / "doc2vec_model.gensim"), first))
+    assert knn_overlap(reference, images, 10) == pytest.approx(
+        metrics["neighborhood"]["image_overlap@10"])
+    assert knn_overlap(reference, texts[::2], 10) == pytest.approx(
+        metrics["neighborhood"]["text_overlap@10"])
+
+    projector = folder / "projector"
+    assert (projector / "projector_config.pbtxt").is_file()
+    for tag in ("images", "texts"):
+        for name in ("sprite.png", "metadata.tsv", "tensors.tsv"):
+            assert (projector / "00000" / tag / name).is_file()
+    assert len((projector / "00000" / "texts" / "metadata.tsv").read_text().splitlines()) \
+        == 1 + TEXTS_PER_ITEM * len(test)
+
+
+def test_two_checkpoints_side_by_side_in_one_file(trained, tmp_path):
+    _, _, best = trained
+    copy = tmp_path / "l_i2t_l_sym_1_l_img_0_l_text_0" / "best.pt"
+    copy.parent.mkdir()
+    shutil.copy(best, copy)
+    out = tmp_path / "both.json"
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--checkpoint", copy,
+                 "--out", out, "--workers", "0")
+    both = json.loads(out.read_text())
+    assert list(both) == [RUN, "l_i2t_l_sym_1_l_img_0_l_text_0"]
+    assert both[RUN] == both["l_i2t_l_sym_1_l_img_0_l_text_0"]   # the same weights, twice
+    assert not (copy.parent / "metrics.json").exists()
+    lines = result.out.splitlines()
+    header = next(line for line in lines if line.startswith("metric"))
+    assert header.split() == ["metric", RUN, "l_i2t_l_sym_1_l_img_0_l_text_0"]
+    r1 = next(line for line in lines if line.startswith("i2t R@1 "))
+    assert r1.split()[-2] == r1.split()[-1] == f"{both[RUN]['i2t']['r1']:.1f}"
+
+
+def test_unreadable_images_are_left_out_with_their_texts(trained, tmp_path):
+    manifest, _, best = trained
+    records = manifest_records(manifest)
+    for r in records:
+        r["image"] = str(manifest.parent / r["image"])
+    test = [r for r in records if r["split"] == "test"]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    test[0]["image"] = str(broken)
+    bad = write_manifest(tmp_path / "bad.jsonl", records)
+    out = tmp_path / "m.json"
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--dataset", bad, "--out", out,
+                 "--max-bad-images", "0.5", "--workers", "0")
+    assert f"left out 1 of {len(test)} test images" in result.out and str(broken) in result.out
+    metrics = json.loads(out.read_text())
+    assert metrics["n_images"] == len(test) - 1
+    assert metrics["n_texts"] == TEXTS_PER_ITEM * (len(test) - 1)
+    # Over the default share of bad images, the evaluation stops.
+    one_line_error(cli("evaluate_retrieval.py", "--checkpoint", best, "--dataset", bad,
+                       "--out", out, "--workers", "0", check=False),
+                   "missing or unreadable", "--max-bad-images")
+
+
+def test_bad_inputs_give_one_line_errors(trained, tmp_path):
+    manifest, work, best = trained
+    run = ["evaluate_retrieval.py", "--workers", "0", "--out", tmp_path / "m.json"]
+    one_line_error(cli(*run, "--checkpoint", tmp_path / "missing.pt", check=False),
+                   "missing.pt", "checkpoint not found")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00junk")
+    one_line_error(cli(*run, "--checkpoint", junk, check=False), "not a readable checkpoint")
+
+    # A Doc2Vec model with another vocabulary (min count 4 instead of 2).
+    other = tmp_path / "other"
+    cli("train_doc2vec.py", "--dataset", manifest, "--work-dir", other, "--workers", "1",
+        "--min-count", "4", "--epochs", "1")
+    one_line_error(cli(*run, "--checkpoint", best, "--work-dir", other, check=False),
+                   "vocabulary", str(other / "doc2vec_model.gensim"), "--work-dir")
+
+    records = manifest_records(manifest)
+    for r in records:
+        r["split"] = "train" if r["split"] == "test" else r["split"]
+    no_test = write_manifest(manifest.parent / "no_test.jsonl", records)
+    one_line_error(cli(*run, "--checkpoint", best, "--dataset", no_test, check=False),
+                   "test split is empty")
+
+
+def test_without_a_doc2vec_model_the_neighbourhood_is_skipped_with_the_reason(trained, tmp_path):
+    _, _, best = trained
+    out = tmp_path / "m.json"
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--work-dir", tmp_path / "none",
+                 "--out", out, "--workers", "0")
+    assert "neighbourhood: skipped, no Doc2Vec model at" in result.out
+    assert set(json.loads(out.read_text())) == TOP_KEYS - {"neighborhood"}
+
+
+# --- building blocks --------------------------------------------------------------------------
+
+def split_args(**kw):
+    return argparse.Namespace(dataset="d.jsonl", max_sentences=0, max_chars=1000, workers=1, **kw)
+
+
+def test_split_dedupes_shared_images_and_drops_empty_texts():
+    items = [Item("a", "/x/1.png", ("storm rain", "the of"), "test", "w"),
+             Item("b", "/x/2.png", ("guitar song",), "train", "m"),
+             Item("c", "/x/1.png", ("thunder cloud",), "test", "w"),
+             Item("d", "/x/3.png", ("rocket orbit", "planet moon"), "test", "s")]
+    split = load_split(items, "test", split_args())
+    assert split.image_paths == ["/x/1.png", "/x/3.png"]
+    assert split.image_ids == ["a", "d"]
+    assert split.text_ids == ["a#0", "c", "d#0", "d#1"]     # "the of" leaves no token
+    assert split.text_image.tolist() == [0, 0, 1, 1]
+    assert split.first_texts().tolist() == [0, 2]
+    sub, rows = split.keep_images([1])
+    assert sub.image_ids == ["d"] and sub.text_ids == ["d#0", "d#1"] and rows.tolist() == [2, 3]
+    assert sub.text_image.tolist() == [0, 0]
+    with pytest.raises(DatasetError, match="val split is empty"):
+        load_split(items, "val", split_args())
+
+
+def test_integer_labels_share_one_mapping_and_need_every_label():
+    image, text = integer_labels(["b", "a"], ["a", "b", "b"])
+    assert image.tolist() == [1, 0] and text.tolist() == [0, 1, 1]
+    assert integer_labels(["a", None], ["a"]) is None
+
+
+def test_evaluate_embeddings_on_perfect_and_random_spaces():
+    g = torch.Generator().manual_seed(0)
+    n = 2000
+    images = torch.nn.functional.normalize(torch.randn(n, 16, generator=g), dim=1)
+    text_image = torch.arange(n).repeat_interleave(2)
+    texts = images[text_image]
+    labels = torch.arange(n) % 7
+    metrics, notes = evaluate_embeddings(images, texts, text_image, torch.arange(n) * 2,
+                                         reference=images, image_labels=labels,
+                                         text_labels=labels[text_image], block=300)
+    assert set(metrics) == TOP_KEYS | {"folds_1k"} and notes == []
+    assert metrics["rsum"] == pytest.approx(600.0) and metrics["folds_1k"]["rsum"] == 600.0
+    assert metrics["neighborhood"] == {"image_overlap@10": 1.0, "text_overlap@10": 1.0}
+    assert set(metrics["label_precision@10"]) == {"i2t", "t2i", "i2i", "t2t"}
+
+    random_space = torch.randn(n, 16, generator=g)
+    metrics, _ = evaluate_embeddings(images[:300], texts[:600], text_image[:600],
+                                     torch.arange(300) * 2, reference=random_space[:300])
+    assert metrics["neighborhood"]["image_overlap@10"] < 0.1   # k / N is 0.033
+    assert "folds_1k" not in metrics and "label_precision@10" not in metrics
+
+
+def test_table_puts_runs_side_by_side_and_marks_missing_cells():
+    a = {"n_images": 10, "i2t": {"r1": 12.345}, "neighborhood": {"image_overlap@10": 0.5}}
+    b = {"n_images": 10, "i2t": {"r1": 50.0}}
+    lines = format_table(["a", "b"], [a, b]).splitlines()
+    assert lines[0].split() == ["metric", "a", "b"]
+    cells = {line.split("  ")[0].strip(): line.split()[-2:] for line in lines[2:]}
+    assert cells == {"images": ["10", "10"], "i2t R@1": ["12.3", "50.0"],
+                     "image overlap@10": ["0.500", "-"]}
+    assert not any(line.startswith("t2i") for line in lines)
+
+
+def test_run_names_and_metrics_paths():
+    assert run_names(["w/models/r1/best.pt", "w/models/r2/best.pt"]) == ["r1", "r2"]
+    assert run_names(["w/r1/best.pt", "w/r1/last.pt"]) == ["r1/best", "r1/last"]
+    assert metrics_path("w/r1/best.pt", "test") == Path("w/r1/metrics.json")
+    assert metrics_path("w/r1/last.pt", "val") == Path("w/r1/metrics_last_val.json")
+
+
+def test_flags_given_override_the_checkpoint_and_config_fills_the_rest():
+    args = argparse.Namespace(seed=7, split="test")
+    state = {"config": {"seed": 1, "val_size": 5, "dataset": "/d.jsonl"}}
+    run = with_checkpoint_defaults(args, state)
+    assert (run.seed, run.val_size, run.dataset) == (7, 5, "/d.jsonl")
+    assert run.max_tokens == config.MAX_TOKENS and run.image_size == config.IMAGE_SIZE
+
+
+def test_embedding_does_not_depend_on_batching_and_reports_bad_files(tmp_path):
+    torch.manual_seed(0)
+    model = build_model({"arch": "resnet18", "embed_dim": 8, "word_dim": 6, "hidden": 5,
+                         "vocab_size": 13}).eval()
+    vocab = Vocabulary([f"w{i}" for i in range(10)])
+    tokens = [[f"w{i % 10}" for i in range(n)] for n in (3, 9, 1, 5, 7, 2)]
+    one = embed_texts(model, vocab, tokens, 50, torch.device("cpu"), batch_size=1)
+    many = embed_texts(model, vocab, tokens, 50, torch.device("cpu"), batch_size=4)
+    assert torch.allclose(one, many, atol=1e-6)
+
+    paths = []
+    for i in range(5):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(paths[-1])
+    paths.insert(2, str(tmp_path / "missing.png"))
+    one, bad = embed_images(model, paths, 32, torch.device("cpu"), batch_size=1)
+    many, bad_many = embed_images(model, paths, 32, torch.device("cpu"), batch_size=4)
+    assert set(bad) == set(bad_many) == {2} and "missing.png" in bad[2]
+    assert torch.allclose(one, many, atol=1e-5)
