@@ -101,11 +101,10 @@ class Cache:
         return self.splits[key]
 
     def reference(self, model_path: Path, split: EvalSplit, workers: int) -> np.ndarray:
-        first = split.first_texts()
-        key = (str(model_path.resolve()), tuple(split.text_ids[t] for t in first))
+        tokens = [split.text_tokens[t] for t in split.first_texts()]
+        key = (str(model_path.resolve()), tuple(map(tuple, tokens)))
         if key not in self.vectors:
-            self.vectors[key] = infer_vectors(str(model_path), [split.text_tokens[t] for t in first],
-                                              workers)
+            self.vectors[key] = infer_vectors(str(model_path), tokens, workers)
         return self.vectors[key]
 
 

@@ -20,7 +20,7 @@ from data.cli import parser, run_main
 from losses import cross_modal_loss
 from models import ARCHS, build_model
 from training import distributed
-from training.checkpoint import load_checkpoint, save_checkpoint
+from training.checkpoint import load_checkpoint, run_name, save_checkpoint
 from training.data import PairDataset, epoch_order, make_loader
 from training.images import normalize
 from training.prepare import prepare
@@ -61,11 +61,6 @@ def parse_args():
     g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
     g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
     return p.parse_args()
-
-
-def run_name(w_sym: float, w_img: float, w_text: float) -> str:
-    f = lambda w: f"{w:g}".replace(".", "_")  # noqa: E731
-    return f"l_i2t_l_sym_{f(w_sym)}_l_img_{f(w_img)}_l_text_{f(w_text)}"
 
 
 def validate(model, data, args, ctx, amp) -> float:

@@ -9,9 +9,12 @@ from .items import Item
 from .readers import FORMATS, load_dataset
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each flag; the script's docstring kept as written."""
+
+
 def parser(description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("dataset and work folder (config.py)")
     g.add_argument("--dataset", default=config.DATASET,
                    help="a .jsonl manifest, a Karpathy .json, or a Politics folder / db.pickle")

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import zlib
-from typing import Sequence
+from contextlib import contextmanager
+from functools import partial
+from typing import Iterator, Sequence
 
+import gensim.models.doc2vec as gensim_doc2vec
 import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 from tqdm import tqdm
@@ -32,6 +35,23 @@ def train_doc2vec(tokens: Sequence[list[str]], vector_size: int, window: int, mi
 _model: Doc2Vec | None = None
 
 
+def _stable_hash(text: str) -> int:
+    return zlib.crc32(text.encode("utf-8"))
+
+
+@contextmanager
+def _stable_start_vectors() -> Iterator[None]:
+    """infer_vector starts from a vector seeded by Python's hash() of the words, which changes
+    from process to process (PYTHONHASHSEED): the same document got a different vector on every
+    run. While inferring, gensim's seeding uses a stable hash instead."""
+    original = gensim_doc2vec.pseudorandom_weak_vector
+    gensim_doc2vec.pseudorandom_weak_vector = partial(original, hashfxn=_stable_hash)
+    try:
+        yield
+    finally:
+        gensim_doc2vec.pseudorandom_weak_vector = original
+
+
 def _init(path: str) -> None:
     global _model
     _model = Doc2Vec.load(path)
@@ -41,22 +61,23 @@ def _infer(tokens: list[str]) -> np.ndarray:
     # Inference draws negative samples and windows from model.random, whose state would carry
     # over from the previous document: reseeding from the words makes each vector independent
     # of the document order and of the worker count.
-    _model.random.seed([_model.seed, zlib.crc32(" ".join(tokens).encode("utf-8"))])
+    _model.random.seed([_model.seed, _stable_hash(" ".join(tokens))])
     return _model.infer_vector(tokens)
 
 
 def infer_vectors(model_path: str, tokens: Sequence[list[str]], workers: int = 1) -> np.ndarray:
     """`infer_vector` with gensim's defaults for every document, in order: float32 [N, d].
 
-    Each inference is seeded from the model's seed and the document's words, so a vector does
-    not depend on the document order or the worker count.
+    Each inference is seeded from the model's seed and the document's words only, so a vector
+    does not depend on the process, the document order or the worker count.
     """
     bar = dict(total=len(tokens), desc="inferring Doc2Vec vectors", unit="doc", mininterval=1.0)
-    if workers <= 1 or len(tokens) < 1000:
-        _init(model_path)
-        rows = [_infer(t) for t in tqdm(tokens, **bar)]
-    else:
-        with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(model_path,)) as pool:
-            rows = list(tqdm(pool.imap(_infer, tokens, chunksize=64), **bar))
+    with _stable_start_vectors():  # forked workers inherit it
+        if workers <= 1 or len(tokens) < 1000:
+            _init(model_path)
+            rows = [_infer(t) for t in tqdm(tokens, **bar)]
+        else:
+            with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(model_path,)) as pool:
+                rows = list(tqdm(pool.imap(_infer, tokens, chunksize=64), **bar))
     dim = Doc2Vec.load(model_path).vector_size if not rows else len(rows[0])
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)

@@ -41,6 +41,15 @@ def cli(script: str, *args, check: bool = True) -> Result:
     return result
 
 
+def one_line_error(result: Result, *phrases: str) -> None:
+    """The script stopped with exit status 2 and one line on stderr holding every phrase."""
+    assert result.code == 2, result.out + result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
 def train_tiny(root: Path, texts_per_item: int = 1, seed: int = 0) -> tuple[Path, Path, Path]:
     """(manifest, work folder, best.pt) of a one-epoch run on 120 generated items."""
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=seed,

@@ -20,7 +20,7 @@ from evaluation.metrics import retrieval_metrics
 from evaluation.neighborhood import knn_overlap
 from evaluation.report import format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split
-from inprocess import RUN, cli, train_tiny
+from inprocess import RUN, cli, one_line_error, train_tiny
 from models import Vocabulary, build_model, pad_batch
 from training.checkpoint import load_checkpoint, rebuild
 from training.images import normalize, read_image
@@ -42,14 +42,6 @@ def manifest_records(manifest: Path) -> list[dict]:
 def write_manifest(path: Path, records: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
     return path
-
-
-def one_line_error(result, *phrases):
-    assert result.code == 2, result.out + result.err
-    lines = result.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
 
 
 # --- end to end -------------------------------------------------------------------------------

@@ -69,7 +69,8 @@ def test_jsonl_empty_texts_are_dropped_and_counted(tmp_path, capsys):
     ('{"id": "a", "text": "no image"}', ["m.jsonl:2", '"image"', "add"]),
     ('{"id": "a", "image": "a.jpg"}', ["m.jsonl:2", '"text"', "add"]),
     ('["a", "b"]', ["m.jsonl:2", "JSON object"]),
-    ('{"id": "z", "image": "z.jpg", "text": "t", "split": "dev"}', ["m.jsonl:2", "'dev'", "train, val, test"]),
+    ('{"id": "z", "image": "z.jpg", "text": "t", "split": "dev"}',
+     ["m.jsonl:2", "'dev'", "train, val, test"]),
     ('{"id": "a", "image": "z.jpg", "texts": [3]}', ["m.jsonl:2", "not a string"]),
     ('{"id": "0", "image": "a2.jpg", "text": "dup"}', ["m.jsonl", "duplicate id '0'", "unique"]),
 ])
@@ -227,7 +228,8 @@ def test_format_detection_and_missing_dataset(tmp_path):
     assert str(tmp_path / "nope.jsonl") in msg and "not found" in msg
     txt = write_lines(tmp_path / "data.txt", [{"id": "a", "image": "a.jpg", "text": "t"}])
     assert [it.id for it in load_dataset(txt, "jsonl")] == ["a"]
-    test_only = write_lines(tmp_path / "t.jsonl", [{"id": "a", "image": "a.jpg", "text": "t", "split": "test"}])
+    test_only = write_lines(tmp_path / "t.jsonl",
+                            [{"id": "a", "image": "a.jpg", "text": "t", "split": "test"}])
     assert "no training items" in one_line_error(load_dataset, test_only)
 
 

@@ -72,7 +72,8 @@ def test_non_ascii_tokens_match_the_authors_replacement():
 
 def test_stop_words_short_tokens_case_punctuation_and_digits():
     assert preprocess("The cat is on a mat by me and it was so", None) == ["cat", "mat"]
-    assert preprocess("COVID-19 cases rose 20% in Ohio!!! Wow", None) == ["covid", "cases", "rose", "ohio", "wow"]
+    assert preprocess("COVID-19 cases rose 20% in Ohio!!! Wow", None) == ["covid", "cases", "rose", "ohio",
+                                                                         "wow"]
     assert preprocess("", 2) == []
     assert preprocess("   \n\t ", 2) == []
     assert preprocess("It is as it was.", 2) == []

@@ -1,6 +1,7 @@
 """train_doc2vec.py, extract_doc2vec_vectors.py and knn_document_features.py end to end, and the
 one-line error (exit status 2) every bad input gets from them."""
 import json
+import os
 import pickle
 import runpy
 import shutil
@@ -12,6 +13,9 @@ import numpy as np
 import pytest
 from gensim.models.doc2vec import Doc2Vec
 
+from data.cli import parser
+from data.corpus import drop_empty, tokenized_documents
+from data.doc2vec import infer_vectors
 from data.items import documents
 from data.readers import load_dataset
 from fixtures import write_topic_manifest
@@ -21,9 +25,9 @@ TRAIN, EXTRACT, KNN = "train_doc2vec.py", "extract_doc2vec_vectors.py", "knn_doc
 SMALL = ["--min-count", "2", "--epochs", "20", "--vector-size", "50", "--workers", "1"]
 
 
-def run_subprocess(script: str, *args: str) -> subprocess.CompletedProcess:
+def run_subprocess(script: str, *args: str, hash_seed: str = "random") -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, script, *map(str, args)], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": hash_seed})
 
 
 def run_inprocess(script: str, *args: str, capsys, monkeypatch) -> tuple[int, str, str]:
@@ -62,7 +66,9 @@ def corpus(tmp_path_factory):
     work = folder / "work"
     train = run_subprocess(TRAIN, "--dataset", manifest, "--work-dir", work, *SMALL)
     assert train.returncode == 0, train.stderr
-    extract = run_subprocess(EXTRACT, "--dataset", manifest, "--work-dir", work, "--workers", "1")
+    # A fixed hash seed, surely not this process's: vectors must not depend on it.
+    extract = run_subprocess(EXTRACT, "--dataset", manifest, "--work-dir", work, "--workers", "1",
+                             hash_seed="12345")
     assert extract.returncode == 0, extract.stderr
     items = load_dataset(manifest)
     return dict(manifest=manifest, work=work, items=items, train_out=train.stdout,
@@ -92,6 +98,13 @@ def test_doc2vec_and_features_see_training_documents_only(corpus):
     held_out = {it.id for it in items if it.split != "train"}
     assert held_out and not held_out & set(feats["ids"])
     assert feats["vectors"].dtype == np.float32 and feats["vectors"].shape == (len(expected), 50)
+
+    # The same vectors again in this process (another hash seed, another worker count).
+    args = parser("x").parse_args(["--dataset", str(corpus["manifest"]), "--workers", "2"])
+    docs, tokens = drop_empty(*tokenized_documents(items, ["train"], args), "training")
+    assert [d.id for d in docs] == expected
+    again = infer_vectors(str(corpus["work"] / "doc2vec_model.gensim"), tokens * 6, workers=2)
+    np.testing.assert_array_equal(again[:len(tokens)], feats["vectors"])
 
 
 def check_knn_file(path: Path, feats_ids: list, labels: dict, k: int, space: str, backend: str,

@@ -10,6 +10,12 @@ from data.workdir import atomic_write
 from models import CrossModalModel, Vocabulary, build_model
 
 
+def run_name(w_sym: float, w_img: float, w_text: float) -> str:
+    """The authors' log folder name: l_i2t_l_sym_1_l_img_0_3_l_text_0_2 for 1 0.3 0.2."""
+    f = lambda w: f"{w:g}".replace(".", "_")  # noqa: E731
+    return f"l_i2t_l_sym_{f(w_sym)}_l_img_{f(w_img)}_l_text_{f(w_text)}"
+
+
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Atomic: an interrupted save leaves the previous file whole."""
     atomic_write(path, lambda tmp: torch.save(state, tmp))

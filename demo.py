@@ -1,0 +1,126 @@
+"""The whole method on built-in data, on a CPU in minutes (`make demo`, `make demo DATA=synthetic`).
+
+Builds the dataset, trains Doc2Vec, finds the neighbourhoods, trains the baseline (1 0 0) and the
+paper's weights (1 0.3 0.2), evaluates both side by side and writes a retrieval page. Run again,
+it reuses every step already done with the same settings, and says so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from models import imagenet_cache_path
+from training.checkpoint import run_name
+
+ROOT = Path(__file__).resolve().parent
+RUNS = {"baseline": ("1", "0", "0"), "paper": ("1", "0.3", "0.2")}
+# Settings that fit a 2-core CPU; each is a flag of the script named.
+DEFAULTS = {
+    "synthetic": dict(items=800, image_size=64, epochs=6, min_count=5, max_sentences=0),
+    "openclipart": dict(items=1600, image_size=64, epochs=5, min_count=3, max_sentences=2),
+}
+QUERIES = {"synthetic": ["rocket orbit astronaut", "guitar concert melody"],
+           "openclipart": ["cat", "red car", "christmas tree"]}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", choices=sorted(DEFAULTS), default="openclipart")
+    p.add_argument("--run-dir", default=None, help="default: runs/demo/DATA")
+    p.add_argument("--items", type=int, default=None, help="synthetic items / Open Clip Art pictures")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of each run")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args()
+    for key, value in DEFAULTS[args.data].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    args.run_dir = Path(args.run_dir or ROOT / "runs" / "demo" / args.data)
+    return args
+
+
+class Steps:
+    """Runs each step's command unless it already ran with the same settings."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "demo_steps.json"
+        self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.changed = False   # once a step runs, every later step runs too: its inputs changed
+
+    def run(self, name: str, cmd: list[str], output: Path | None = None, always: bool = False,
+            inputs: str = "") -> str:
+        key = " ".join(map(str, cmd)) + inputs
+        if not (always or self.changed) and self.done.get(name) == key and (output is None or output.exists()):
+            print(f"== {name}: already done with these settings, reusing it")
+            return ""
+        print(f"== {name}: {key}", flush=True)
+        t = time.time()
+        proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=None)
+        print(proc.stdout, end="")
+        if proc.returncode != 0:
+            sys.exit(f"demo stopped: step {name} failed (exit {proc.returncode})")
+        print(f"   ({time.time() - t:.0f}s)")
+        self.changed = not always
+        self.done[name] = key
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.write_text(json.dumps(self.done, indent=1) + "\n")
+        return proc.stdout
+
+
+def build_data(args: argparse.Namespace, steps: Steps) -> Path:
+    data_dir = args.run_dir / "data"
+    manifest = data_dir / "manifest.jsonl"
+    if args.data == "synthetic":
+        steps.run("dataset", ["build_synthetic_dataset.py", "--out", data_dir, "--items", args.items,
+                              "--image-size", max(args.image_size, 32)], manifest)
+        return manifest
+    cmd = ["build_openclipart_dataset.py", "--out", data_dir, "--cache", ROOT / "runs" / "openclipart-cache",
+           "--limit", args.items, "--workers", args.workers]
+    print(f"== dataset: {' '.join(map(str, cmd))}", flush=True)
+    proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT)
+    if proc.returncode != 0:
+        sys.exit("demo stopped: the Open Clip Art packages could not be fetched or built; "
+                 "run the demo on the built-in synthetic data instead: make demo DATA=synthetic")
+    return manifest
+
+
+def main() -> None:
+    args = parse_args()
+    t0 = time.time()
+    steps = Steps(args.run_dir)
+    manifest = build_data(args, steps)
+    work = args.run_dir / "work"
+    common = ["--dataset", manifest, "--work-dir", work, "--workers", args.workers,
+              "--max-sentences", args.max_sentences]
+    steps.run("doc2vec", ["train_doc2vec.py", *common, "--min-count", args.min_count],
+              work / "doc2vec_model.gensim", inputs=f" (data {manifest.stat().st_mtime_ns})")
+    steps.run("vectors", ["extract_doc2vec_vectors.py", *common], work / "doc2vec_features.pickle")
+    steps.run("neighbours", ["knn_document_features.py", *common, "--k", 50], work / "document_feats_knn.pickle")
+    pretrained = imagenet_cache_path(args.arch).exists()
+    print(f"== image branch: {args.arch}, "
+          f"{'ImageNet weights from the torch cache' if pretrained else 'random init (no ImageNet weights in the torch cache)'}")
+    checkpoints = []
+    for name, weights in RUNS.items():
+        best = work / "models" / run_name(*map(float, weights)) / "best.pt"
+        steps.run(f"train {name} ({' '.join(weights)})",
+                  ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
+                   "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
+                   args.batch_size, *([] if pretrained else ["--no-pretrained"])], best)
+        checkpoints.append(best)
+    steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
+                           "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)
+    page = args.run_dir / "retrieval"
+    steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[-1], "--out", page,
+                           *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")
+    print(f"demo finished in {time.time() - t0:.0f}s; retrieval page: {page / 'index.html'}")
+
+
+if __name__ == "__main__":
+    main()
