@@ -36,15 +36,13 @@ import torch
 import config
 from data.cli import load_items, run_main
 from data.doc2vec import infer_vectors
-from data.items import DatasetError
-from evaluation.cli import eval_parser, load_model
+from evaluation.cli import check_flags, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
 from evaluation.evaluate import evaluate_embeddings
 from evaluation.export import save_embeddings, write_projector
 from evaluation.reference import doc2vec_model_path
 from evaluation.report import format_table, metrics_path, run_names, write_json
-from evaluation.split import EvalSplit, integer_labels, load_split
-from training.images import report_bad_images
+from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
               "max_sentences", "max_chars", "split")
@@ -72,9 +70,7 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--projector-max", type=int, default=2000, help="images in the projector log")
     g.add_argument("--projector-thumb", type=int, default=32, help="thumbnail side in pixels")
     args = p.parse_args()
-    for flag in ("batch_size", "block", "projector_max", "projector_thumb"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    check_flags(p, args, "block", "projector_max", "projector_thumb")
     if args.projector and args.save_embeddings is None:
         args.save_embeddings = ""
     return args
@@ -118,15 +114,7 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
           f"{split.n_texts} texts")
     images, failures = embed_images(model, split.image_paths, run.image_size, device,
                                     args.batch_size, args.workers, args.precision)
-    if failures:
-        report_bad_images({split.image_paths[i]: r for i, r in sorted(failures.items())},
-                          split.n_images, args.max_bad_images, run.split)
-        good = [i for i in range(split.n_images) if i not in failures]
-        if not good:
-            raise DatasetError(f"{run.dataset}: no image of the {run.split} split can be read: "
-                               "fix the image paths (--image-root)")
-        split, _ = split.keep_images(good)
-        images = images[good]
+    split, images = without_unreadable(split, images, failures, args.max_bad_images, run.dataset)
     texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device, args.batch_size,
                         args.precision)
 
@@ -138,10 +126,9 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     labels = integer_labels(split.image_labels, split.text_labels)
     if labels is None and any(lab is not None for lab in split.image_labels):
         print("label precision: skipped, some items of the split have no label")
-    on = dict(device=device)
     metrics, notes = evaluate_embeddings(
-        images.to(**on), texts.to(**on), torch.from_numpy(split.text_image).to(**on),
-        torch.from_numpy(split.first_texts()).to(**on), reference,
+        images.to(device), texts.to(device), torch.from_numpy(split.text_image).to(device),
+        torch.from_numpy(split.first_texts()).to(device), reference,
         None if labels is None else torch.from_numpy(labels[0]),
         None if labels is None else torch.from_numpy(labels[1]), args.block)
     for note in notes:

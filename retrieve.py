@@ -16,15 +16,14 @@ from pathlib import Path
 import config
 from data.cli import load_items, run_main
 from data.items import DatasetError
-from evaluation.cli import eval_parser, load_model
+from evaluation.cli import check_flags, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
 from evaluation.html import Thumbnails, write_page
 from evaluation.queries import (image_by_path, images_by_text, normal_text, query_tokens,
                                 read_query_file)
 from evaluation.search import Hit, QueryResult, top_k
 from evaluation.sheet import contact_sheet
-from evaluation.split import EvalSplit, load_split
-from training.images import report_bad_images
+from evaluation.split import EvalSplit, load_split, without_unreadable
 
 
 def parse_args() -> argparse.Namespace:
@@ -44,9 +43,9 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if not (args.query or args.queries or args.image):
         p.error("give at least one query: --query TEXT, --queries FILE or --image FILE")
-    for flag, low in (("k", 1), ("thumb_size", 16), ("batch_size", 1), ("block", 1)):
-        if getattr(args, flag) < low:
-            p.error(f"--{flag.replace('_', '-')} must be at least {low}")
+    check_flags(p, args, "k", "block")
+    if args.thumb_size < 16:
+        p.error("--thumb-size must be at least 16")
     return args
 
 
@@ -59,15 +58,7 @@ def text_queries(queries, tokens, model, vocab, split, run, args, device) -> lis
     gallery, failures = embed_images(model, split.image_paths, run.image_size, device,
                                      args.batch_size, args.workers, args.precision,
                                      desc="embedding gallery images")
-    if failures:
-        report_bad_images({split.image_paths[i]: r for i, r in sorted(failures.items())},
-                          split.n_images, args.max_bad_images, run.split)
-        good = [i for i in range(split.n_images) if i not in failures]
-        if not good:
-            raise DatasetError(f"{run.dataset}: no image of the {run.split} split can be read: "
-                               "fix the image paths (--image-root)")
-        split, _ = split.keep_images(good)
-        gallery = gallery[good]
+    split, gallery = without_unreadable(split, gallery, failures, args.max_bad_images, run.dataset)
     embedded = embed_texts(model, vocab, tokens, run.max_tokens, device, args.batch_size,
                            args.precision, desc="embedding queries")
     scores, index = top_k(embedded.to(device), gallery.to(device), args.k, args.block)

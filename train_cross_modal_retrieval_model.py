@@ -7,7 +7,6 @@ weights, `1 0 0` the baseline without its constraints. Several GPUs: torchrun --
 """
 import math
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -22,8 +21,9 @@ from models import ARCHS, build_model
 from training import distributed
 from training.checkpoint import load_checkpoint, run_name, save_checkpoint
 from training.data import PairDataset, epoch_order, make_loader
-from training.images import normalize
+from training.image_cache import MODES
 from training.prepare import prepare
+from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
 
 
 def parse_args():
@@ -58,6 +58,9 @@ def parse_args():
                    help="default: cuda when present")
     g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
                    help="share of unreadable images tolerated")
+    g.add_argument("--image-cache", choices=MODES, default="auto",
+                   help="read images from prepare_image_cache.py's cache: auto (when it is up to "
+                        "date), require, or off (decode the files at every step)")
     g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
     g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
     return p.parse_args()
@@ -68,31 +71,23 @@ def validate(model, data, args, ctx, amp) -> float:
     model.eval()
     ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
     order = epoch_order(len(ds), args.seed, 0, ctx.rank, ctx.world, shuffle=False)
-    total = count = 0.0
+    total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0  # read once, at the end
+    channels_last = use_bf16(ctx.device, args.precision)
     with torch.no_grad():
         for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
             if len(b["image_ids"]) < 2:
                 continue
             with amp:
-                img, txt = model(prep_images(b, ctx, args, train=False),
+                img, txt = model(prep_images(b["images"], ctx.device, False, channels_last),
                                  b["tokens"].to(ctx.device), b["lengths"])
             _, parts = cross_modal_loss(img, txt, img, txt, b["image_ids"].to(ctx.device),
                                         b["image_ids"].to(ctx.device), b["has_nb"].to(ctx.device),
                                         0, 0, 0, args.loss, args.tan2_alpha, args.margin,
                                         args.hardest_negative)
-            total += parts["l_i2t"].item() * len(b["image_ids"])
+            total += parts["l_i2t"] * len(b["image_ids"])
             count += len(b["image_ids"])
-    total, count = distributed.all_sum([total, count], ctx)
+    total, count = distributed.all_sum([total.item(), count], ctx)
     return total / max(count, 1)
-
-
-def prep_images(batch: dict, ctx, args, train: bool) -> torch.Tensor:
-    images = batch["images"].to(ctx.device, non_blocking=True)
-    flip = (torch.rand(len(images)) < 0.5).to(ctx.device) if train else None
-    x = normalize(images, flip)
-    if ctx.device.type == "cuda" and args.precision == "bf16":
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def main() -> None:
@@ -101,14 +96,16 @@ def main() -> None:
     torch.manual_seed(args.seed)
     data = prepare(args, ctx)
     log_dir = Path(args.log_dir or Path(args.work_dir) / "models" / run_name(args.w_sym, args.w_img, args.w_text))
-    use_bf16 = ctx.device.type == "cuda" and args.precision == "bf16"
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+    bf16 = use_bf16(ctx.device, args.precision)
+    amp = autocast(ctx.device, args.precision)
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
 
     model = build_model({"arch": args.arch, "embed_dim": args.embed_dim, "word_dim": data.word_vectors.shape[1],
                          "hidden": args.gru_hidden, "vocab_size": len(data.vocab)},
                         data.word_vectors, pretrained=not args.no_pretrained,
                         weights_file=args.image_weights).to(ctx.device)
-    if use_bf16:
+    if bf16:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
@@ -124,6 +121,8 @@ def main() -> None:
     net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else model
     writer = SummaryWriter(str(log_dir), purge_step=step + 1 if args.resume else None) if ctx.main else None
+    log = StepLog(writer)
+    loss_cfg = LossConfig.from_args(args)
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
     config_record = {k: v for k, v in vars(args).items() if k != "resume"}
     config_record["dataset"] = str(Path(args.dataset).resolve())
@@ -141,28 +140,11 @@ def main() -> None:
         model.train()
         t0, seen = time.time(), 0
         for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
-            n = len(b["image_ids"])
-            has_nb = b["has_nb"].to(ctx.device)
-            with amp:
-                img_all, txt_all = net(prep_images(b, ctx, args, train=True),
-                                       b["tokens"].to(ctx.device, non_blocking=True), b["lengths"])
-            rows = has_nb.nonzero().squeeze(1)
-            nb_img = img_all.new_zeros(n, img_all.shape[1]).index_copy(0, rows, img_all[n:])
-            nb_txt = txt_all.new_zeros(n, txt_all.shape[1]).index_copy(0, rows, txt_all[n:])
-            loss, parts = cross_modal_loss(img_all[:n], txt_all[:n], nb_img, nb_txt,
-                                           b["image_ids"].to(ctx.device), b["nb_image_ids"].to(ctx.device),
-                                           has_nb, args.w_sym, args.w_img, args.w_text, args.loss,
-                                           args.tan2_alpha, args.margin, args.hardest_negative)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, parts = train_step(net, optimizer, b, ctx.device, amp, bf16, loss_cfg)
             step += 1
-            seen += n * ctx.world
-            if writer:
-                values = torch.stack([loss.detach(), *parts.values()]).tolist()
-                for tag, v in zip(("train_loss", *parts), values):
-                    writer.add_scalar(f"data/{tag}", v, step)
-                writer.add_scalar("data/lr", optimizer.param_groups[0]["lr"], step)
+            seen += len(b["image_ids"]) * ctx.world
+            log.add(step, loss, parts, optimizer.param_groups[0]["lr"])
+        log.flush()
         val = validate(model, data, args, ctx, amp)
         scheduler.step(val)
         improved = val < best

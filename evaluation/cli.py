@@ -19,13 +19,8 @@ FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed"
                    "politics_min_chars", "max_sentences", "max_chars", "max_tokens", "image_size")
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """The script's docstring as written, and each flag's default."""
-
-
 def eval_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
-    p.formatter_class = _Formatter
     g = p.add_argument_group("model and embedding")
     g.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
     g.add_argument("--image-size", type=int, help="image side fed to the model")
@@ -42,6 +37,15 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
             action.default = argparse.SUPPRESS
             action.help = f"{action.help or ''} (default: the checkpoint's training value)".strip()
     return p
+
+
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive: str) -> None:
+    """Exit with the usage line when a flag is out of range or CUDA is asked for but absent."""
+    for flag in ("batch_size", *positive):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was asked for but no CUDA device is available: pass --device cpu")
 
 
 def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.Namespace:

@@ -15,13 +15,11 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models import CrossModalModel, Vocabulary, pad_batch
-from training.images import normalize, read_image
+from training.images import normalize, try_read_image
 
 
 def pick_device(name: str | None) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda was asked for but no CUDA device is available: "
-                         "pass --device cpu")
+    """The named device, or CUDA when present."""
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
@@ -39,7 +37,7 @@ def prepare_model(model: CrossModalModel, device: torch.device, precision: str) 
     return model
 
 
-class ImageFiles(Dataset):
+class ImageFileDataset(Dataset):
     """Item i: (i, uint8 [3, s, s], "" or the reason the file could not be decoded)."""
 
     def __init__(self, paths: Sequence[str], size: int):
@@ -49,11 +47,10 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
-        try:
-            return i, read_image(self.paths[i], self.size), ""
-        except Exception as e:  # noqa: BLE001 - any decoder failure means the same: unusable
-            blank = torch.zeros(3, self.size, self.size, dtype=torch.uint8)
-            return i, blank, (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0]
+        image, reason = try_read_image(self.paths[i], self.size)
+        if image is None:
+            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), reason
+        return i, image, ""
 
 
 def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -71,7 +68,7 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    loader = DataLoader(ImageFiles(paths, size), batch_size=batch_size, shuffle=False,
+    loader = DataLoader(ImageFileDataset(paths, size), batch_size=batch_size, shuffle=False,
                         num_workers=max(0, workers), collate_fn=_collate,
                         pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers > 0 else None)

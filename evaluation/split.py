@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from data.corpus import drop_empty, tokenized_documents
 from data.items import DatasetError, Item
+from training.images import report_bad_images
 
 
 @dataclass
@@ -81,6 +83,21 @@ def load_split(items: Sequence[Item], split: str, args: argparse.Namespace) -> E
     return EvalSplit(split, paths, ids, labels, [d.id for d in docs],
                      [items[d.item].texts[d.text] for d in docs], tokens,
                      np.asarray(owner, dtype=np.int64), [items[d.item].label for d in docs])
+
+
+def without_unreadable(split: EvalSplit, images: torch.Tensor, failures: dict[int, str],
+                       max_share: float, dataset: str) -> tuple[EvalSplit, torch.Tensor]:
+    """The split and its image embeddings less the images that could not be read (reported,
+    their texts left out too); more than `max_share` of them, or all, is an error."""
+    if not failures:
+        return split, images
+    report_bad_images({split.image_paths[i]: r for i, r in sorted(failures.items())},
+                      split.n_images, max_share, split.name)
+    good = [i for i in range(split.n_images) if i not in failures]
+    if not good:
+        raise DatasetError(f"{dataset}: no image of the {split.name} split can be read: fix the "
+                           "image paths (--image-root)")
+    return split.keep_images(good)[0], images[good]
 
 
 def integer_labels(image_labels: Sequence[str | None], text_labels: Sequence[str | None]

@@ -19,7 +19,7 @@ from evaluation.evaluate import evaluate_embeddings
 from evaluation.metrics import retrieval_metrics
 from evaluation.neighborhood import knn_overlap
 from evaluation.report import format_table, metrics_path, run_names
-from evaluation.split import integer_labels, load_split
+from evaluation.split import integer_labels, load_split, without_unreadable
 from inprocess import RUN, cli, one_line_error, train_tiny
 from models import Vocabulary, build_model, pad_batch
 from training.checkpoint import load_checkpoint, rebuild
@@ -203,6 +203,12 @@ def test_split_dedupes_shared_images_and_drops_empty_texts():
     assert sub.text_image.tolist() == [0, 0]
     with pytest.raises(DatasetError, match="val split is empty"):
         load_split(items, "val", split_args())
+
+    embedded = torch.arange(4.0)[:, None].repeat(1, 2)[:2]
+    kept, rows = without_unreadable(split, embedded, {0: "OSError: broken"}, 0.5, "d.jsonl")
+    assert kept.image_ids == ["d"] and rows.tolist() == [[1.0, 1.0]]
+    with pytest.raises(DatasetError, match="no image of the test split can be read"):
+        without_unreadable(split, embedded, {0: "x", 1: "y"}, 1.0, "d.jsonl")
 
 
 def test_integer_labels_share_one_mapping_and_need_every_label():

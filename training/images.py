@@ -26,13 +26,26 @@ def read_image(path: str, size: int) -> torch.Tensor:
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 
 
-def _probe(job: tuple[str, int]) -> str | None:
-    path, size = job
+def try_read_image(path: str, size: int) -> tuple[torch.Tensor | None, str | None]:
+    """(the image, None), or (None, a one-line reason) when the file is missing or broken."""
     try:
-        read_image(path, size)
-        return None
+        return read_image(path, size), None
     except Exception as e:  # noqa: BLE001 - any decoder failure means the same: unusable image
-        return f"{type(e).__name__}: {e}".splitlines()[0]
+        return None, (f"{type(e).__name__}: {e}".splitlines() or [type(e).__name__])[0]
+
+
+class ImageFiles:
+    """image id (an index into `paths`) -> uint8 tensor, decoded from the file at every call."""
+
+    def __init__(self, paths: Sequence[str], size: int):
+        self.paths, self.size = list(paths), size
+
+    def __call__(self, image_id: int) -> torch.Tensor:
+        return read_image(self.paths[image_id], self.size)
+
+
+def _probe(job: tuple[str, int]) -> str | None:
+    return try_read_image(*job)[1]
 
 
 def find_bad_images(paths: Sequence[str], size: int, workers: int = 1) -> dict[str, str]:
@@ -65,9 +78,10 @@ def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: s
 
 def normalize(batch: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
     """uint8 [B, 3, H, W] -> float32 ImageNet-normalised, images with flip[i] mirrored."""
+    # torch.where rather than x[flip]: boolean indexing waits for the GPU to count the rows.
+    if flip is not None:
+        batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
     x = batch.float().div_(255)
-    if flip is not None and bool(flip.any()):
-        x[flip] = x[flip].flip(-1)
     mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
     return x.sub_(mean).div_(std)

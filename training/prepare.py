@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+import torch
 from gensim.models.doc2vec import Doc2Vec
 
 from data.cli import load_items
@@ -14,18 +16,9 @@ from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
 from models import Vocabulary
 
 from .distributed import Context, broadcast
-from .images import find_bad_images, read_image, report_bad_images
+from .image_cache import training_images
+from .images import report_bad_images
 from .neighbors import NeighborSampler
-
-
-class ImageFiles:
-    """image id (an item index) -> uint8 tensor, decoded from the item's file."""
-
-    def __init__(self, paths: list[str], size: int):
-        self.paths, self.size = paths, size
-
-    def __call__(self, image_id: int):
-        return read_image(self.paths[image_id], self.size)
 
 
 @dataclass
@@ -38,7 +31,7 @@ class TrainingData:
     val_docs: list[Document]
     val_tokens: list[list[int]]
     sampler: NeighborSampler
-    read: ImageFiles
+    read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s]
 
 
 def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
@@ -48,11 +41,16 @@ def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
     items = load_items(args)
     docs, tokens = drop_empty(*tokenized_documents(items, ["train", "val"], args), "train/val")
 
-    # Every image is decoded once before training: a bad one is reported, never replaced.
-    bad = find_bad_images([items[d.item].image for d in docs], args.image_size, args.workers) \
-        if ctx.main else None
-    bad = broadcast(bad, ctx)
-    used = {items[d.item].image for d in docs}
+    # Images come from the image cache when it is up to date, else from the files, each decoded
+    # once here first; either way a bad image is known before training, reported, never replaced.
+    used = sorted({items[d.item].image for d in docs})
+    source = None
+    if ctx.main:
+        read, bad, where = training_images(args.work_dir, [it.image for it in items], used,
+                                           args.image_size, args.image_cache, args.workers)
+        print(where)
+        source = (read, bad)
+    read, bad = broadcast(source, ctx)
     if ctx.main:
         report_bad_images(bad, len(used), args.max_bad_images, "train/val")
     keep = [i for i, d in enumerate(docs) if items[d.item].image not in bad]
@@ -75,5 +73,4 @@ def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler,
-                        ImageFiles([it.image for it in items], args.image_size))
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read)

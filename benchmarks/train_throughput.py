@@ -1,0 +1,350 @@
+"""Training speed: the trainer's data path against its ceiling and against the authors' setup.
+
+    python benchmarks/train_throughput.py [--images 20000] [--out RESULTS.json]
+
+Builds (or reuses) a dataset of generated 500x375 JPEGs with texts and the image cache of it
+(the trainer's own cache code, timed: that is PIL's decode + resize rate on --workers processes),
+then times in one process, each on the same data:
+  ceiling  the trainer's step (model, loss, optimizer) on batches whose images and tokens are
+           already on the device: the speed no data path can beat
+  trainer  the trainer's real path: image cache -> PairDataset -> DataLoader workers -> pinned
+           memory -> the same step (batch 128, bf16 + channels_last on CUDA)
+  authors  the authors' configuration: fp32, batch 32, PIL decoding of the full JPEGs of both
+           images of every item at every step, no cache
+and the evaluation's image embedding (evaluation.embed.embed_images). The text side is not what
+is measured: tokens come from splitting the generated texts, word vectors and Doc2Vec
+neighbours are random. Goals (issue 6): trainer/ceiling >= 0.9, trainer/authors >= 3.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import multiprocessing as mp
+import os
+import random
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+import config  # noqa: E402
+from data.items import documents  # noqa: E402
+from data.readers import load_dataset  # noqa: E402
+from data.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
+from models import Vocabulary, build_model  # noqa: E402
+from training.data import PairDataset, epoch_order, make_loader  # noqa: E402
+from training.image_cache import cached_reader, ensure_cache, training_images  # noqa: E402
+from training.images import ImageFiles  # noqa: E402
+from training.neighbors import NeighborSampler  # noqa: E402
+from training.step import LossConfig, StepLog, autocast, train_step, use_bf16  # noqa: E402
+
+PREFETCH = 4        # batches each loader worker keeps ready (training.data.make_loader)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data-dir", default="runs/bench/train_data", help="generated dataset (reused)")
+    p.add_argument("--work-dir", default="runs/bench/train_work", help="where the image cache goes")
+    p.add_argument("--images", type=int, default=20_000)
+    p.add_argument("--width", type=int, default=500)
+    p.add_argument("--height", type=int, default=375)
+    p.add_argument("--distinct", type=int, default=300, help="distinct pictures, re-encoded with noise")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--embed-dim", type=int, default=config.EMBED_DIM)
+    p.add_argument("--gru-hidden", type=int, default=config.GRU_HIDDEN)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--authors-batch-size", type=int, default=config.BATCH_SIZE)
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="loader (and cache, dataset) worker processes, the same for every setup")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps (plus the loader's queue)")
+    p.add_argument("--steps", type=int, default=60, help="timed steps of each setup")
+    p.add_argument("--embed-images", type=int, default=8192, help="images the evaluation embeds (0: skip)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the results as JSON here and as markdown beside")
+    args = p.parse_args(argv)
+    for name in ("images", "batch_size", "authors_batch_size", "steps", "distinct"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.images < 2 * args.batch_size:
+        p.error(f"--images {args.images}: pass at least twice --batch-size")
+    return args
+
+
+# --- the dataset -----------------------------------------------------------------------------
+
+def _picture(index: int, width: int, height: int, seed: int) -> np.ndarray:
+    """A smooth random colour field with a few shapes: compresses like an ordinary photo."""
+    rng = np.random.default_rng([seed, 1, index])
+    small = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8))
+    img = small.resize((width, height), Image.BICUBIC)
+    draw = ImageDraw.Draw(img)
+    for _ in range(6):
+        x, y = rng.integers(0, width), rng.integers(0, height)
+        r = int(rng.integers(10, max(11, min(width, height) // 3)))
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    return np.asarray(img, dtype=np.int16)
+
+
+def _write_jpegs(job: tuple[str, int, int, int, int, int, int]) -> int:
+    folder, start, stop, width, height, distinct, seed = job
+    for i in range(start, stop):
+        noise = np.random.default_rng([seed, 2, i]).integers(-6, 7, (height, width, 3), dtype=np.int16)
+        pixels = np.clip(_picture(i % distinct, width, height, seed) + noise, 0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(Path(folder) / f"{i:06d}.jpg", quality=90)
+    return stop - start
+
+
+def make_dataset(args: argparse.Namespace) -> Path:
+    """manifest.jsonl + images/*.jpg under --data-dir; reused when made with the same flags."""
+    folder = Path(args.data_dir)
+    spec = {"images": args.images, "width": args.width, "height": args.height,
+            "distinct": args.distinct, "seed": args.seed}
+    manifest, stamp = folder / "manifest.jsonl", folder / "spec.json"
+    if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec:
+        print(f"dataset: reusing {manifest} ({args.images} JPEGs)")
+        return manifest
+    shutil.rmtree(folder, ignore_errors=True)
+    (folder / "images").mkdir(parents=True)
+    t = time.perf_counter()
+    step = 256
+    jobs = [(str(folder / "images"), s, min(s + step, args.images), args.width, args.height,
+             args.distinct, args.seed) for s in range(0, args.images, step)]
+    if args.workers > 1 and len(jobs) > 1:
+        with mp.get_context("fork").Pool(args.workers) as pool:
+            pool.map(_write_jpegs, jobs)
+    else:
+        list(map(_write_jpegs, jobs))
+    topics = list(TOPIC_WORDS.values())
+    with open(manifest, "w", encoding="utf-8") as f:
+        for i in range(args.images):
+            rng = random.Random(f"{args.seed}-{i}")
+            text = make_text(rng, topics[i % len(topics)].split(), 2)
+            f.write(json.dumps({"id": f"{i:06d}", "image": f"images/{i:06d}.jpg", "texts": [text],
+                                "split": "train"}) + "\n")
+    stamp.write_text(json.dumps(spec))
+    print(f"dataset: wrote {args.images} {args.width}x{args.height} JPEGs to {folder} "
+          f"in {time.perf_counter() - t:.1f}s")
+    return manifest
+
+
+def text_side(docs, items, seed: int, pool: int = config.NEIGHBOR_POOL):
+    """Vocabulary, random word vectors, token ids and a random neighbour file the trainer's
+    NeighborSampler accepts (the text side's speed is not what this measures)."""
+    words = sorted(set(" ".join(TOPIC_WORDS.values()).split()) | set(FILLER_WORDS))
+    vocab = Vocabulary(words)
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((len(words), config.VECTOR_SIZE)).astype(np.float32) * 0.1
+    tokens = [vocab.encode(re.findall(r"[a-z]+", items[d.item].texts[d.text].lower()), config.MAX_TOKENS)
+              for d in docs]
+    n = len(docs)
+    others = (np.arange(n)[:, None] + rng.integers(1, n, (n, pool))) % n
+    knn = {"ids": [d.id for d in docs],
+           "neighbors": np.concatenate([np.arange(n)[:, None], others], axis=1).astype(np.int32),
+           "distances": np.concatenate([np.zeros((n, 1)), np.sort(rng.uniform(0.1, 1, (n, pool)), 1)],
+                                       axis=1).astype(np.float32)}
+    return vocab, vectors, tokens, NeighborSampler(knn, docs, pool, source="random kNN")
+
+
+# --- timing ----------------------------------------------------------------------------------
+
+class _Discard:
+    """A SummaryWriter that keeps nothing: StepLog still reads each step's scalars, as in training."""
+
+    def add_scalar(self, *args) -> None:
+        pass
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _batches(ds: PairDataset, batch_size: int, workers: int, seed: int, device: torch.device):
+    """The trainer's loader, epoch after epoch (a new loader and order each, as the trainer)."""
+    epoch = 0
+    while True:
+        order = epoch_order(len(ds), seed, epoch)
+        yield from make_loader(ds, order, batch_size, workers, device.type == "cuda", drop_last=True)
+        epoch += 1
+
+
+def time_steps(batches, step, warmup: int, steps: int, device: torch.device) -> dict:
+    for _ in range(warmup):
+        step(next(batches))
+    _sync(device)
+    t, items, images = time.perf_counter(), 0, 0
+    for _ in range(steps):
+        b = next(batches)
+        step(b)
+        items += len(b["image_ids"])
+        images += len(b["images"])
+    _sync(device)
+    seconds = time.perf_counter() - t
+    return {"items_per_s": items / seconds, "images_per_s": images / seconds, "seconds": seconds,
+            "steps": steps}
+
+
+def new_model(args, vocab, vectors, device: torch.device, precision: str):
+    model = build_model({"arch": args.arch, "embed_dim": args.embed_dim, "word_dim": vectors.shape[1],
+                         "hidden": args.gru_hidden, "vocab_size": len(vocab)}, vectors).to(device)
+    if use_bf16(device, precision):
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    return model, torch.optim.Adam(model.parameters(), lr=config.LR, weight_decay=config.WEIGHT_DECAY)
+
+
+def stepper(model, optimizer, device: torch.device, precision: str):
+    cfg, amp, log = LossConfig(1.0, 0.3, 0.2), autocast(device, precision), StepLog(_Discard())
+    count = [0]
+
+    def step(batch: dict) -> None:
+        loss, parts = train_step(model, optimizer, batch, device, amp, use_bf16(device, precision), cfg)
+        count[0] += 1
+        log.add(count[0], loss, parts, config.LR)
+    return step
+
+
+def on_device(batch: dict, device: torch.device) -> dict:
+    """Images and tokens moved to the device; the small per-item index tensors stay as the loader
+    gives them (train_step reads has_nb on the CPU)."""
+    out = dict(batch)
+    out["images"] = batch["images"].to(device)
+    out["tokens"] = batch["tokens"].to(device)
+    return out
+
+
+def embed_rate(model, paths: list[str], args, device: torch.device) -> dict:
+    """Images/s of the evaluation's embed_images, from the files and, when it accepts a reader,
+    from the image cache."""
+    from evaluation.embed import embed_images, prepare_model
+    model = prepare_model(model, device, args.precision)
+    out = {}
+    sources = {"files": {}}
+    read, _ = cached_reader(args.work_dir, paths, args.image_size)
+    if read is not None and "read" in inspect.signature(embed_images).parameters:
+        sources["cache"] = {"read": read}
+    for name, extra in sources.items():
+        _sync(device)
+        t = time.perf_counter()
+        embed_images(model, paths, args.image_size, device, batch_size=args.batch_size,
+                     workers=args.workers, precision=args.precision, **extra)
+        _sync(device)
+        out[name] = len(paths) / (time.perf_counter() - t)
+    return out
+
+
+# --- report ----------------------------------------------------------------------------------
+
+def table(results: dict) -> str:
+    r, s = results["setups"], results["settings"]
+    rows = [("ceiling", s["batch_size"], s["precision"], "batches already on the device"),
+            ("trainer", s["batch_size"], s["precision"], f"image cache, {s['workers']} loader workers"),
+            ("authors", s["authors_batch_size"], "fp32", f"PIL decoding of the JPEG files, {s['workers']} workers")]
+    lines = ["| setup | batch | precision | images from | items/s | images/s |", "|---|---|---|---|---|---|"]
+    for name, batch, prec, source in rows:
+        lines.append(f"| {name} | {batch} | {prec} | {source} | {r[name]['items_per_s']:,.1f} | "
+                     f"{r[name]['images_per_s']:,.1f} |")
+    for name, rate in results.get("embedding", {}).items():
+        lines.append(f"| evaluation embedding | {s['batch_size']} | {s['precision']} | {name} | - | {rate:,.1f} |")
+    lines.append("")
+    for key, value in results["ratios"].items():
+        lines.append(f"- {key}: {value:.2f}")
+    if "cache_build_images_per_s" in results:
+        lines.append(f"- image cache build (PIL decode + resize, {s['workers']} processes): "
+                     f"{results['cache_build_images_per_s']:,.1f} images/s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True   # as the trainer
+    torch.manual_seed(args.seed)
+    manifest = make_dataset(args)
+    items = load_dataset(str(manifest), None, None, None, args.seed, 0)
+    paths = [it.image for it in items]
+    results: dict = {"settings": {**vars(args), "device": str(device), "torch": torch.__version__,
+                                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                                  "cpus": os.cpu_count()}, "setups": {}}
+
+    t = time.perf_counter()
+    _, what = ensure_cache(args.work_dir, paths, args.image_size, args.workers, progress=False)
+    print(f"{what} in {time.perf_counter() - t:.1f}s")
+    if what.startswith("wrote"):
+        results["cache_build_images_per_s"] = len(paths) / (time.perf_counter() - t)
+    read, bad, where = training_images(args.work_dir, paths, paths, args.image_size, "require")
+    print(where)
+    if bad:
+        raise RuntimeError(f"{len(bad)} generated images could not be decoded (first: "
+                           f"{next(iter(bad.items()))}): delete {args.data_dir} and run again")
+    docs = documents(items, ["train"])
+    vocab, vectors, tokens, sampler = text_side(docs, items, args.seed)
+    image_ids = [d.item for d in docs]
+    neighbors = sampler.sample(args.seed, 0)
+    loader_warmup = args.warmup + max(args.workers, 1) * PREFETCH   # drain what workers queued early
+
+    def report(name: str) -> None:
+        r = results["setups"][name]
+        print(f"{name}: {r['items_per_s']:,.1f} items/s, {r['images_per_s']:,.1f} images/s "
+              f"({r['steps']} steps in {r['seconds']:.1f}s)", flush=True)
+
+    model, optimizer = new_model(args, vocab, vectors, device, args.precision)
+    step = stepper(model, optimizer, device, args.precision)
+    cached = PairDataset(image_ids, tokens, read)
+    cached.set_neighbors(neighbors)
+    loader = _batches(cached, args.batch_size, args.workers, args.seed, device)
+    ready = [on_device(next(loader), device) for _ in range(4)]
+    del loader
+    results["setups"]["ceiling"] = time_steps(iter(ready * (args.warmup + args.steps)), step,
+                                              args.warmup, args.steps, device)
+    report("ceiling")
+    results["setups"]["trainer"] = time_steps(
+        _batches(cached, args.batch_size, args.workers, args.seed, device), step, loader_warmup,
+        args.steps, device)
+    report("trainer")
+
+    if args.embed_images:
+        results["embedding"] = embed_rate(model, paths[:args.embed_images], args, device)
+        print("evaluation embedding, images/s: " +
+              ", ".join(f"{k} {v:,.1f}" for k, v in results["embedding"].items()), flush=True)
+    del model, optimizer, step, ready
+
+    files = PairDataset(image_ids, tokens, ImageFiles(paths, args.image_size))
+    files.set_neighbors(neighbors)
+    model, optimizer = new_model(args, vocab, vectors, device, "fp32")
+    results["setups"]["authors"] = time_steps(
+        _batches(files, args.authors_batch_size, args.workers, args.seed, device),
+        stepper(model, optimizer, device, "fp32"), loader_warmup, args.steps, device)
+    report("authors")
+
+    s = results["setups"]
+    results["ratios"] = {"trainer / ceiling (goal >= 0.9)": s["trainer"]["items_per_s"] / s["ceiling"]["items_per_s"],
+                         "trainer / authors (goal >= 3)": s["trainer"]["items_per_s"] / s["authors"]["items_per_s"]}
+    for name, rate in results.get("embedding", {}).items():
+        results["ratios"][f"evaluation embedding from {name} / trainer images (goal >= 1)"] = \
+            rate / s["trainer"]["images_per_s"]
+    text = table(results)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2, default=str))
+        out.with_suffix(".md").write_text(text + "\n")
+        print(f"wrote {out} and {out.with_suffix('.md')}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,308 @@
+"""The image cache: every image of a dataset decoded and resized once, into one uint8 array file.
+
+WORK_DIR/image_cache/<size>/ holds images.npy, [N, 3, size, size] uint8 rows in the layout the
+model takes, and index.json: the sorted image paths (row r is paths[r]), each file's size and
+mtime when it was decoded, the images that could not be decoded with the reason, and a hash of
+all that (the fingerprint). prepare_image_cache.py builds it; the trainer and the evaluation
+read rows through a memory map, so loader workers copy 150 KB from the OS page cache instead
+of decoding a JPEG with PIL for every image of every step.
+
+A build is written into a hidden folder and renamed into place at the end: an interrupted build
+never looks complete. A cache is used only while every file it is asked for still has the size
+and mtime it had when decoded.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.items import DatasetError
+
+from .images import ImageFiles, find_bad_images, try_read_image
+
+CACHE_DIR = "image_cache"
+ARRAY, INDEX = "images.npy", "index.json"
+FORMAT = 1
+MODES = ("auto", "off", "require")
+CHUNK = 64          # images per worker task: big enough to amortise the task, small for the bar
+BUILD_HINT = "run prepare_image_cache.py with the same --dataset, --work-dir and --image-size"
+
+
+class UnreadableImage(Exception):
+    """Reading an image the cache recorded as missing or broken; str(e) is the recorded reason."""
+
+
+def cache_folder(work_dir: str | Path, size: int) -> Path:
+    return Path(work_dir) / CACHE_DIR / str(size)
+
+
+def file_stats(paths: Sequence[str]) -> list[list[int] | None]:
+    """[size in bytes, mtime in ns] of each file, None for one that cannot be stat'ed."""
+    out: list[list[int] | None] = []
+    for p in paths:
+        try:
+            st = os.stat(p)
+            out.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            out.append(None)
+    return out
+
+
+def fingerprint(paths: Sequence[str], stats: Sequence, size: int) -> str:
+    data = json.dumps([FORMAT, size, list(paths), list(stats)], separators=(",", ":"))
+    return hashlib.sha1(data.encode("utf-8")).hexdigest()
+
+
+class CachedImages:
+    """image id -> uint8 [3, s, s], a row of the cache's array; rows[id] is -1 for an image the
+    cache does not hold. Picklable and fork-safe: each process maps the file on its first read,
+    so DataLoader workers never share a map opened before they were forked."""
+
+    def __init__(self, array_path: str | Path, rows: np.ndarray, reasons: dict[int, str]):
+        self.array_path, self.rows, self.reasons = str(array_path), rows, reasons
+        self._array: np.ndarray | None = None
+        self._pid: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {"array_path": self.array_path, "rows": self.rows, "reasons": self.reasons}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["array_path"], state["rows"], state["reasons"])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __call__(self, image_id: int) -> torch.Tensor:
+        row = int(self.rows[image_id])
+        if row < 0:
+            if image_id in self.reasons:
+                raise UnreadableImage(self.reasons[image_id])
+            raise ValueError(f"image {image_id} is not in the image cache {self.array_path}: "
+                             f"{BUILD_HINT}")
+        if self._pid != os.getpid():
+            self._array = np.load(self.array_path, mmap_mode="r")
+            self._pid = os.getpid()
+        return torch.from_numpy(np.array(self._array[row]))
+
+
+@dataclass
+class ImageCache:
+    folder: Path
+    size: int
+    paths: list[str]
+    stats: list
+    bad: dict[str, str]
+    fingerprint: str
+    _row_of: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def row_of(self) -> dict[str, int]:
+        if not self._row_of:
+            self._row_of = {p: r for r, p in enumerate(self.paths)}
+        return self._row_of
+
+    def changed(self, paths: Sequence[str]) -> list[str]:
+        """Those of `paths` the cache lacks or whose file changed (or vanished) since it was built."""
+        rows = self.row_of()
+        wanted = sorted(set(paths))
+        now = file_stats(wanted)
+        return [p for p, st in zip(wanted, now) if p not in rows or self.stats[rows[p]] != st]
+
+    def reader(self, paths: Sequence[str]) -> CachedImages:
+        """A reader whose image id i is paths[i]."""
+        rows_of = self.row_of()
+        rows = np.array([-1 if p in self.bad else rows_of.get(p, -1) for p in paths], dtype=np.int64)
+        reasons = {i: self.bad[p] for i, p in enumerate(paths) if p in self.bad}
+        return CachedImages(self.folder / ARRAY, rows, reasons)
+
+
+def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]:
+    """(the cache of this image size, "") or (None, why there is none usable)."""
+    folder = cache_folder(work_dir, size)
+    if not (folder / INDEX).is_file():
+        return None, f"no image cache in {folder}"
+    try:
+        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+        array = np.load(folder / ARRAY, mmap_mode="r")
+        ok = (index.get("format") == FORMAT and index.get("image_size") == size
+              and array.shape == (len(index["paths"]), 3, size, size) and array.dtype == np.uint8)
+    except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke in it
+        return None, f"the image cache in {folder} is unreadable ({type(e).__name__})"
+    if not ok:
+        return None, f"the image cache in {folder} was written by another version or image size"
+    return ImageCache(folder, size, index["paths"], index["stats"], index["bad"],
+                      index["fingerprint"]), ""
+
+
+def find_cache(work_dir: str | Path, paths: Sequence[str], size: int) -> tuple[ImageCache | None, str]:
+    """The cache when it holds every one of `paths` unchanged, else (None, why not)."""
+    cache, why = load_cache(work_dir, size)
+    if cache is None:
+        return None, why
+    changed = cache.changed(paths)
+    if changed:
+        return None, (f"the image cache in {cache.folder} is out of date: {len(changed)} images "
+                      f"are new or changed since it was built (first: {changed[0]})")
+    return cache, ""
+
+
+def _decode_chunk(job: tuple[str, int, list[str], int]) -> tuple[int, list[str | None]]:
+    array_path, start, paths, size = job
+    array = np.load(array_path, mmap_mode="r+")
+    reasons = []
+    for j, p in enumerate(paths):
+        img, reason = try_read_image(p, size)
+        if img is not None:
+            array[start + j] = img.numpy()
+        reasons.append(reason)
+    array.flush()
+    del array
+    return start, reasons
+
+
+def _decode_all(array_path: Path, paths: list[str], size: int, workers: int,
+                progress: bool) -> list[str | None]:
+    jobs = [(str(array_path), s, paths[s:s + CHUNK], size) for s in range(0, len(paths), CHUNK)]
+    reasons: list[str | None] = [None] * len(paths)
+    with tqdm(total=len(paths), desc=f"caching images at {size}px", unit="img",
+              mininterval=1.0, disable=not progress) as bar:
+        if workers <= 1 or len(jobs) == 1:
+            results = map(_decode_chunk, jobs)
+            pool = None
+        else:
+            pool = mp.get_context("fork").Pool(workers)
+            results = pool.imap_unordered(_decode_chunk, jobs)
+        try:
+            for start, chunk in results:
+                reasons[start:start + len(chunk)] = chunk
+                bar.update(len(chunk))
+        finally:
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+    return reasons
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Folders of builds (and swaps) that died part way: their process is gone."""
+    for d in root.glob(".*-pid*-*"):
+        try:
+            pid = int(d.name.split("-pid")[1].split("-")[0])
+        except (IndexError, ValueError):
+            continue
+        if d.is_dir() and not _pid_alive(pid):
+            shutil.rmtree(d, ignore_errors=True)
+
+
+def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: int = 1,
+                progress: bool = True) -> ImageCache:
+    """Decode every distinct path into a new cache (replacing any older one) and return it.
+
+    Images that cannot be decoded get a zero row and a reason in `bad`; they never fail the build.
+    """
+    unique = sorted(set(paths))
+    if not unique:
+        raise DatasetError(f"no images to cache in {work_dir}: the dataset has no items")
+    if size < 1:
+        raise ValueError(f"image size must be at least 1, got {size}")
+    stats = file_stats(unique)   # before decoding: a file changed meanwhile reads as changed later
+    final = cache_folder(work_dir, size)
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
+    need = len(unique) * 3 * size * size
+    free = shutil.disk_usage(root).free
+    if need > free:
+        raise DatasetError(f"{root}: the image cache of {len(unique)} images at {size}px needs "
+                           f"{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: free "
+                           "some space or pass a --work-dir on a larger disk")
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{size}.building-pid{os.getpid()}-"))
+    os.chmod(tmp, 0o755)   # mkdtemp's 0700 would hide the cache from other users
+    try:
+        array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.uint8,
+                                          shape=(len(unique), 3, size, size))
+        del array   # the workers write through maps of their own
+        reasons = _decode_all(tmp / ARRAY, unique, size, workers, progress)
+        bad = {p: r for p, r in zip(unique, reasons) if r is not None}
+        fp = fingerprint(unique, stats, size)
+        index = {"format": FORMAT, "image_size": size, "fingerprint": fp, "paths": unique,
+                 "stats": stats, "bad": bad}
+        (tmp / INDEX).write_text(json.dumps(index), encoding="utf-8")
+        old = root / f".{size}.old-pid{os.getpid()}-{fp[:8]}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ImageCache(final, size, unique, stats, bad, fp)
+
+
+def ensure_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: int = 1,
+                 progress: bool = True) -> tuple[ImageCache, str]:
+    """The cache of exactly these images at this size: reused when its fingerprint still
+    matches the files, built (again) otherwise. Returns it and a line saying which happened."""
+    unique = sorted(set(paths))
+    cache, why = load_cache(work_dir, size)
+    if cache is not None:
+        if cache.fingerprint == fingerprint(unique, file_stats(unique), size):
+            return cache, f"image cache {cache.folder} is up to date ({len(unique)} images): reused"
+        why = f"the image cache in {cache.folder} does not match the dataset's images"
+    print(f"{why}: decoding {len(unique)} images at {size}px over {max(1, workers)} processes")
+    cache = build_cache(work_dir, unique, size, workers, progress)
+    return cache, f"wrote image cache {cache.folder} ({len(unique)} images)"
+
+
+def training_images(work_dir: str | Path, item_paths: Sequence[str], used: Sequence[str], size: int,
+                    mode: str = "auto", workers: int = 1
+                    ) -> tuple[Callable[[int], torch.Tensor], dict[str, str], str]:
+    """Where the trainer reads images: (image id -> uint8 reader, {path: reason} of the bad ones
+    among `used`, a line saying which source it is).
+
+    Image id i is item_paths[i]. "auto" reads the cache when it holds every used image unchanged
+    and decodes the files otherwise; "require" stops instead; "off" ignores any cache. Read from
+    the files, every used image is decoded once here first, so a bad one is known before training.
+    """
+    if mode not in MODES:
+        raise ValueError(f"image cache mode {mode!r}: use one of {', '.join(MODES)}")
+    why = "--image-cache off"
+    if mode != "off":
+        cache, why = find_cache(work_dir, used, size)
+        if cache is not None:
+            bad = {p: cache.bad[p] for p in sorted(set(used)) if p in cache.bad}
+            return (cache.reader(item_paths), bad,
+                    f"images: read from the image cache {cache.folder}")
+        if mode == "require":
+            raise DatasetError(f"{why}: {BUILD_HINT} (or pass --image-cache auto)")
+    bad = find_bad_images(used, size, workers)
+    hint = "" if mode == "off" else f"; {BUILD_HINT} to decode them only once"
+    return ImageFiles(item_paths, size), bad, f"images: decoded from the files ({why}{hint})"
+
+
+def cached_reader(work_dir: str | Path, paths: Sequence[str], size: int
+                  ) -> tuple[CachedImages | None, str]:
+    """For the evaluation: a reader whose image id i is paths[i], from the cache when it holds
+    every one of `paths` unchanged, else (None, why not). Reading an image the cache recorded
+    as bad raises UnreadableImage with the recorded reason."""
+    cache, why = find_cache(work_dir, paths, size)
+    return (cache.reader(list(paths)), "") if cache is not None else (None, why)
