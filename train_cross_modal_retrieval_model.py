@@ -84,7 +84,7 @@ def validate(model, data, args, ctx, amp) -> float:
                                         b["image_ids"].to(ctx.device), b["has_nb"].to(ctx.device),
                                         0, 0, 0, args.loss, args.tan2_alpha, args.margin,
                                         args.hardest_negative)
-            total += parts["l_i2t"] * len(b["image_ids"])
+            total += parts["l_i2t"].double() * len(b["image_ids"])
             count += len(b["image_ids"])
     total, count = distributed.all_sum([total.item(), count], ctx)
     return total / max(count, 1)

@@ -248,15 +248,16 @@ def embed_rate(model, paths: list[str], args, device: torch.device) -> dict:
 
 def table(results: dict) -> str:
     r, s = results["setups"], results["settings"]
-    rows = [("ceiling", s["batch_size"], s["precision"], "batches already on the device"),
-            ("trainer", s["batch_size"], s["precision"], f"image cache, {s['workers']} loader workers"),
+    prec = s["precision"] if s["device"].startswith("cuda") else "fp32 (CPU)"
+    rows = [("ceiling", s["batch_size"], prec, "batches already on the device"),
+            ("trainer", s["batch_size"], prec, f"image cache, {s['workers']} loader workers"),
             ("authors", s["authors_batch_size"], "fp32", f"PIL decoding of the JPEG files, {s['workers']} workers")]
     lines = ["| setup | batch | precision | images from | items/s | images/s |", "|---|---|---|---|---|---|"]
     for name, batch, prec, source in rows:
         lines.append(f"| {name} | {batch} | {prec} | {source} | {r[name]['items_per_s']:,.1f} | "
                      f"{r[name]['images_per_s']:,.1f} |")
     for name, rate in results.get("embedding", {}).items():
-        lines.append(f"| evaluation embedding | {s['batch_size']} | {s['precision']} | {name} | - | {rate:,.1f} |")
+        lines.append(f"| evaluation embedding | {s['batch_size']} | {prec} | {name} | - | {rate:,.1f} |")
     lines.append("")
     for key, value in results["ratios"].items():
         lines.append(f"- {key}: {value:.2f}")
@@ -264,6 +265,13 @@ def table(results: dict) -> str:
         lines.append(f"- image cache build (PIL decode + resize, {s['workers']} processes): "
                      f"{results['cache_build_images_per_s']:,.1f} images/s")
     return "\n".join(lines)
+
+
+def save(results: dict, out: str | None) -> None:
+    """Written after every setup, so that a run cut short still leaves what it measured."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -299,6 +307,7 @@ def main(argv: list[str] | None = None) -> dict:
         r = results["setups"][name]
         print(f"{name}: {r['items_per_s']:,.1f} items/s, {r['images_per_s']:,.1f} images/s "
               f"({r['steps']} steps in {r['seconds']:.1f}s)", flush=True)
+        save(results, args.out)
 
     model, optimizer = new_model(args, vocab, vectors, device, args.precision)
     step = stepper(model, optimizer, device, args.precision)
@@ -314,20 +323,26 @@ def main(argv: list[str] | None = None) -> dict:
         _batches(cached, args.batch_size, args.workers, args.seed, device), step, loader_warmup,
         args.steps, device)
     report("trainer")
-
-    if args.embed_images:
-        results["embedding"] = embed_rate(model, paths[:args.embed_images], args, device)
-        print("evaluation embedding, images/s: " +
-              ", ".join(f"{k} {v:,.1f}" for k, v in results["embedding"].items()), flush=True)
-    del model, optimizer, step, ready
+    del ready
 
     files = PairDataset(image_ids, tokens, ImageFiles(paths, args.image_size))
     files.set_neighbors(neighbors)
-    model, optimizer = new_model(args, vocab, vectors, device, "fp32")
+    fp32_model, fp32_optimizer = new_model(args, vocab, vectors, device, "fp32")
     results["setups"]["authors"] = time_steps(
         _batches(files, args.authors_batch_size, args.workers, args.seed, device),
-        stepper(model, optimizer, device, "fp32"), loader_warmup, args.steps, device)
+        stepper(fp32_model, fp32_optimizer, device, "fp32"), loader_warmup, args.steps, device)
     report("authors")
+    del fp32_model, fp32_optimizer
+
+    if args.embed_images:
+        try:
+            results["embedding"] = embed_rate(model, paths[:args.embed_images], args, device)
+        except Exception as e:  # noqa: BLE001 - an extra figure: its failure must not lose the others
+            results["embedding_error"] = f"{type(e).__name__}: {e}"
+            print(f"evaluation embedding failed: {results['embedding_error']}", flush=True)
+        else:
+            print("evaluation embedding, images/s: " +
+                  ", ".join(f"{k} {v:,.1f}" for k, v in results["embedding"].items()), flush=True)
 
     s = results["setups"]
     results["ratios"] = {"trainer / ceiling (goal >= 0.9)": s["trainer"]["items_per_s"] / s["ceiling"]["items_per_s"],
@@ -337,12 +352,10 @@ def main(argv: list[str] | None = None) -> dict:
             rate / s["trainer"]["images_per_s"]
     text = table(results)
     print(text)
+    save(results, args.out)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2, default=str))
-        out.with_suffix(".md").write_text(text + "\n")
-        print(f"wrote {out} and {out.with_suffix('.md')}")
+        Path(args.out).with_suffix(".md").write_text(text + "\n")
+        print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
     return results
 
 

@@ -15,8 +15,13 @@ SPACES = ("l2", "cosinesimil")
 
 
 def _block_rows(n: int, device: torch.device) -> int:
-    # Keep one block of distances under ~1 GiB on a GPU and ~256 MiB on the CPU.
-    budget = (1 << 30) if device.type == "cuda" else (256 << 20)
+    # One block of scores: on a GPU an eighth of the free memory, at most 8 GiB (topk's
+    # temporaries take a few times more; big blocks keep the matmul and topk kernels full),
+    # ~256 MiB on the CPU.
+    if device.type == "cuda":
+        budget = min(8 << 30, torch.cuda.mem_get_info(device)[0] // 8)
+    else:
+        budget = 256 << 20
     return int(max(1, min(8192, budget // (4 * max(n, 1)))))
 
 
@@ -54,22 +59,26 @@ def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None
     if space == "cosinesimil":
         base = torch.nn.functional.normalize(base, dim=1)
         q_all = base if queries is None else torch.nn.functional.normalize(q_all, dim=1)
-    base_sq = (base * base).sum(1)
+    neg_base_sq = -(base * base).sum(1, keepdim=True).T   # [1, n]
     n_q = q_all.shape[0]
     ids = np.empty((n_q, k), dtype=np.int32)
     dists = np.empty((n_q, k), dtype=np.float32)
     step = block_rows or _block_rows(base.shape[0], dev)
+    # A few candidates beyond k: a near tie at the k-th place that the fast scores misorder is
+    # still re-ranked by its exact distance.
+    pool = min(n, k + max(8, k // 8))
     for start in tqdm(range(0, n_q, step), desc=f"exact kNN on {dev.type}", unit="block",
                       disable=not progress or n_q <= step, mininterval=1.0):
         q = q_all[start:start + step]
-        score = q @ base.T
-        if space == "l2":  # -|q - x|^2 up to the query's own norm, which does not change the order
-            score.mul_(2).sub_(base_sq)
-        idx = torch.topk(score, k, dim=1).indices
+        # l2: 2 q.x - |x|^2 = -|q - x|^2 up to the query's own norm, which does not change the
+        # order; one addmm instead of a matmul and two passes over the block.
+        score = torch.addmm(neg_base_sq, q, base.T, alpha=2) if space == "l2" else q @ base.T
+        idx = torch.topk(score, pool, dim=1).indices
+        del score   # before the re-ranking allocates: the block's scores are the big buffer
         dist = _exact_distances(q, base, idx, space)
         dist, order = torch.sort(dist, dim=1, stable=True)
-        ids[start:start + len(q)] = torch.gather(idx, 1, order).cpu().numpy()
-        dists[start:start + len(q)] = dist.cpu().numpy()
+        ids[start:start + len(q)] = torch.gather(idx, 1, order[:, :k]).int().cpu().numpy()
+        dists[start:start + len(q)] = dist[:, :k].cpu().numpy()
     if queries is None:
         put_self_first(ids, dists, np.arange(n_q))
     return ids, dists
@@ -93,9 +102,10 @@ def put_self_first(ids: np.ndarray, dists: np.ndarray, self_ids: np.ndarray) -> 
 
 
 def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_construction: int = 200,
-             ef_search: int = 400, workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
+             ef_search: int = 400, workers: int = 1, timings: dict | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
     """All-pairs neighbours with nmslib HNSW, self first. Rows nmslib returns short are completed
-    exactly."""
+    exactly. `timings`, when given, receives the build and query seconds."""
     import nmslib
     if space not in SPACES:
         raise ValueError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
@@ -107,9 +117,13 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
     t = time.time()
     index.createIndex({"M": M, "efConstruction": ef_construction, "post": 2,
                        "indexThreadQty": max(1, workers)}, print_progress=False)
-    print(f"HNSW index of {len(data)} vectors built in {time.time() - t:.1f}s")
+    built = time.time() - t
+    print(f"HNSW index of {len(data)} vectors built in {built:.1f}s")
     index.setQueryTimeParams({"efSearch": ef_search})
+    t = time.time()
     results = index.knnQueryBatch(data, k=k, num_threads=max(1, workers))
+    if timings is not None:
+        timings.update(build_s=built, query_s=time.time() - t)
     ids = np.empty((len(data), k), dtype=np.int32)
     dists = np.empty((len(data), k), dtype=np.float32)
     short = []

@@ -1,0 +1,76 @@
+"""Both benchmarks end to end on the CPU at tiny sizes, and the device script's syntax."""
+import importlib.util
+import json
+import subprocess
+
+import pytest
+import torch
+from PIL import Image
+
+from pipeline import ROOT
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    # Two shared cores: torch's second thread only waits on the loader workers and the others.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_train_throughput_times_every_setup_and_reuses_its_data(tmp_path, one_thread, capsys):
+    bench = load("train_throughput")
+    argv = ["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+            "--images", "40", "--width", "60", "--height", "45", "--distinct", "5",
+            "--arch", "resnet18", "--image-size", "32", "--batch-size", "6",
+            "--authors-batch-size", "4", "--warmup", "1", "--steps", "2", "--workers", "1",
+            "--embed-images", "12", "--embed-dim", "16", "--gru-hidden", "16", "--device", "cpu",
+            "--out", str(tmp_path / "out" / "train.json")]
+    results = bench.main(argv)
+    out = capsys.readouterr().out
+    assert "wrote 40 60x45 JPEGs" in out and "images: read from the image cache" in out
+    for name in ("ceiling", "trainer", "authors"):
+        r = results["setups"][name]
+        assert r["steps"] == 2 and r["items_per_s"] > 0
+        # Every item of this data has a neighbour: two images per item.
+        assert r["images_per_s"] == pytest.approx(2 * r["items_per_s"])
+    assert results["embedding"]["files"] > 0 and results["cache_build_images_per_s"] > 0
+    assert set(results["ratios"]) >= {"trainer / ceiling (goal >= 0.9)", "trainer / authors (goal >= 3)"}
+    assert json.loads((tmp_path / "out" / "train.json").read_text())["ratios"] == results["ratios"]
+    table = (tmp_path / "out" / "train.md").read_text()
+    assert "| trainer | 6 | fp32 (CPU) | image cache, 1 loader workers |" in table
+    files = sorted((tmp_path / "data" / "images").iterdir())
+    assert len(files) == 40
+    for path in files:
+        with Image.open(path) as im:
+            assert im.size == (60, 45) and im.format == "JPEG"
+
+    bench.main(argv)
+    out = capsys.readouterr().out
+    assert "dataset: reusing" in out and "reused" in out
+
+
+def test_knn_throughput_is_exact_and_reports_hnsw_recall(tmp_path, one_thread):
+    bench = load("knn_throughput")
+    results = bench.main(["--n", "1500", "--dim", "24", "--k", "30", "--check", "50",
+                          "--probe-blocks", "100,700", "--probe-queries", "700",
+                          "--hnsw-n", "800", "--workers", "2", "--device", "cpu",
+                          "--out", str(tmp_path / "knn.json")])
+    assert results["exact"]["n"] == 1500 and results["exact"]["max_error_vs_float64"] < 1e-5
+    assert set(results["probe"]) == {100, 700} and min(results["probe"].values()) > 0
+    h = results["hnsw"]
+    assert h["n"] == 800 and h["build_s"] > 0 and h["query_s"] > 0 and h["recall_at_10"] > 0.95
+    assert "nmslib HNSW" in (tmp_path / "knn.md").read_text()
+    assert json.loads((tmp_path / "knn.json").read_text())["exact"]["n"] == 1500
+
+
+def test_device_script_is_valid_bash():
+    subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "run_all_gpu.sh")], check=True)
