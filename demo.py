@@ -35,6 +35,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None, help="training epochs of each run")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
     p.add_argument("--arch", default="resnet18")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
@@ -103,6 +105,8 @@ def main() -> None:
               work / "doc2vec_model.gensim", inputs=f" (data {manifest.stat().st_mtime_ns})")
     steps.run("vectors", ["extract_doc2vec_vectors.py", *common], work / "doc2vec_features.pickle")
     steps.run("neighbours", ["knn_document_features.py", *common, "--k", 50], work / "document_feats_knn.pickle")
+    steps.run("image cache", ["prepare_image_cache.py", *common, "--image-size", args.image_size],
+              work / "image_cache" / str(args.image_size) / "index.json")
     pretrained = imagenet_cache_path(args.arch).exists()
     print(f"== image branch: {args.arch}, "
           f"{'ImageNet weights from the torch cache' if pretrained else 'random init (no ImageNet weights in the torch cache)'}")
@@ -112,7 +116,7 @@ def main() -> None:
         steps.run(f"train {name} ({' '.join(weights)})",
                   ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
                    "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
-                   args.batch_size, *([] if pretrained else ["--no-pretrained"])], best)
+                   args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"])], best)
         checkpoints.append(best)
     steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
                            "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)

@@ -38,6 +38,7 @@ from data.cli import load_items, run_main
 from data.doc2vec import infer_vectors
 from evaluation.cli import check_flags, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
+from training.image_cache import cached_reader
 from evaluation.evaluate import evaluate_embeddings
 from evaluation.export import save_embeddings, write_projector
 from evaluation.reference import doc2vec_model_path
@@ -112,8 +113,10 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     split = cache.split(run)
     print(f"{path}: {run.split} split of {run.dataset}: {split.n_images} images, "
           f"{split.n_texts} texts")
+    read, why_not = cached_reader(run.work_dir, split.image_paths, run.image_size)
+    print("images: read from the image cache" if read else f"images: decoded from the files ({why_not})")
     images, failures = embed_images(model, split.image_paths, run.image_size, device,
-                                    args.batch_size, args.workers, args.precision)
+                                    args.batch_size, args.workers, args.precision, read=read)
     split, images = without_unreadable(split, images, failures, args.max_bad_images, run.dataset)
     texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device, args.batch_size,
                         args.precision)

@@ -18,6 +18,7 @@ from data.cli import load_items, run_main
 from data.items import DatasetError
 from evaluation.cli import check_flags, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
+from training.image_cache import cached_reader
 from evaluation.html import Thumbnails, write_page
 from evaluation.queries import (image_by_path, images_by_text, normal_text, query_tokens,
                                 read_query_file)
@@ -55,9 +56,10 @@ def _image_label(split: EvalSplit, i: int) -> str:
 
 
 def text_queries(queries, tokens, model, vocab, split, run, args, device) -> list[QueryResult]:
+    read, _ = cached_reader(run.work_dir, split.image_paths, run.image_size)
     gallery, failures = embed_images(model, split.image_paths, run.image_size, device,
                                      args.batch_size, args.workers, args.precision,
-                                     desc="embedding gallery images")
+                                     desc="embedding gallery images", read=read)
     split, gallery = without_unreadable(split, gallery, failures, args.max_bad_images, run.dataset)
     embedded = embed_texts(model, vocab, tokens, run.max_tokens, device, args.batch_size,
                            args.precision, desc="embedding queries")

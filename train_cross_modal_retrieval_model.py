@@ -120,12 +120,21 @@ def main() -> None:
             print(f"resuming {log_dir / 'last.pt'} after epoch {state['epoch']}")
     net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else model
+    old_events = sorted(log_dir.glob("events.out.tfevents.*"))
+    if ctx.main and not args.resume and old_events:
+        # A new run in the folder of an earlier one: mixing their logs would draw one curve of both.
+        print(f"starting a new run in {log_dir}: its earlier TensorBoard logs are removed and its "
+              "checkpoints replaced (pass --resume to continue that run instead)")
+        for f in old_events:
+            f.unlink()
     writer = SummaryWriter(str(log_dir), purge_step=step + 1 if args.resume else None) if ctx.main else None
     log = StepLog(writer)
     loss_cfg = LossConfig.from_args(args)
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
     config_record = {k: v for k, v in vars(args).items() if k != "resume"}
-    config_record["dataset"] = str(Path(args.dataset).resolve())
+    for key in ("dataset", "work_dir", "image_root"):   # evaluation may run from another folder
+        if config_record[key] is not None:
+            config_record[key] = str(Path(config_record[key]).resolve())
 
     epochs = tqdm(range(start, args.epochs), desc="epochs", unit="epoch", initial=start,
                   total=args.epochs, disable=not ctx.main)

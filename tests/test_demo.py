@@ -1,0 +1,53 @@
+"""`make demo`'s script end to end on tiny synthetic data; the synthetic topics are learnable."""
+import json
+
+import pytest
+
+from pipeline import run
+
+TINY = ["--data", "synthetic", "--items", "300", "--image-size", "32", "--epochs", "3"]
+RUNS = ("l_i2t_l_sym_1_l_img_0_l_text_0", "l_i2t_l_sym_1_l_img_0_3_l_text_0_2")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("demo")
+    proc = run("demo.py", *TINY, "--run-dir", run_dir)
+    return run_dir, proc.stdout
+
+
+def test_demo_runs_every_step_and_prints_the_side_by_side_table(demo):
+    run_dir, out = demo
+    for step in ("dataset", "doc2vec", "vectors", "neighbours", "image cache", "train baseline",
+                 "train paper", "evaluate", "retrieve"):
+        assert f"== {step}" in out
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split()[1:] == list(RUNS)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics) == set(RUNS)
+    for m in metrics.values():
+        assert {"i2t", "t2i", "rsum", "neighborhood", "label_precision@10"} <= set(m)
+    page = (run_dir / "retrieval" / "index.html").read_text()
+    assert "rocket orbit astronaut" in page
+    assert "demo finished" in out
+
+
+def test_synthetic_topics_are_learnable(demo):
+    # Six balanced topics: a random model finds a same-topic result 1 time in 6.
+    run_dir, _ = demo
+    chance = 1 / 6
+    for m in json.loads((run_dir / "metrics.json").read_text()).values():
+        p = m["label_precision@10"]
+        assert (p["i2t"] + p["t2i"]) / 2 > 2 * chance
+        assert p["t2t"] > 3 * chance
+    paper = json.loads((run_dir / "metrics.json").read_text())[RUNS[1]]
+    assert paper["t2i"]["r10"] > 100 * 10 / 60 * 1.3   # well above chance over 60 test images
+
+
+def test_demo_again_reuses_what_is_done(demo):
+    run_dir, _ = demo
+    out = run("demo.py", *TINY, "--run-dir", run_dir).stdout
+    for step in ("dataset", "doc2vec", "vectors", "neighbours", "image cache",
+                 "train baseline (1 0 0)", "train paper (1 0.3 0.2)", "retrieve"):
+        assert f"== {step}: already done with these settings, reusing it" in out
+    assert "== evaluate: evaluate_retrieval.py" in out   # the table is printed again
