@@ -6,7 +6,7 @@ run can override any of them without editing this file. Values are the authors' 
 import os
 
 # --- Dataset -------------------------------------------------------------------------------
-DATASET = "runs/demo/synthetic/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics folder/db.pickle
+DATASET = "runs/demo/synthetic/data/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics folder/db.pickle
 DATASET_FORMAT = None           # None: found from the path; or "jsonl", "karpathy", "politics"
 IMAGE_ROOT = None               # folder image paths are relative to (None: the dataset file's folder)
 WORK_DIR = "runs/default"       # every script reads and writes here, never the current directory
@@ -54,3 +54,4 @@ MARGIN = 0.2                    # triplet margin
 HARDEST_NEGATIVE = False        # triplet: hardest negative (VSE++) instead of the sum
 PRECISION = "bf16"              # on CUDA; the CPU always runs fp32
 MAX_BAD_IMAGES = 0.01           # share of unreadable images tolerated before training stops
+IMAGE_CACHE = "auto"            # prepare_image_cache.py's store: "auto" (when up to date), "require", "off"

@@ -58,7 +58,7 @@ def parse_args():
                    help="default: cuda when present")
     g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
                    help="share of unreadable images tolerated")
-    g.add_argument("--image-cache", choices=MODES, default="auto",
+    g.add_argument("--image-cache", choices=MODES, default=config.IMAGE_CACHE,
                    help="read images from prepare_image_cache.py's cache: auto (when it is up to "
                         "date), require, or off (decode the files at every step)")
     g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")

@@ -14,7 +14,6 @@ Goal (issue 6): 1,000,000 documents, 200 dimensions, k = 200, exact on the GPU i
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 from data.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
 
 
@@ -143,13 +143,6 @@ def table(results: dict) -> str:
         lines.append(f"| nmslib HNSW | - | - | - | - | skipped: {results['hnsw_skipped']} |")
     lines.append(f"\npeak host memory: {results['peak_host_gib']:.1f} GiB")
     return "\n".join(lines)
-
-
-def save(results: dict, out: str | None) -> None:
-    """Written after every stage, so that a run cut short still leaves what it measured."""
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
+from benchmarks.common import save  # noqa: E402
 from data.items import documents  # noqa: E402
 from data.readers import load_dataset  # noqa: E402
 from data.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
@@ -265,13 +266,6 @@ def table(results: dict) -> str:
         lines.append(f"- image cache build (PIL decode + resize, {s['workers']} processes): "
                      f"{results['cache_build_images_per_s']:,.1f} images/s")
     return "\n".join(lines)
-
-
-def save(results: dict, out: str | None) -> None:
-    """Written after every setup, so that a run cut short still leaves what it measured."""
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(results, indent=2, default=str))
 
 
 def main(argv: list[str] | None = None) -> dict:

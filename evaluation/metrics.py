@@ -44,16 +44,22 @@ def _check_block(block: int) -> None:
         raise ValueError(f"block must be a positive int (queries per step), got {block!r}")
 
 
+def _two_spaces(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, same_dim: bool = True
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Both embedding matrices checked, on one device, and (when same_dim) of one dimension."""
+    a, b = _embeddings(a, name_a), _embeddings(b, name_b)
+    if same_dim and a.shape[1] != b.shape[1]:
+        raise ValueError(f"{name_a} have dimension {a.shape[1]} but {name_b} {b.shape[1]}: "
+                         "both must be embedded in the same joint space")
+    if a.device != b.device:
+        raise ValueError(f"{name_a} are on {a.device} but {name_b} on {b.device}: "
+                         "move both to one device")
+    return a, b
+
+
 def _check_pair(images: torch.Tensor, texts: torch.Tensor,
                 text_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    images = _embeddings(images, "images")
-    texts = _embeddings(texts, "texts")
-    if images.shape[1] != texts.shape[1]:
-        raise ValueError(f"images have dimension {images.shape[1]} but texts {texts.shape[1]}: "
-                         "both must be embedded in the same joint space")
-    if images.device != texts.device:
-        raise ValueError(f"images are on {images.device} but texts on {texts.device}: "
-                         "move both to one device")
+    images, texts = _two_spaces(images, texts, "images", "texts")
     dtype = torch.promote_types(images.dtype, texts.dtype)
     images, texts = images.to(dtype), texts.to(dtype)
     if (not isinstance(text_image, torch.Tensor) or text_image.dim() != 1

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from evaluation.metrics import _check_block, _embeddings
+from evaluation.metrics import _check_block, _two_spaces
 
 
 def _unit_rows(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -43,14 +43,10 @@ def knn_overlap(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
     invariant to rescaling either space's rows.
     """
     _check_block(block)
-    reference = _embeddings(reference, "reference")
-    learned = _embeddings(learned, "learned")
+    reference, learned = _two_spaces(reference, learned, "reference", "learned", same_dim=False)
     if reference.shape[0] != learned.shape[0]:
         raise ValueError(f"reference has {reference.shape[0]} rows but learned "
                          f"{learned.shape[0]}: give both spaces' embeddings of the same items")
-    if reference.device != learned.device:
-        raise ValueError(f"reference is on {reference.device} but learned on {learned.device}: "
-                         "move both to one device")
     n = reference.shape[0]
     if not isinstance(k, int) or not 1 <= k <= n - 1:
         raise ValueError(f"k must be an int in [1, {n - 1}] (rows other than the query), got {k!r}")
@@ -76,14 +72,7 @@ def label_precision(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
     must not retrieve itself.
     """
     _check_block(block)
-    queries = _embeddings(queries, "queries")
-    gallery = _embeddings(gallery, "gallery")
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries have dimension {queries.shape[1]} but gallery "
-                         f"{gallery.shape[1]}: both must be in the same space")
-    if queries.device != gallery.device:
-        raise ValueError(f"queries are on {queries.device} but gallery on {gallery.device}: "
-                         "move both to one device")
+    queries, gallery = _two_spaces(queries, gallery, "queries", "gallery")
     dtype = torch.promote_types(queries.dtype, gallery.dtype)
     queries, gallery = queries.to(dtype), gallery.to(dtype)
     for name, labels, rows in (("query_labels", query_labels, queries.shape[0]),

@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from evaluation.metrics import _check_block, _embeddings
+from evaluation.metrics import _check_block, _two_spaces
 
 
 def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = 1024
@@ -15,11 +15,7 @@ def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = 102
     `block` queries are scored at a time, so the full similarity matrix is never held.
     """
     _check_block(block)
-    queries = _embeddings(queries, "queries")
-    gallery = _embeddings(gallery, "gallery")
-    if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(f"queries have dimension {queries.shape[1]} but gallery "
-                         f"{gallery.shape[1]}: both must be in the same space")
+    queries, gallery = _two_spaces(queries, gallery, "queries", "gallery")
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     k = min(k, gallery.shape[0])
