@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -56,16 +57,16 @@ class Steps:
         self.changed = False   # once a step runs, every later step runs too: its inputs changed
 
     def run(self, name: str, cmd: list[str], output: Path | None = None, always: bool = False,
-            inputs: str = "") -> str:
+            inputs: str = "") -> None:
         key = " ".join(map(str, cmd)) + inputs
         if not (always or self.changed) and self.done.get(name) == key and (output is None or output.exists()):
             print(f"== {name}: already done with these settings, reusing it")
-            return ""
+            return
         print(f"== {name}: {key}", flush=True)
         t = time.time()
-        proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT, text=True,
-                              stdout=subprocess.PIPE, stderr=None)
-        print(proc.stdout, end="")
+        # Unbuffered, so the child's lines (one per training epoch) interleave with ours in a log.
+        proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
         if proc.returncode != 0:
             sys.exit(f"demo stopped: step {name} failed (exit {proc.returncode})")
         print(f"   ({time.time() - t:.0f}s)")
@@ -73,7 +74,6 @@ class Steps:
         self.done[name] = key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.done, indent=1) + "\n")
-        return proc.stdout
 
 
 def build_data(args: argparse.Namespace, steps: Steps) -> Path:
@@ -94,6 +94,7 @@ def build_data(args: argparse.Namespace, steps: Steps) -> Path:
 
 
 def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)   # our lines and the steps' stay in order in a log
     args = parse_args()
     t0 = time.time()
     steps = Steps(args.run_dir)
