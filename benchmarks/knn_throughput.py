@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import report, save  # noqa: E402
 from data.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
 
 
@@ -173,12 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             results["hnsw"] = run_hnsw(args, device)
     results["peak_host_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    text = table(results)
-    print(text)
-    save(results, args.out)
-    if args.out:
-        Path(args.out).with_suffix(".md").write_text(text + "\n")
-        print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    report(results, table(results), args.out)
     return results
 
 

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
-from benchmarks.common import save  # noqa: E402
+from benchmarks.common import report, save  # noqa: E402
 from data.items import documents  # noqa: E402
 from data.readers import load_dataset  # noqa: E402
 from data.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> dict:
     neighbors = sampler.sample(args.seed, 0)
     loader_warmup = args.warmup + max(args.workers, 1) * PREFETCH   # drain what workers queued early
 
-    def report(name: str) -> None:
+    def show(name: str) -> None:
         r = results["setups"][name]
         print(f"{name}: {r['items_per_s']:,.1f} items/s, {r['images_per_s']:,.1f} images/s "
               f"({r['steps']} steps in {r['seconds']:.1f}s)", flush=True)
@@ -312,11 +312,11 @@ def main(argv: list[str] | None = None) -> dict:
     del loader
     results["setups"]["ceiling"] = time_steps(iter(ready * (args.warmup + args.steps)), step,
                                               args.warmup, args.steps, device)
-    report("ceiling")
+    show("ceiling")
     results["setups"]["trainer"] = time_steps(
         _batches(cached, args.batch_size, args.workers, args.seed, device), step, loader_warmup,
         args.steps, device)
-    report("trainer")
+    show("trainer")
     del ready
 
     files = PairDataset(image_ids, tokens, ImageFiles(paths, args.image_size))
@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["setups"]["authors"] = time_steps(
         _batches(files, args.authors_batch_size, args.workers, args.seed, device),
         stepper(fp32_model, fp32_optimizer, device, "fp32"), loader_warmup, args.steps, device)
-    report("authors")
+    show("authors")
     del fp32_model, fp32_optimizer
 
     if args.embed_images:
@@ -344,12 +344,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, rate in results.get("embedding", {}).items():
         results["ratios"][f"evaluation embedding from {name} / trainer images (goal >= 1)"] = \
             rate / s["trainer"]["images_per_s"]
-    text = table(results)
-    print(text)
-    save(results, args.out)
-    if args.out:
-        Path(args.out).with_suffix(".md").write_text(text + "\n")
-        print(f"wrote {args.out} and {Path(args.out).with_suffix('.md')}")
+    report(results, table(results), args.out)
     return results
 
 
