@@ -36,14 +36,14 @@ import torch
 import config
 from data.cli import load_items, run_main
 from data.doc2vec import infer_vectors
-from evaluation.cli import check_flags, eval_parser, load_model
+from evaluation.cli import check_flags, check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
-from training.image_cache import cached_reader
 from evaluation.evaluate import evaluate_embeddings
 from evaluation.export import save_embeddings, write_projector
 from evaluation.reference import doc2vec_model_path
 from evaluation.report import format_table, metrics_path, run_names, write_json
 from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
+from training.image_cache import cached_reader
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
               "max_sentences", "max_chars", "split")
@@ -72,6 +72,12 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--projector-thumb", type=int, default=32, help="thumbnail side in pixels")
     args = p.parse_args()
     check_flags(p, args, "block", "projector_max", "projector_thumb")
+    resolved = [Path(c).resolve() for c in args.checkpoint]
+    for c, r in zip(args.checkpoint, resolved):
+        if resolved.count(r) > 1:   # one column and one metrics file per checkpoint
+            p.error(f"--checkpoint {c} is given twice: list each checkpoint once")
+    check_output(p, "--out", args.out, folder=False)
+    check_output(p, "--save-embeddings", args.save_embeddings, folder=True)
     if args.projector and args.save_embeddings is None:
         args.save_embeddings = ""
     return args

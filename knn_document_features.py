@@ -47,11 +47,11 @@ def main() -> None:
                               args.ef_search, args.workers)
     print(f"{args.backend} kNN, k={args.k}, {n} documents: {time.time() - t:.1f}s")
     if args.backend == "hnsw":
+        r = min(10, args.k)
         sample = np.random.default_rng(args.seed).choice(n, size=min(1000, n), replace=False)
-        _, exact_d = exact_knn(vectors, min(10, args.k), args.space, args.device,
-                               queries=vectors[sample], progress=False)
-        print(f"HNSW recall@{min(10, args.k)} against exact on {len(sample)} queries: "
-              f"{recall_at(dists[sample], exact_d, min(10, args.k)):.4f}")
+        _, exact_d = exact_knn(vectors, r, args.space, args.device, queries=vectors[sample], progress=False)
+        print(f"HNSW recall@{r} against exact on {len(sample)} queries: "
+              f"{recall_at(dists[sample], exact_d, r):.4f}")
     out = Path(args.work_dir) / KNN
     save_pickle({"ids": feats["ids"], "neighbors": ids, "distances": dists,
                  "space": args.space, "backend": args.backend}, out)

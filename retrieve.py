@@ -13,18 +13,21 @@ import argparse
 import os
 from pathlib import Path
 
+import torch
+
 import config
 from data.cli import load_items, run_main
 from data.items import DatasetError
-from evaluation.cli import check_flags, eval_parser, load_model
+from evaluation.cli import check_flags, check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
-from training.image_cache import cached_reader
 from evaluation.html import Thumbnails, write_page
 from evaluation.queries import (image_by_path, images_by_text, normal_text, query_tokens,
                                 read_query_file)
 from evaluation.search import Hit, QueryResult, top_k
 from evaluation.sheet import contact_sheet
 from evaluation.split import EvalSplit, load_split, without_unreadable
+from models import CrossModalModel, Vocabulary
+from training.image_cache import cached_reader
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,6 +50,7 @@ def parse_args() -> argparse.Namespace:
     check_flags(p, args, "k", "block")
     if args.thumb_size < 16:
         p.error("--thumb-size must be at least 16")
+    check_output(p, "--out", args.out, folder=True)
     return args
 
 
@@ -55,7 +59,10 @@ def _image_label(split: EvalSplit, i: int) -> str:
     return split.image_ids[i] + (f" ({label})" if label is not None else "")
 
 
-def text_queries(queries, tokens, model, vocab, split, run, args, device) -> list[QueryResult]:
+def text_queries(queries: list[str], tokens: list[list[str]], model: CrossModalModel,
+                 vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace,
+                 args: argparse.Namespace, device: torch.device) -> list[QueryResult]:
+    """Each text query against the split's images (the unreadable ones left out, reported)."""
     read, _ = cached_reader(run.work_dir, split.image_paths, run.image_size)
     gallery, failures = embed_images(model, split.image_paths, run.image_size, device,
                                      args.batch_size, args.workers, args.precision,
@@ -77,7 +84,10 @@ def text_queries(queries, tokens, model, vocab, split, run, args, device) -> lis
     return results
 
 
-def image_queries(paths, embedded, model, vocab, split, run, args, device) -> list[QueryResult]:
+def image_queries(paths: list[str], embedded: torch.Tensor, model: CrossModalModel,
+                  vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace,
+                  args: argparse.Namespace, device: torch.device) -> list[QueryResult]:
+    """Each query image (`embedded`, one row per path) against the split's texts."""
     gallery = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device,
                           args.batch_size, args.precision, desc="embedding gallery texts")
     scores, index = top_k(embedded.to(device), gallery.to(device), args.k, args.block)

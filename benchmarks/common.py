@@ -1,8 +1,29 @@
 """What the two benchmarks share."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 from pathlib import Path
+
+import torch
+
+from evaluation.embed import pick_device
+
+
+def setup(args: argparse.Namespace) -> tuple[torch.device, dict]:
+    """The device --device names (CUDA when present), and the settings recorded with the results:
+    the flags and the machine they were measured on."""
+    device = pick_device(args.device)
+    return device, {**vars(args), "device": str(device), "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                    "cpus": os.cpu_count()}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that a timer read next sees it finished."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def save(results: dict, out: str | None) -> None:

@@ -26,23 +26,26 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
-from benchmarks.common import report, save  # noqa: E402
+from benchmarks.common import report, save, setup, sync  # noqa: E402
+from data.cli import HelpFormatter  # noqa: E402
 from data.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--n", type=int, default=1_000_000, help="vectors of the exact all-pairs search")
-    p.add_argument("--dim", type=int, default=config.VECTOR_SIZE)
-    p.add_argument("--k", type=int, default=config.K)
-    p.add_argument("--space", choices=("l2", "cosinesimil"), default=config.SPACE)
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="exact search (default: cuda when present)")
+    p.add_argument("--dim", type=int, default=config.VECTOR_SIZE, help="vector dimension")
+    p.add_argument("--k", type=int, default=config.K, help="neighbours per vector, itself included")
+    p.add_argument("--space", choices=("l2", "cosinesimil"), default=config.SPACE, help="distance")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="of the exact search (None: cuda when present)")
     p.add_argument("--check", type=int, default=20, help="sample queries checked against float64 brute force")
-    p.add_argument("--probe-blocks", default="", help="comma-separated block sizes to time (e.g. 512,2048,8192)")
-    p.add_argument("--probe-queries", type=int, default=32_768)
+    p.add_argument("--probe-blocks", default="",
+                   help="comma-separated block sizes to time, e.g. 512,2048,8192 (empty: none)")
+    p.add_argument("--probe-queries", type=int, default=32_768, help="queries of each block size probe")
     p.add_argument("--hnsw-n", type=int, default=100_000, help="vectors of the HNSW run (0: skip)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="HNSW threads")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="of the random vectors and the samples")
     p.add_argument("--out", default=None, help="write the results as JSON here and as markdown beside")
     args = p.parse_args(argv)
     if not 1 <= args.k <= args.n:
@@ -55,11 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     g = torch.Generator().manual_seed(seed)
     return torch.nn.functional.normalize(torch.randn(n, dim, generator=g), dim=1).numpy()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def brute_force_error(vectors: np.ndarray, dists: np.ndarray, sample: np.ndarray, k: int,
@@ -81,10 +79,10 @@ def brute_force_error(vectors: np.ndarray, dists: np.ndarray, sample: np.ndarray
 def run_exact(vectors: np.ndarray, args, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
+    sync(device)
     t = time.perf_counter()
     _, dists = exact_knn(vectors, args.k, args.space, str(device), progress=False)
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t
     out = {"n": len(vectors), "seconds": seconds, "queries_per_s": len(vectors) / seconds}
     if device.type == "cuda":
@@ -100,10 +98,10 @@ def run_probe(vectors: np.ndarray, args, device: torch.device) -> dict:
     for rows in [int(b) for b in args.probe_blocks.split(",") if b.strip()]:
         exact_knn(vectors, args.k, args.space, str(device), queries=queries[:rows], progress=False,
                   block_rows=rows)   # warm-up at this block's shapes
-        _sync(device)
+        sync(device)
         t = time.perf_counter()
         exact_knn(vectors, args.k, args.space, str(device), queries=queries, progress=False, block_rows=rows)
-        _sync(device)
+        sync(device)
         out[rows] = len(queries) / (time.perf_counter() - t)
     return out
 
@@ -147,10 +145,8 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    results: dict = {"settings": {**vars(args), "device": str(device), "torch": torch.__version__,
-                                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                                  "cpus": os.cpu_count()}}
+    device, settings = setup(args)
+    results: dict = {"settings": settings}
     vectors = unit_vectors(args.n, args.dim, args.seed)
     exact_knn(vectors[:max(args.k, 1000)], args.k, args.space, str(device), progress=False)  # warm-up
     results["exact"] = run_exact(vectors, args, device)

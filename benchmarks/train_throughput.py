@@ -18,7 +18,6 @@ neighbours are random. Goals (issue 6): trainer/ceiling >= 0.9, trainer/authors 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import multiprocessing as mp
 import os
@@ -36,10 +35,12 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
-from benchmarks.common import report, save  # noqa: E402
+from benchmarks.common import report, save, setup, sync  # noqa: E402
+from data.cli import HelpFormatter  # noqa: E402
 from data.items import documents  # noqa: E402
 from data.readers import load_dataset  # noqa: E402
 from data.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
+from evaluation.embed import embed_images, prepare_model  # noqa: E402
 from models import Vocabulary, build_model  # noqa: E402
 from training.data import PairDataset, epoch_order, make_loader  # noqa: E402
 from training.image_cache import cached_reader, ensure_cache, training_images  # noqa: E402
@@ -51,27 +52,29 @@ PREFETCH = 4        # batches each loader worker keeps ready (training.data.make
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     p.add_argument("--data-dir", default="runs/bench/train_data", help="generated dataset (reused)")
     p.add_argument("--work-dir", default="runs/bench/train_work", help="where the image cache goes")
-    p.add_argument("--images", type=int, default=20_000)
-    p.add_argument("--width", type=int, default=500)
-    p.add_argument("--height", type=int, default=375)
+    p.add_argument("--images", type=int, default=20_000, help="generated JPEGs, one item each")
+    p.add_argument("--width", type=int, default=500, help="of the JPEGs, in pixels")
+    p.add_argument("--height", type=int, default=375, help="of the JPEGs, in pixels")
     p.add_argument("--distinct", type=int, default=300, help="distinct pictures, re-encoded with noise")
-    p.add_argument("--arch", default="resnet50")
-    p.add_argument("--image-size", type=int, default=224)
-    p.add_argument("--embed-dim", type=int, default=config.EMBED_DIM)
-    p.add_argument("--gru-hidden", type=int, default=config.GRU_HIDDEN)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--authors-batch-size", type=int, default=config.BATCH_SIZE)
-    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16")
+    p.add_argument("--arch", default="resnet50", help="image encoder")
+    p.add_argument("--image-size", type=int, default=224, help="image side fed to the model")
+    p.add_argument("--embed-dim", type=int, default=config.EMBED_DIM, help="joint space dimension")
+    p.add_argument("--gru-hidden", type=int, default=config.GRU_HIDDEN, help="text encoder width")
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="of the ceiling, the trainer and the embedding")
+    p.add_argument("--authors-batch-size", type=int, default=config.BATCH_SIZE, help="of the authors' setup")
+    p.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                   help="of the ceiling and the trainer on CUDA (the authors' setup runs fp32)")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="loader (and cache, dataset) worker processes, the same for every setup")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps (plus the loader's queue)")
     p.add_argument("--steps", type=int, default=60, help="timed steps of each setup")
     p.add_argument("--embed-images", type=int, default=8192, help="images the evaluation embeds (0: skip)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="None: cuda when present")
+    p.add_argument("--seed", type=int, default=0, help="of the generated data and the training")
     p.add_argument("--out", default=None, help="write the results as JSON here and as markdown beside")
     args = p.parse_args(argv)
     for name in ("images", "batch_size", "authors_batch_size", "steps", "distinct"):
@@ -166,11 +169,6 @@ class _Discard:
         pass
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _batches(ds: PairDataset, batch_size: int, workers: int, seed: int, device: torch.device):
     """The trainer's loader, epoch after epoch (a new loader and order each, as the trainer)."""
     epoch = 0
@@ -183,14 +181,14 @@ def _batches(ds: PairDataset, batch_size: int, workers: int, seed: int, device: 
 def time_steps(batches, step, warmup: int, steps: int, device: torch.device) -> dict:
     for _ in range(warmup):
         step(next(batches))
-    _sync(device)
+    sync(device)
     t, items, images = time.perf_counter(), 0, 0
     for _ in range(steps):
         b = next(batches)
         step(b)
         items += len(b["image_ids"])
         images += len(b["images"])
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t
     return {"items_per_s": items / seconds, "images_per_s": images / seconds, "seconds": seconds,
             "steps": steps}
@@ -226,21 +224,19 @@ def on_device(batch: dict, device: torch.device) -> dict:
 
 
 def embed_rate(model, paths: list[str], args, device: torch.device) -> dict:
-    """Images/s of the evaluation's embed_images, from the files and, when it accepts a reader,
-    from the image cache."""
-    from evaluation.embed import embed_images, prepare_model
+    """Images/s of the evaluation's embed_images, from the files and from the image cache."""
     model = prepare_model(model, device, args.precision)
     out = {}
-    sources = {"files": {}}
+    sources = {"files": None}
     read, _ = cached_reader(args.work_dir, paths, args.image_size)
-    if read is not None and "read" in inspect.signature(embed_images).parameters:
-        sources["cache"] = {"read": read}
-    for name, extra in sources.items():
-        _sync(device)
+    if read is not None:
+        sources["cache"] = read
+    for name, read in sources.items():
+        sync(device)
         t = time.perf_counter()
         embed_images(model, paths, args.image_size, device, batch_size=args.batch_size,
-                     workers=args.workers, precision=args.precision, **extra)
-        _sync(device)
+                     workers=args.workers, precision=args.precision, read=read)
+        sync(device)
         out[name] = len(paths) / (time.perf_counter() - t)
     return out
 
@@ -270,16 +266,14 @@ def table(results: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device, settings = setup(args)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # as the trainer
     torch.manual_seed(args.seed)
     manifest = make_dataset(args)
     items = load_dataset(str(manifest), None, None, None, args.seed, 0)
     paths = [it.image for it in items]
-    results: dict = {"settings": {**vars(args), "device": str(device), "torch": torch.__version__,
-                                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                                  "cpus": os.cpu_count()}, "setups": {}}
+    results: dict = {"settings": settings, "setups": {}}
 
     t = time.perf_counter()
     _, what = ensure_cache(args.work_dir, paths, args.image_size, args.workers, progress=False)

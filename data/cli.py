@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 import config
 
-from .items import Item
+from .items import DatasetError, Item
 from .readers import FORMATS, load_dataset
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each flag; the script's docstring kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # A flag whose help already says its default, or whose default is "not given", needs no
+        # "(default: None)" after it.
+        if action.default in (None, []) or "default" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -43,8 +51,6 @@ def load_items(args: argparse.Namespace) -> list[Item]:
 
 def run_main(main) -> None:
     """Run a script's main(), turning input errors into one line on stderr and exit status 2."""
-    import sys
-    from .items import DatasetError
     try:
         main()
     except DatasetError as e:

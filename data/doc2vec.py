@@ -79,5 +79,5 @@ def infer_vectors(model_path: str, tokens: Sequence[list[str]], workers: int = 1
         else:
             with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(model_path,)) as pool:
                 rows = list(tqdm(pool.imap(_infer, tokens, chunksize=64), **bar))
-    dim = Doc2Vec.load(model_path).vector_size if not rows else len(rows[0])
+    dim = len(rows[0]) if rows else _model.vector_size   # no documents: the in-process branch ran
     return np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)

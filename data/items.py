@@ -56,17 +56,32 @@ def documents(items: Sequence[Item], splits: Iterable[str] = ("train",)) -> list
     for i, it in enumerate(items):
         if it.split not in wanted:
             continue
-        for j in range(len(it.texts)):
-            docs.append(Document(it.id if len(it.texts) == 1 else f"{it.id}#{j}", i, j))
+        docs.extend(Document(doc_id, i, j) for j, doc_id in enumerate(_document_ids(it)))
     return docs
 
 
+def _document_ids(item: Item) -> list[str]:
+    if len(item.texts) == 1:
+        return [item.id]
+    return [f"{item.id}#{j}" for j in range(len(item.texts))]
+
+
 def check_unique_ids(items: Sequence[Item], source: str) -> None:
+    """Item ids, and the document ids made from them, must be unique: the Doc2Vec features and
+    the kNN file name documents by id, so two documents of one id would share one row."""
     seen: set[str] = set()
     for it in items:
         if it.id in seen:
             raise DatasetError(f"{source}: duplicate id {it.id!r}: make every item id unique")
         seen.add(it.id)
+    # Separate pass: item "a" with two texts and item "a#1" with one both make document "a#1".
+    owner: dict[str, str] = {}
+    for it in items:
+        for doc_id in _document_ids(it):
+            if owner.setdefault(doc_id, it.id) != it.id:
+                raise DatasetError(f"{source}: items {owner[doc_id]!r} and {it.id!r} both make document "
+                                   f"id {doc_id!r} (an item with several texts numbers them "
+                                   "<id>#<j>): rename one of them")
 
 
 def check_split(split: str, where: str) -> str:

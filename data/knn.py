@@ -14,6 +14,13 @@ from tqdm import tqdm
 SPACES = ("l2", "cosinesimil")
 
 
+def _check_arguments(n: int, k: int, space: str) -> None:
+    if space not in SPACES:
+        raise ValueError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
+    if not 1 <= k <= n:
+        raise ValueError(f"k={k} must be between 1 and the number of vectors ({n})")
+
+
 def _block_rows(n: int, device: torch.device) -> int:
     # One block of scores: on a GPU an eighth of the free memory, at most 8 GiB (topk's
     # temporaries take a few times more; big blocks keep the matmul and topk kernels full),
@@ -47,11 +54,8 @@ def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None
     are computed one block of `block_rows` queries at a time (default: from the memory budget).
     Without `queries` (all pairs) each row starts with the document itself at distance 0.
     """
-    if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
     n = len(vectors)
-    if not 1 <= k <= n:
-        raise ValueError(f"k={k} must be between 1 and the number of vectors ({n})")
+    _check_arguments(n, k, space)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     base = torch.as_tensor(np.ascontiguousarray(vectors), dtype=torch.float32, device=dev)
     q_all = base if queries is None else torch.as_tensor(np.ascontiguousarray(queries),
@@ -107,11 +111,8 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
     """All-pairs neighbours with nmslib HNSW, self first. Rows nmslib returns short are completed
     exactly. `timings`, when given, receives the build and query seconds."""
     import nmslib
-    if space not in SPACES:
-        raise ValueError(f"unknown space {space!r}: use one of {', '.join(SPACES)}")
+    _check_arguments(len(vectors), k, space)
     data = np.ascontiguousarray(vectors, dtype=np.float32)
-    if not 1 <= k <= len(data):
-        raise ValueError(f"k={k} must be between 1 and the number of vectors ({len(data)})")
     index = nmslib.init(method="hnsw", space=space)
     index.addDataPointBatch(data)
     t = time.time()

@@ -12,8 +12,6 @@ import json
 import os
 import random
 import re
-import shutil
-import subprocess
 import time
 import warnings
 import xml.parsers.expat as expat
@@ -25,12 +23,12 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from .debian import FetchError, fetch_packages
 from .items import DatasetError
+from .readers import read_jsonl, write_jsonl
 from .synthetic import assign_splits
 from .text import preprocess
 
-PACKAGES = ("openclipart-png", "openclipart-svg")
-SHARE = Path("usr/share/openclipart")
 STAMP = "openclipart_build.json"
 UNLABELLED = {"unsorted"}        # a folder that names no category
 
@@ -59,10 +57,6 @@ PERL_HASH = re.compile(r"HASH\(0x[0-9a-fA-F]+\)")
 RDF = "http://www.w3.org/1999/02/22-rdf-syntax-ns# "
 DC = "http://purl.org/dc/elements/1.1/ "
 CC = "http://web.resource.org/cc/ "
-
-
-class FetchError(DatasetError):
-    """The packages could not be downloaded or unpacked."""
 
 
 @dataclass(frozen=True)
@@ -103,52 +97,6 @@ class Skips:
         shown = self.examples.setdefault(reason, [])
         if len(shown) < 3:
             shown.append(example)
-
-
-def fetch_packages(cache: Path) -> Path:
-    """apt-get download the two packages into cache/debs and unpack them (no root needed).
-
-    Returns the unpacked usr/share/openclipart folder; a finished fetch is reused.
-    """
-    extracted = cache / "extracted"
-    if (extracted / ".done").exists():
-        return extracted / SHARE
-    debs = cache / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    for pkg in PACKAGES:
-        if any(debs.glob(f"{pkg}_*.deb")):
-            continue
-        partial = debs / f"partial-{pkg}"   # apt-get writes into the working folder: keep
-        shutil.rmtree(partial, ignore_errors=True)   # an interrupted download out of debs/
-        partial.mkdir()
-        _run(["apt-get", "download", pkg], partial, f"apt-get download {pkg}")
-        for deb in partial.glob("*.deb"):
-            os.replace(deb, debs / deb.name)
-        shutil.rmtree(partial)
-        if not any(debs.glob(f"{pkg}_*.deb")):
-            raise FetchError(f"apt-get download {pkg} left no {pkg}_*.deb file: "
-                             "use the synthetic set instead: make demo DATA=synthetic")
-    tmp = cache / "extracted.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    for deb in sorted(debs.glob("*.deb")):
-        _run(["dpkg-deb", "-x", str(deb.resolve()), str(tmp.resolve())], cache, f"dpkg-deb -x {deb.name}")
-    shutil.rmtree(extracted, ignore_errors=True)
-    os.replace(tmp, extracted)
-    (extracted / ".done").touch()
-    return extracted / SHARE
-
-
-def _run(cmd: list[str], cwd: Path, what: str) -> None:
-    try:
-        r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    except FileNotFoundError:
-        raise FetchError(f"{what}: {cmd[0]} is not installed (a Debian-based system is needed): "
-                         "use the synthetic set instead: make demo DATA=synthetic") from None
-    if r.returncode != 0:
-        lines = [ln.strip() for ln in (r.stderr or r.stdout).splitlines() if ln.strip()]
-        raise FetchError(f"{what} failed ({lines[-1] if lines else f'exit {r.returncode}'}): no network "
-                         "or no package lists (apt-get update)? Or use the synthetic set: "
-                         "make demo DATA=synthetic")
 
 
 class _MetadataEnd(Exception):
@@ -273,7 +221,7 @@ def scan(root: Path, skips: Skips) -> list[tuple[str, str]]:
     png_root, svg_root = root / "png", root / "svg"
     if not png_root.is_dir() or not svg_root.is_dir():
         raise DatasetError(f"{root}: no png/ and svg/ folders: pass the unpacked "
-                                "usr/share/openclipart folder (or leave --root out to download it)")
+                           "usr/share/openclipart folder (or leave --root out to download it)")
     pngs = sorted(png_root.rglob("*.png"))
     rels = set()
     found = []
@@ -371,8 +319,7 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
     manifest, stamp = out_dir / "manifest.jsonl", out_dir / STAMP
     if manifest.exists() and stamp.exists():
         done = json.loads(stamp.read_text())
-        images = [json.loads(line)["image"] for line in manifest.read_text(encoding="utf-8").splitlines()]
-        if done.get("params") == params and all((out_dir / im).is_file() for im in images):
+        if done.get("params") == params and all(os.path.isfile(it.image) for it in read_jsonl(manifest)):
             return BuildReport(**{**done["report"], "reused": True})
     stamp.unlink(missing_ok=True)
     start = time.time()
@@ -387,17 +334,16 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
     splits = assign_splits(len(kept), val_fraction, test_fraction, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels: Counter = Counter()
-    tmp = manifest.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for (rel, text), split in zip(kept, splits):
-            category = rel.split("/", 1)[0]
-            rec = {"id": rel, "image": os.path.relpath(cache / f"png-{max_side}" / f"{rel}.png", out_dir),
-                   "texts": [text], "split": split}
-            if "/" in rel and category not in UNLABELLED:
-                rec["label"] = category
-                labels[category] += 1
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    os.replace(tmp, manifest)
+    records = []
+    for (rel, text), split in zip(kept, splits):
+        category = rel.split("/", 1)[0]
+        rec = {"id": rel, "image": os.path.relpath(cache / f"png-{max_side}" / f"{rel}.png", out_dir),
+               "texts": [text], "split": split}
+        if "/" in rel and category not in UNLABELLED:
+            rec["label"] = category
+            labels[category] += 1
+        records.append(rec)
+    write_jsonl(manifest, records)
     report = BuildReport(str(manifest), len(kept), dict(skips.counts), skips.examples,
                          dict(sorted(labels.items())), dict(Counter(splits)), time.time() - start)
     stamp.write_text(json.dumps({"params": params, "report": asdict(report)}, indent=1) + "\n")

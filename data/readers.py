@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
+from collections import Counter
 from pathlib import Path
 
-from .items import DatasetError, Item, assign_validation, check_split, check_unique_ids
+from .items import SPLITS, DatasetError, Item, assign_validation, check_split, check_unique_ids
+from .workdir import atomic_write, read_pickle
 
 FORMATS = ("jsonl", "karpathy", "politics")
 
@@ -29,7 +30,7 @@ def _resolve(image: str, root: Path) -> str:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is no error
     except (OSError, UnicodeDecodeError) as e:
         raise DatasetError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
 
@@ -86,6 +87,12 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
     return items
 
 
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """A manifest read_jsonl reads, written atomically (json.dumps escapes "\n" inside strings)."""
+    lines = "".join(json.dumps(rec, ensure_ascii=False) + "\n" for rec in records)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(lines, encoding="utf-8"))
+
+
 def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or path.parent
     try:
@@ -113,16 +120,6 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
     return items
 
 
-def _load_pickle(path: Path) -> object:
-    try:
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    except Exception as e:  # a damaged pickle can raise almost anything
-        msg = " ".join(str(e).split())[:200]
-        raise DatasetError(f"{path}: unreadable pickle ({type(e).__name__}: {msg}): re-create "
-                           "the file") from None
-
-
 def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 500) -> list[Item]:
     """db.pickle or complete_db.pickle, with train_test_paths.pickle beside it."""
     folder = path if path.is_dir() else path.parent
@@ -136,14 +133,16 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
     if split_file is None:
         raise DatasetError(f"{folder / 'train_test_paths.pickle'}: not found: the Politics split file "
                            "({'train': [...], 'test': [...]}) must lie beside the texts")
-    db = _load_pickle(path)
+    db = read_pickle(path, "re-create the file")
     texts: dict[str, str] = {}
     short: dict[str, None] = {}  # ordered, for the message, and fast to look up
+    seen: Counter = Counter()    # paths, to report those given more than one text
     if isinstance(db, dict):  # complete_db: {side: {issue: [{'content_text', 'local_path'}]}}
         try:
             for side, issues in db.items():
                 for issue, records in issues.items():
                     for r in records:
+                        seen[r["local_path"]] += 1
                         if min_chars > 0 and len(r["content_text"]) <= min_chars:
                             short[r["local_path"]] = None
                         else:
@@ -154,20 +153,26 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
                                "or re-create the file") from None
     elif isinstance(db, list):
         for n, pair in enumerate(db):
-            if not (isinstance(pair, (tuple, list)) and len(pair) == 2):
+            if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
                 raise DatasetError(f"{path}: entry {n} is not an (image_path, text) pair")
+            seen[pair[0]] += 1
             texts[pair[0]] = pair[1]
     else:
         raise DatasetError(f"{path}: expected a list of (image_path, text) or the complete_db dict")
+    repeated = [p for p, c in seen.items() if c > 1]
+    if repeated:
+        print(f"{len(repeated)} image paths appear more than once in {path.name}: the last text of "
+              f"each is kept (first: {', '.join(map(str, repeated[:3]))})")
     if short:
         print(f"dropped {len(short)} items of {min_chars} characters or fewer "
               f"(first: {', '.join(list(short)[:3])}); --politics-min-chars 0 keeps them")
-    splits = _load_pickle(split_file)
-    if not isinstance(splits, dict) or not {"train", "test"} <= set(splits):
+    splits = read_pickle(split_file, "re-create the file")
+    if (not isinstance(splits, dict) or not {"train", "test"} <= set(splits)
+            or not all(isinstance(splits.get(s, []), (list, tuple)) for s in SPLITS)):
         raise DatasetError(f"{split_file}: expected a dict with 'train' and 'test' path lists")
     root = image_root or folder
     items, empty, unsplit = [], [], set(texts)
-    for split in ("train", "val", "test"):
+    for split in SPLITS:
         for p in splits.get(split, []):
             if p not in texts:
                 if p in short:

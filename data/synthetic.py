@@ -7,15 +7,15 @@ the case the paper's semantic neighbourhoods are meant for. Everything comes fro
 from __future__ import annotations
 
 import colorsys
-import json
 import math
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from .readers import write_jsonl
 
 # Lowercase, alphabetic, at least four letters, none a gensim stop word, none in two topics.
 TOPIC_WORDS = {
@@ -247,9 +247,5 @@ def generate_synthetic(out_dir: Path, n_items: int = 600, n_topics: int = 6, mot
         texts = [make_text(rng, vocab[names[topic]], sentences_per_text) for _ in range(texts_per_item)]
         records.append({"id": item_id, "image": rel, "texts": texts, "split": splits[i], "label": names[topic]})
     manifest = out_dir / "manifest.jsonl"
-    tmp = manifest.with_suffix(".jsonl.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, manifest)
+    write_jsonl(manifest, records)
     return manifest

@@ -49,14 +49,19 @@ def save_pickle(obj: object, path: str | Path) -> None:
     atomic_write(path, write)
 
 
-def load_pickle(work_dir: str | Path, name: str) -> dict:
-    path = require(work_dir, name)
+def read_pickle(path: str | Path, fix: str) -> object:
+    """The unpickled file, or a one-line DatasetError that ends with `fix`."""
     try:
         with open(path, "rb") as f:
-            obj = pickle.load(f)
+            return pickle.load(f)
     except Exception as e:  # a damaged pickle can raise almost anything
-        raise DatasetError(f"{path}: unreadable ({type(e).__name__}): run "
-                           f"{WRITER.get(name, 'the earlier script')} again") from None
+        msg = " ".join(str(e).split())[:200]
+        raise DatasetError(f"{path}: unreadable pickle ({type(e).__name__}: {msg}): {fix}") from None
+
+
+def load_pickle(work_dir: str | Path, name: str) -> dict:
+    path = require(work_dir, name)
+    obj = read_pickle(path, f"run {WRITER.get(name, 'the earlier script')} again")
     if not isinstance(obj, dict):
         raise DatasetError(f"{path}: not a file {WRITER.get(name, 'this project')} wrote: run it again")
     return obj

@@ -35,7 +35,9 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
     for action in p._actions:
         if action.dest in FROM_CHECKPOINT:
             action.default = argparse.SUPPRESS
-            action.help = f"{action.help or ''} (default: the checkpoint's training value)".strip()
+            # The help's own "(default: ...)" describes training; here the checkpoint decides.
+            own = (action.help or "").split(" (default:")[0]
+            action.help = f"{own} (default: the checkpoint's training value)".strip()
     return p
 
 
@@ -46,6 +48,17 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive:
             p.error(f"--{flag.replace('_', '-')} must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was asked for but no CUDA device is available: pass --device cpu")
+
+
+def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder: bool) -> None:
+    """Exit with the usage line when an output path is of the wrong kind: found before the
+    embedding, not when the results of a long run are about to be written."""
+    if not path:
+        return
+    if folder and Path(path).exists() and not Path(path).is_dir():
+        p.error(f"{flag} {path} is a file: pass a folder")
+    if not folder and Path(path).is_dir():
+        p.error(f"{flag} {path} is a folder: pass a file name, e.g. {Path(path) / 'metrics.json'}")
 
 
 def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.Namespace:

@@ -7,7 +7,6 @@ a failure, so the caller decides (evaluation leaves it out, retrieval refuses a 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from typing import Callable, Sequence
 
 import torch
@@ -16,7 +15,8 @@ from tqdm import tqdm
 
 from models import CrossModalModel, Vocabulary, pad_batch
 from training.image_cache import UnreadableImage
-from training.images import normalize, try_read_image
+from training.images import try_read_image
+from training.step import autocast, prep_images, use_bf16
 
 
 def pick_device(name: str | None) -> torch.device:
@@ -24,16 +24,10 @@ def pick_device(name: str | None) -> torch.device:
     return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast on CUDA unless precision is fp32; the CPU always runs fp32."""
-    if device.type == "cuda" and precision == "bf16":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 def prepare_model(model: CrossModalModel, device: torch.device, precision: str) -> CrossModalModel:
+    """The model on the device in eval mode; channels_last where bf16 runs, as in training."""
     model = model.to(device).eval()
-    if device.type == "cuda" and precision == "bf16":
+    if use_bf16(device, precision):
         model = model.to(memory_format=torch.channels_last)
     return model
 
@@ -89,11 +83,10 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     # Kept on the device until the end: a copy per batch would make the GPU wait every batch.
     out = torch.empty(len(paths), model.image.embed_dim, device=device)
     failures: dict[int, str] = {}
+    channels_last = use_bf16(device, precision)
     for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
                                        disable=len(loader) < 2):
-        x = normalize(images.to(device, non_blocking=True))
-        if device.type == "cuda" and precision == "bf16":
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = prep_images(images, device, False, channels_last)
         with autocast(device, precision):
             out[index.to(device)] = model.embed_images(x).float()
         failures.update({int(i): r for i, r in zip(index, reasons) if r})

@@ -46,7 +46,8 @@ def _check_block(block: int) -> None:
 
 def _two_spaces(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, same_dim: bool = True
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Both embedding matrices checked, on one device, and (when same_dim) of one dimension."""
+    """Both embedding matrices checked and on one device; when same_dim (they are multiplied
+    together), also of one dimension and one dtype, the wider of the two."""
     a, b = _embeddings(a, name_a), _embeddings(b, name_b)
     if same_dim and a.shape[1] != b.shape[1]:
         raise ValueError(f"{name_a} have dimension {a.shape[1]} but {name_b} {b.shape[1]}: "
@@ -54,14 +55,15 @@ def _two_spaces(a: torch.Tensor, b: torch.Tensor, name_a: str, name_b: str, same
     if a.device != b.device:
         raise ValueError(f"{name_a} are on {a.device} but {name_b} on {b.device}: "
                          "move both to one device")
-    return a, b
+    if not same_dim:
+        return a, b
+    dtype = torch.promote_types(a.dtype, b.dtype)
+    return a.to(dtype), b.to(dtype)
 
 
 def _check_pair(images: torch.Tensor, texts: torch.Tensor,
                 text_image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     images, texts = _two_spaces(images, texts, "images", "texts")
-    dtype = torch.promote_types(images.dtype, texts.dtype)
-    images, texts = images.to(dtype), texts.to(dtype)
     if (not isinstance(text_image, torch.Tensor) or text_image.dim() != 1
             or text_image.dtype.is_floating_point or text_image.dtype == torch.bool):
         raise ValueError("text_image must be a 1-D integer tensor giving each text's image index")

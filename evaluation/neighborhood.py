@@ -73,8 +73,6 @@ def label_precision(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
     """
     _check_block(block)
     queries, gallery = _two_spaces(queries, gallery, "queries", "gallery")
-    dtype = torch.promote_types(queries.dtype, gallery.dtype)
-    queries, gallery = queries.to(dtype), gallery.to(dtype)
     for name, labels, rows in (("query_labels", query_labels, queries.shape[0]),
                                ("gallery_labels", gallery_labels, gallery.shape[0])):
         if (not isinstance(labels, torch.Tensor) or labels.dim() != 1

@@ -19,7 +19,6 @@ def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = 102
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be a positive int, got {k!r}")
     k = min(k, gallery.shape[0])
-    gallery = gallery.to(queries.device, queries.dtype)
     scores, indices = [], []
     for s in range(0, queries.shape[0], block):
         top = (queries[s:s + block] @ gallery.T).topk(k, dim=1)

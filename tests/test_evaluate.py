@@ -171,6 +171,17 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path):
     one_line_error(cli(*run, "--checkpoint", best, "--dataset", no_test, check=False),
                    "test split is empty")
 
+    # Found by the flag check, before any embedding, rather than when writing the results.
+    same = best.parent.parent / ".." / "models" / best.parent.name / "best.pt"
+    twice = cli(*run, "--checkpoint", best, same, check=False)
+    assert twice.code == 2 and "given twice" in twice.err, twice.err
+    folder = cli("evaluate_retrieval.py", "--checkpoint", best, "--out", tmp_path, check=False)
+    assert folder.code == 2 and f"--out {tmp_path} is a folder" in folder.err, folder.err
+    a_file = tmp_path / "m.json"
+    a_file.write_text("{}")
+    embed = cli(*run, "--checkpoint", best, "--save-embeddings", a_file, check=False)
+    assert embed.code == 2 and "is a file: pass a folder" in embed.err, embed.err
+
 
 def test_without_a_doc2vec_model_the_neighbourhood_is_skipped_with_the_reason(trained, tmp_path):
     _, _, best = trained

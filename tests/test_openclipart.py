@@ -233,3 +233,33 @@ def test_failed_download_says_what_to_do(tmp_path, monkeypatch, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "make demo DATA=synthetic" in err
+
+
+@pytest.mark.skipif(shutil.which("dpkg-deb") is None, reason="needs dpkg-deb")
+def test_fetch_without_system_package_lists_uses_lists_in_the_cache(tmp_path, monkeypatch):
+    """A fresh machine has no package lists: the lists are fetched into the cache and used."""
+    debs = tmp_path / "debs"
+    debs.mkdir()
+    for pkg in ("openclipart-png", "openclipart-svg"):
+        d = tmp_path / pkg
+        (d / "usr/share/openclipart").mkdir(parents=True)
+        (d / "DEBIAN").mkdir()
+        (d / "DEBIAN/control").write_text(f"Package: {pkg}\nVersion: 1\nArchitecture: all\n"
+                                          "Maintainer: Test <t@example.org>\nDescription: fixture\n")
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(d), str(debs / f"{pkg}_1_all.deb")],
+                       check=True, capture_output=True)
+    # Fails without the private lists option; "update" with it records the lists folder.
+    fake_apt_get(tmp_path / "bin", f'''echo "$@" >> {tmp_path}/calls
+case "$*" in
+  update*Dir::State::Lists=*) touch {tmp_path}/updated ;;
+  download*Dir::State::Lists=*) [ -e {tmp_path}/updated ] && cp {debs}/"$2"_*.deb . ;;
+  *) echo "E: Unable to locate package $2" >&2; exit 100 ;;
+esac
+''')
+    monkeypatch.setenv("PATH", f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}")
+    root = fetch_packages(tmp_path / "cache")
+    assert root.is_dir()
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert calls[0] == "download openclipart-png" and calls[1].startswith("update -o Dir::State::Lists=")
+    assert str(tmp_path / "cache" / "apt" / "lists") in calls[1]
+    assert all("Dir::State::Lists" in c for c in calls[2:] if not c.startswith("download openclipart-svg"))

@@ -82,6 +82,23 @@ def test_jsonl_bad_lines(tmp_path, line, words):
         assert w in msg
 
 
+def test_document_ids_of_several_texts_cannot_collide_with_an_item_id(tmp_path):
+    path = write_lines(tmp_path / "m.jsonl", [{"id": "a", "image": "a.jpg", "texts": ["x", "y"]},
+                                              {"id": "a#1", "image": "b.jpg", "text": "z"}])
+    msg = one_line_error(read_jsonl, path)
+    assert "items 'a' and 'a#1' both make document id 'a#1'" in msg and "rename" in msg
+    # A '#' alone collides with nothing.
+    write_lines(path, [{"id": "a", "image": "a.jpg", "texts": ["x", "y"]},
+                       {"id": "a#2", "image": "b.jpg", "text": "z"}])
+    assert [d.id for d in documents(read_jsonl(path))] == ["a#0", "a#1", "a#2"]
+
+
+def test_jsonl_with_a_byte_order_mark(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text('{"id": "a", "image": "a.jpg", "text": "t"}\n', encoding="utf-8-sig")
+    assert [it.id for it in read_jsonl(path)] == ["a"]
+
+
 def test_jsonl_unreadable_file(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b'{"id": "0", "image": "a.jpg", "text": "caf\xe9"}\n')
@@ -140,6 +157,15 @@ def test_politics_complete_db_with_and_without_the_length_filter(tmp_path, capsy
     assert [it.id for it in read_politics(folder, min_chars=5)] == ["l/1.jpg", "r/4.jpg", "r/3.jpg"]
 
 
+def test_politics_repeated_paths_are_counted(tmp_path, capsys):
+    folder = politics_db(tmp_path / "pol")
+    dump([("img/a.jpg", "Old a."), ("img/b.jpg", "Text b."), ("img/a.jpg", "Text a."),
+          ("img/c.jpg", "Text c."), ("img/d.jpg", "Text d.")], folder / "db.pickle")
+    assert read_politics(folder)[0].texts == ("Text a.",)
+    assert "1 image paths appear more than once in db.pickle: the last text of each is kept " \
+           "(first: img/a.jpg)" in capsys.readouterr().out
+
+
 def test_politics_errors(tmp_path):
     folder = politics_db(tmp_path / "pol")
     dump({"train": ["img/a.jpg", "img/zzz.jpg"], "test": ["img/c.jpg"]}, folder / "train_test_paths.pickle")
@@ -151,6 +177,8 @@ def test_politics_errors(tmp_path):
 
     dump({"train": ["img/a.jpg"]}, folder / "train_test_paths.pickle")
     assert "'train' and 'test'" in one_line_error(read_politics, folder)
+    dump({"train": ["img/a.jpg"], "test": None}, folder / "train_test_paths.pickle")
+    assert "'train' and 'test' path lists" in one_line_error(read_politics, folder)
 
     (folder / "train_test_paths.pickle").unlink()
     assert "train_test_paths.pickle: not found" in one_line_error(read_politics, folder)
@@ -173,6 +201,8 @@ def test_politics_wrong_layouts(tmp_path):
     folder = politics_db(tmp_path / "pol")
     dump([("a", "b", "c")], folder / "db.pickle")
     assert "entry 0 is not an (image_path, text) pair" in one_line_error(read_politics, folder)
+    dump([("img/a.jpg", "t"), (["img/b.jpg"], "t")], folder / "db.pickle")
+    assert "entry 1 is not an (image_path, text) pair" in one_line_error(read_politics, folder)
     dump({"left": ["not", "a", "dict"]}, folder / "db.pickle")
     assert "complete_db layout" in one_line_error(read_politics, folder)
     dump("text", folder / "db.pickle")

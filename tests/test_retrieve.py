@@ -92,6 +92,10 @@ def test_bad_queries_give_one_line_errors(trained, tmp_path):
     one_line_error(cli("retrieve.py", "--checkpoint", tmp_path / "no.pt", "--query", "storm",
                        check=False), "checkpoint not found")
     assert cli("retrieve.py", "--checkpoint", best, check=False).code == 2   # no query at all
+    a_file = tmp_path / "taken"
+    a_file.write_text("")
+    taken = cli("retrieve.py", "--checkpoint", best, "--query", "storm", "--out", a_file, check=False)
+    assert taken.code == 2 and "is a file: pass a folder" in taken.err, taken.err
     assert not (tmp_path / "r" / "index.html").exists()
 
 
