@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from models import imagenet_cache_path
+from models import ARCHS, imagenet_cache_path
 from training.checkpoint import run_name
 
 ROOT = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3,
                    help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
-    p.add_argument("--arch", default="resnet18")
+    p.add_argument("--arch", choices=sorted(ARCHS), default="resnet18")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     for key, value in DEFAULTS[args.data].items():
@@ -70,7 +70,8 @@ class Steps:
         if proc.returncode != 0:
             sys.exit(f"demo stopped: step {name} failed (exit {proc.returncode})")
         print(f"   ({time.time() - t:.0f}s)")
-        self.changed = not always
+        # An always-run step (the evaluation) changes nothing later steps read from disk.
+        self.changed = self.changed or not always
         self.done[name] = key
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(json.dumps(self.done, indent=1) + "\n")

@@ -19,7 +19,7 @@ from data.cli import parser, run_main
 from losses import cross_modal_loss
 from models import ARCHS, build_model
 from training import distributed
-from training.checkpoint import load_checkpoint, run_name, save_checkpoint
+from training.checkpoint import load_for_resume, run_name, save_checkpoint
 from training.data import PairDataset, epoch_order, make_loader
 from training.image_cache import MODES
 from training.prepare import prepare
@@ -63,16 +63,19 @@ def parse_args():
                         "date), require, or off (decode the files at every step)")
     g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
     g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
-    return p.parse_args()
+    args = p.parse_args()
+    for flag in ("image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool"):
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: pass 1 or more")
+    return args
 
 
-def validate(model, data, args, ctx, amp) -> float:
+def validate(model, ds, args, ctx, amp, channels_last) -> float:
     """Mean L_i2t over the validation documents (in-batch negatives), as the authors."""
     model.eval()
-    ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
-    order = epoch_order(len(ds), args.seed, 0, ctx.rank, ctx.world, shuffle=False)
+    # Every document once over all ranks: unequal shards are fine, as the unwrapped model runs here.
+    order = list(range(ctx.rank, len(ds), ctx.world))
     total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0  # read once, at the end
-    channels_last = use_bf16(ctx.device, args.precision)
     with torch.no_grad():
         for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
             if len(b["image_ids"]) < 2:
@@ -111,7 +114,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
     start, best, since_best, step = 0, math.inf, 0, 0
     if args.resume:
-        state = load_checkpoint(log_dir / "last.pt", ctx.device)
+        state = load_for_resume(log_dir / "last.pt", model.config(), data.vocab.fingerprint(), ctx.device)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -131,6 +134,7 @@ def main() -> None:
     log = StepLog(writer)
     loss_cfg = LossConfig.from_args(args)
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
+    val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
     config_record = {k: v for k, v in vars(args).items() if k != "resume"}
     for key in ("dataset", "work_dir", "image_root"):   # evaluation may run from another folder
         if config_record[key] is not None:
@@ -147,14 +151,15 @@ def main() -> None:
         loader = make_loader(train_ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
                              drop_last=len(order) > args.batch_size)
         model.train()
-        t0, seen = time.time(), 0
+        t0, seen, loss_sum = time.time(), 0, 0.0   # loss_sum stays on the device: no wait per step
         for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
             loss, parts = train_step(net, optimizer, b, ctx.device, amp, bf16, loss_cfg)
+            loss_sum = loss_sum + loss
             step += 1
             seen += len(b["image_ids"]) * ctx.world
             log.add(step, loss, parts, optimizer.param_groups[0]["lr"])
         log.flush()
-        val = validate(model, data, args, ctx, amp)
+        val = validate(model, val_ds, args, ctx, amp, bf16)
         scheduler.step(val)
         improved = val < best
         best, since_best = (val, 0) if improved else (best, since_best + 1)
@@ -169,7 +174,8 @@ def main() -> None:
             if improved:
                 save_checkpoint(state, log_dir / "best.pt")
             rate = seen / max(time.time() - t0, 1e-9)
-            epochs.write(f"epoch {epoch}: train loss {loss.item():.4f}, val loss {val:.4f}"
+            mean_loss = float(loss_sum) / max(len(loader), 1)
+            epochs.write(f"epoch {epoch}: train loss {mean_loss:.4f} (mean), val loss {val:.4f}"
                          f"{' (best)' if improved else ''}, {rate:.1f} items/s")
     if ctx.main:
         writer.close()

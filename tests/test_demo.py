@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from demo import Steps
 from pipeline import run
 
 TINY = ["--data", "synthetic", "--items", "300", "--image-size", "32", "--epochs", "3"]
@@ -51,3 +52,15 @@ def test_demo_again_reuses_what_is_done(demo):
                  "train baseline (1 0 0)", "train paper (1 0.3 0.2)", "retrieve"):
         assert f"== {step}: already done with these settings, reusing it" in out
     assert "== evaluate: evaluate_retrieval.py" in out   # the table is printed again
+
+
+def test_a_step_after_the_evaluation_reruns_when_an_earlier_step_reran(tmp_path, capsys):
+    def steps(train_code: str) -> str:
+        s = Steps(tmp_path)
+        s.run("train", ["-c", train_code])
+        s.run("evaluate", ["-c", "pass"], always=True)
+        s.run("retrieve", ["-c", "pass"])
+        return capsys.readouterr().out
+    steps("pass")
+    assert "== retrieve: already done" in steps("pass")
+    assert "== retrieve: already done" not in steps("x = 1")   # the checkpoint it reads changed

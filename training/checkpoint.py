@@ -37,6 +37,26 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return state
 
 
+def load_for_resume(path: str | Path, model_config: dict, vocab_fingerprint: str,
+                    device: str | torch.device = "cpu") -> dict:
+    """The last.pt of the run to continue, checked to fit the model and vocabulary built now:
+    another vocabulary of the same size would load without complaint and misread every word."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: not found, so there is no run to resume: start it without "
+                           "--resume (or pass the --log-dir of the run to continue)")
+    state = load_checkpoint(path, device)
+    changed = [f"{k} {v} -> {model_config.get(k)}" for k, v in state["model_config"].items()
+               if model_config.get(k) != v]
+    if state.get("vocab_fingerprint") != vocab_fingerprint:
+        changed.append("the Doc2Vec vocabulary")
+    if changed:
+        raise DatasetError(f"{path}: the run was trained with another model or vocabulary "
+                           f"({'; '.join(changed)}): resume with that run's flags and work folder, "
+                           "or start afresh without --resume")
+    return state
+
+
 def rebuild(state: dict, device: str | torch.device = "cpu") -> tuple[CrossModalModel, Vocabulary]:
     """The trained model and its vocabulary, from the checkpoint alone (no pretrained weights)."""
     model = build_model(state["model_config"])

@@ -53,10 +53,10 @@ def collate(samples: list[dict]) -> dict:
             "nb_image_ids": nb_image_ids, "has_nb": has_nb}
 
 
-def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1, shuffle: bool = True
-                ) -> list[int]:
-    """The epoch's permutation, cut into `world` equal shards (a few items repeat to even them)."""
-    order = np.random.default_rng([seed, epoch, 11]).permutation(n) if shuffle else np.arange(n)
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The epoch's permutation, cut into `world` equal shards (a few items repeat to even them:
+    every rank must take the same number of DDP steps)."""
+    order = np.random.default_rng([seed, epoch, 11]).permutation(n)
     per = -(-n // world)
     order = np.resize(order, per * world)
     return order[rank::world].tolist()

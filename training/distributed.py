@@ -3,9 +3,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+
+# The other ranks wait in broadcast() while rank 0 decodes every image once (training.prepare):
+# on a large dataset without the image cache that outlasts NCCL's 10-minute collective timeout.
+OBJECT_TIMEOUT = timedelta(hours=12)
 
 
 @dataclass
@@ -13,6 +18,7 @@ class Context:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
+    objects: dist.ProcessGroup | None = None    # gloo group for broadcast(), long timeout
 
     @property
     def main(self) -> bool:
@@ -32,7 +38,7 @@ def setup(device: str | None) -> Context:
     else:
         dev = torch.device("cpu")
     dist.init_process_group("nccl" if want == "cuda" else "gloo", rank=rank, world_size=world)
-    return Context(rank, world, dev)
+    return Context(rank, world, dev, dist.new_group(backend="gloo", timeout=OBJECT_TIMEOUT))
 
 
 def all_sum(values: list[float], ctx: Context) -> list[float]:
@@ -44,11 +50,12 @@ def all_sum(values: list[float], ctx: Context) -> list[float]:
 
 
 def broadcast(obj: object, ctx: Context) -> object:
-    """Rank 0's object on every rank (for work done once, like the image check)."""
+    """Rank 0's object on every rank (for work done once, like the image check), sent over the
+    CPU group: no pickle travels through the GPU, and the wait may last as long as that work."""
     if ctx.world == 1:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    dist.broadcast_object_list(box, src=0, group=ctx.objects)
     return box[0]
 
 

@@ -19,7 +19,8 @@ import multiprocessing as mp
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -104,24 +105,21 @@ class ImageCache:
     stats: list
     bad: dict[str, str]
     fingerprint: str
-    _row_of: dict[str, int] = field(default_factory=dict, repr=False)
 
+    @cached_property
     def row_of(self) -> dict[str, int]:
-        if not self._row_of:
-            self._row_of = {p: r for r, p in enumerate(self.paths)}
-        return self._row_of
+        return {p: r for r, p in enumerate(self.paths)}
 
     def changed(self, paths: Sequence[str]) -> list[str]:
         """Those of `paths` the cache lacks or whose file changed (or vanished) since it was built."""
-        rows = self.row_of()
+        rows = self.row_of
         wanted = sorted(set(paths))
         now = file_stats(wanted)
         return [p for p, st in zip(wanted, now) if p not in rows or self.stats[rows[p]] != st]
 
     def reader(self, paths: Sequence[str]) -> CachedImages:
         """A reader whose image id i is paths[i]."""
-        rows_of = self.row_of()
-        rows = np.array([-1 if p in self.bad else rows_of.get(p, -1) for p in paths], dtype=np.int64)
+        rows = np.array([-1 if p in self.bad else self.row_of.get(p, -1) for p in paths], dtype=np.int64)
         reasons = {i: self.bad[p] for i, p in enumerate(paths) if p in self.bad}
         return CachedImages(self.folder / ARRAY, rows, reasons)
 

@@ -13,6 +13,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from data.items import DatasetError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -64,7 +66,6 @@ def find_bad_images(paths: Sequence[str], size: int, workers: int = 1) -> dict[s
 
 def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: str) -> None:
     """Print the count and first examples; stop when more than `max_share` of images are bad."""
-    from data.items import DatasetError
     if not bad:
         return
     first = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
