@@ -34,9 +34,9 @@ import numpy as np
 import torch
 
 import config
-from data.cli import load_items, run_main
+from data.cli import check_flags, load_items, run_main
 from data.doc2vec import infer_vectors
-from evaluation.cli import check_flags, check_output, eval_parser, load_model
+from evaluation.cli import check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
 from evaluation.evaluate import evaluate_embeddings
 from evaluation.export import save_embeddings, write_projector
@@ -71,7 +71,7 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--projector-max", type=int, default=2000, help="images in the projector log")
     g.add_argument("--projector-thumb", type=int, default=32, help="thumbnail side in pixels")
     args = p.parse_args()
-    check_flags(p, args, "block", "projector_max", "projector_thumb")
+    check_flags(p, args, "batch_size", "block", "projector_max", "projector_thumb")
     resolved = [Path(c).resolve() for c in args.checkpoint]
     for c, r in zip(args.checkpoint, resolved):
         if resolved.count(r) > 1:   # one column and one metrics file per checkpoint

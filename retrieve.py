@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 import config
-from data.cli import load_items, run_main
+from data.cli import check_flags, load_items, run_main
 from data.items import DatasetError
-from evaluation.cli import check_flags, check_output, eval_parser, load_model
+from evaluation.cli import check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
 from evaluation.html import Thumbnails, write_page
 from evaluation.queries import (image_by_path, images_by_text, normal_text, query_tokens,
@@ -47,7 +47,7 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if not (args.query or args.queries or args.image):
         p.error("give at least one query: --query TEXT, --queries FILE or --image FILE")
-    check_flags(p, args, "k", "block")
+    check_flags(p, args, "batch_size", "k", "block")
     if args.thumb_size < 16:
         p.error("--thumb-size must be at least 16")
     check_output(p, "--out", args.out, folder=True)

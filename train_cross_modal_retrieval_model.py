@@ -15,7 +15,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import config
-from data.cli import parser, run_main
+from data.cli import check_flags, parser, run_main
 from losses import cross_modal_loss
 from models import ARCHS, build_model
 from training import distributed
@@ -64,9 +64,7 @@ def parse_args():
     g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
     g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
     args = p.parse_args()
-    for flag in ("image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool"):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: pass 1 or more")
+    check_flags(p, args, "image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool")
     return args
 
 

@@ -44,6 +44,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
+def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive: str) -> None:
+    """Exit with the usage line when a flag is below 1 or CUDA is asked for but absent."""
+    for flag in positive:
+        if getattr(args, flag) < 1:
+            p.error(f"--{flag.replace('_', '-')} must be at least 1")
+    if getattr(args, "device", None) == "cuda":
+        import torch   # only here: the text-side scripts never need it
+        if not torch.cuda.is_available():
+            p.error("--device cuda was asked for but no CUDA device is available: pass --device cpu")
+
+
 def load_items(args: argparse.Namespace) -> list[Item]:
     return load_dataset(args.dataset, args.dataset_format, args.image_root, args.val_size,
                         args.seed, args.politics_min_chars)

@@ -41,15 +41,6 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
     return p
 
 
-def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive: str) -> None:
-    """Exit with the usage line when a flag is out of range or CUDA is asked for but absent."""
-    for flag in ("batch_size", *positive):
-        if getattr(args, flag) < 1:
-            p.error(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.device == "cuda" and not torch.cuda.is_available():
-        p.error("--device cuda was asked for but no CUDA device is available: pass --device cpu")
-
-
 def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder: bool) -> None:
     """Exit with the usage line when an output path is of the wrong kind: found before the
     embedding, not when the results of a long run are about to be written."""
