@@ -1,0 +1,103 @@
+"""The train step and its device logic, exercised on the CPU (CI has no GPU)."""
+import numpy as np
+import pytest
+import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from models import build_model
+from training.data import PairDataset, collate, epoch_order
+from training.images import IMAGENET_MEAN, IMAGENET_STD, normalize
+from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
+
+CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")   # the CUDA context is only built here
+def test_bf16_and_channels_last_only_on_cuda_unless_fp32():
+    assert use_bf16(CUDA, "bf16") and not use_bf16(CUDA, "fp32")
+    assert not use_bf16(CPU, "bf16") and not use_bf16(CPU, "fp32")
+    assert isinstance(autocast(CUDA, "bf16"), torch.autocast)
+    assert not isinstance(autocast(CPU, "bf16"), torch.autocast)
+    assert not isinstance(autocast(CUDA, "fp32"), torch.autocast)
+
+
+def test_normalize_matches_the_formula_and_flips_only_the_chosen_images():
+    g = torch.Generator().manual_seed(0)
+    batch = torch.randint(0, 256, (3, 3, 4, 5), generator=g, dtype=torch.uint8)
+    flip = torch.tensor([True, False, True])
+    out = normalize(batch, flip)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    expected = (batch.float() / 255 - mean) / std
+    expected[flip] = expected[flip].flip(-1)
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert torch.allclose(normalize(batch), (batch.float() / 255 - mean) / std, atol=1e-6)
+
+
+def test_prep_images_flips_from_the_seeded_generator_and_lays_out_channels_last():
+    batch = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
+    torch.manual_seed(5)
+    a = prep_images(batch, CPU, train=True, channels_last=True)
+    torch.manual_seed(5)
+    flips = torch.rand(8) < 0.5
+    assert torch.equal(a, normalize(batch, flips))
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(prep_images(batch, CPU, train=False, channels_last=False), normalize(batch))
+
+
+def tiny_batch(n=6, with_nb=(0, 2, 3)):
+    rng = np.random.default_rng(0)
+    images = {i: torch.from_numpy(rng.integers(0, 256, (3, 32, 32), dtype=np.uint8)) for i in range(n)}
+    tokens = [[1, 3 + i, 4 + i, 2] for i in range(n)]
+    ds = PairDataset(list(range(n)), tokens, images.__getitem__)
+    nbs = np.full(n, -1)
+    for i in with_nb:
+        nbs[i] = (i + 1) % n
+    ds.set_neighbors(nbs)
+    return collate([ds[i] for i in range(n)])
+
+
+def test_collate_stacks_only_real_neighbours():
+    b = tiny_batch()
+    assert b["images"].shape == (6 + 3, 3, 32, 32) and b["tokens"].shape[0] == 9
+    assert b["has_nb"].tolist() == [True, False, True, True, False, False]
+    assert b["nb_image_ids"].tolist() == [1, -1, 3, 4, -1, -1]
+
+
+def test_train_step_updates_both_branches_and_reports_every_part():
+    torch.manual_seed(0)
+    model = build_model({"arch": "resnet18", "embed_dim": 16, "word_dim": 8, "hidden": 16, "vocab_size": 12})
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    loss, parts = train_step(model, opt, tiny_batch(), CPU, autocast(CPU, "bf16"), False,
+                             LossConfig(0.3, 0.2, 0.2))
+    assert set(parts) == {"l_i2t", "l_sym", "l_img", "l_text"} and all(v > 0 for v in parts.values())
+    expected = parts["l_i2t"] + 0.3 * parts["l_sym"] + 0.2 * parts["l_img"] + 0.2 * parts["l_text"]
+    assert torch.isclose(loss, expected)
+    changed = {k.split(".")[0] for k, v in model.state_dict().items()
+               if v.is_floating_point() and not torch.equal(v, before[k])}
+    assert changed == {"image", "text"}
+
+
+def test_steplog_writes_each_step_once_one_step_late(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    writer = SummaryWriter(str(tmp_path))
+    log = StepLog(writer)
+    parts = {"l_i2t": torch.tensor(1.0), "l_sym": torch.tensor(2.0), "l_img": torch.tensor(3.0),
+             "l_text": torch.tensor(4.0)}
+    for step in (1, 2, 3):
+        log.add(step, torch.tensor(float(step)), parts, 0.1)
+    assert log.pending[0] == 3          # the newest step waits until the next one or flush
+    log.flush()
+    writer.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [e.value for e in acc.Scalars("data/train_loss")] == [1.0, 2.0, 3.0]
+    assert [e.step for e in acc.Scalars("data/l_img")] == [1, 2, 3]
+
+
+def test_epoch_order_shards_evenly_and_covers_every_item():
+    shards = [epoch_order(10, seed=1, epoch=2, rank=r, world=3) for r in range(3)]
+    assert len({len(s) for s in shards}) == 1
+    assert set(sum(shards, [])) == set(range(10))
+    assert epoch_order(10, 1, 2) == epoch_order(10, 1, 2) != epoch_order(10, 1, 3)
