@@ -37,6 +37,7 @@ class TrainingData:
 def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
     d2v = Doc2Vec.load(str(require(args.work_dir, DOC2VEC_MODEL)))
     vocab = Vocabulary(d2v.wv.index_to_key)
+    knn_path = require(args.work_dir, KNN)
     knn = load_pickle(args.work_dir, KNN)
     items = load_items(args)
     docs, tokens = drop_empty(*tokenized_documents(items, ["train", "val"], args), "train/val")
@@ -66,8 +67,7 @@ def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
         raise DatasetError(f"{args.dataset}: {len(val)} usable validation documents: mark items "
                            '"split": "val" or pass a larger --val-size')
     train_docs = [docs[i] for i in train]
-    sampler = NeighborSampler(knn, train_docs, args.neighbor_pool,
-                              source=str(require(args.work_dir, KNN)))
+    sampler = NeighborSampler(knn, train_docs, args.neighbor_pool, source=str(knn_path))
     if ctx.main:
         print(f"{len(train_docs)} training and {len(val)} validation documents; "
               f"vocabulary {len(vocab.words)} words")
