@@ -20,4 +20,4 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	$(PY) demo.py --data $(DATA) $(DEMO_ARGS)
+	$(PY) -m demo --data $(DATA) $(DEMO_ARGS)

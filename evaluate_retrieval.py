@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 import config
-from data.cli import check_flags, load_items, run_main
+from cli import check_flags, load_items, run_main
 from data.doc2vec import infer_vectors
 from evaluation.cli import check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
@@ -43,7 +43,7 @@ from evaluation.export import save_embeddings, write_projector
 from evaluation.reference import doc2vec_model_path
 from evaluation.report import format_table, metrics_path, run_names, write_json
 from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
-from training.image_cache import cached_reader
+from data.image_cache import cached_reader
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
               "max_sentences", "max_chars", "split")

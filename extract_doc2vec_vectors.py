@@ -5,7 +5,7 @@ documents whose text leaves no token are dropped and counted.
 """
 from pathlib import Path
 
-from data.cli import load_items, parser, run_main
+from cli import load_items, parser, run_main
 from data.corpus import drop_empty, tokenized_documents
 from data.doc2vec import infer_vectors
 from data.workdir import DOC2VEC_FEATURES, DOC2VEC_MODEL, require, save_pickle

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 
 import config
-from data.cli import parser, run_main
-from data.items import DatasetError
+from cli import parser, run_main
+from data.items import InputError
 from data.knn import SPACES, exact_knn, hnsw_knn, recall_at
 from data.workdir import DOC2VEC_FEATURES, KNN, load_pickle, save_pickle
 
@@ -32,12 +32,12 @@ def main() -> None:
         p.error(f"--k {args.k}: pass 1 or more")
     feats = load_pickle(args.work_dir, DOC2VEC_FEATURES)
     if not {"ids", "vectors"} <= set(feats):
-        raise DatasetError(f"{Path(args.work_dir) / DOC2VEC_FEATURES}: no 'ids' and 'vectors': "
+        raise InputError(f"{Path(args.work_dir) / DOC2VEC_FEATURES}: no 'ids' and 'vectors': "
                            "run extract_doc2vec_vectors.py again")
     vectors = feats["vectors"]
     n = len(vectors)
     if args.k > n:
-        raise DatasetError(f"--k {args.k} is larger than the corpus ({n} documents in "
+        raise InputError(f"--k {args.k} is larger than the corpus ({n} documents in "
                            f"{Path(args.work_dir) / DOC2VEC_FEATURES}): pass --k {n} or less")
     t = time.time()
     if args.backend == "exact":

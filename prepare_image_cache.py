@@ -12,9 +12,9 @@ reused. Missing or unreadable images are reported as the trainer reports them.
 import time
 
 import config
-from data.cli import load_items, parser, run_main
-from training.image_cache import ensure_cache
-from training.images import report_bad_images
+from cli import load_items, parser, run_main
+from data.image_cache import ensure_cache
+from data.images import report_bad_images
 
 
 def main() -> None:

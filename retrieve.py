@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 
 import config
-from data.cli import check_flags, load_items, run_main
-from data.items import DatasetError
+from cli import check_flags, load_items, run_main
+from data.items import InputError
 from evaluation.cli import check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
 from evaluation.html import Thumbnails, write_page
@@ -27,7 +27,7 @@ from evaluation.search import Hit, QueryResult, top_k
 from evaluation.sheet import contact_sheet
 from evaluation.split import EvalSplit, load_split, without_unreadable
 from models import CrossModalModel, Vocabulary
-from training.image_cache import cached_reader
+from data.image_cache import cached_reader
 
 
 def parse_args() -> argparse.Namespace:
@@ -126,7 +126,7 @@ def main() -> None:
                                       0, args.precision, desc="embedding query images")
     if failures:
         i, reason = min(failures.items())
-        raise DatasetError(f"{args.image[i]}: the query image cannot be read ({reason}): pass "
+        raise InputError(f"{args.image[i]}: the query image cannot be read ({reason}): pass "
                            "an existing JPEG or PNG file")
     split = load_split(load_items(run), run.split, run)
     results = []

@@ -15,13 +15,13 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import config
-from data.cli import check_flags, parser, run_main
+from cli import check_flags, parser, run_main
 from losses import cross_modal_loss
 from models import ARCHS, build_model
 from training import distributed
-from training.checkpoint import load_for_resume, run_name, save_checkpoint
+from models.checkpoint import load_for_resume, run_name, save_checkpoint
 from training.data import PairDataset, epoch_order, make_loader
-from training.image_cache import MODES
+from data.image_cache import MODES
 from training.prepare import prepare
 from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
 

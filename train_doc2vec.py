@@ -3,7 +3,7 @@ import time
 from pathlib import Path
 
 import config
-from data.cli import load_items, parser, run_main
+from cli import load_items, parser, run_main
 from data.corpus import drop_empty, tokenized_documents
 from data.doc2vec import train_doc2vec
 from data.workdir import DOC2VEC_MODEL, atomic_write

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import config  # noqa: E402
 from benchmarks.common import report, save, setup, sync  # noqa: E402
-from data.cli import HelpFormatter  # noqa: E402
+from cli import HelpFormatter  # noqa: E402
 from data.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
 
 

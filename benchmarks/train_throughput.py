@@ -36,15 +36,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 
 import config  # noqa: E402
 from benchmarks.common import report, save, setup, sync  # noqa: E402
-from data.cli import HelpFormatter  # noqa: E402
+from cli import HelpFormatter  # noqa: E402
 from data.items import documents  # noqa: E402
 from data.readers import load_dataset  # noqa: E402
-from data.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
+from demo.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
 from evaluation.embed import embed_images, prepare_model  # noqa: E402
 from models import Vocabulary, build_model  # noqa: E402
 from training.data import PairDataset, epoch_order, make_loader  # noqa: E402
-from training.image_cache import cached_reader, ensure_cache, training_images  # noqa: E402
-from training.images import ImageFiles  # noqa: E402
+from data.image_cache import cached_reader, ensure_cache, training_images  # noqa: E402
+from data.images import ImageFiles  # noqa: E402
 from training.neighbors import NeighborSampler  # noqa: E402
 from training.step import LossConfig, StepLog, autocast, train_step, use_bf16  # noqa: E402
 

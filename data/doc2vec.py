@@ -12,21 +12,21 @@ import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 from tqdm import tqdm
 
-from .items import DatasetError
+from .items import InputError
 
 
 def train_doc2vec(tokens: Sequence[list[str]], vector_size: int, window: int, min_count: int,
                   epochs: int, workers: int, seed: int) -> Doc2Vec:
     """PV-DM with gensim's defaults otherwise, documents tagged by index (as the authors)."""
     if not tokens:
-        raise DatasetError("no training documents to train Doc2Vec on: mark some items "
+        raise InputError("no training documents to train Doc2Vec on: mark some items "
                            '"split": "train" with non-empty texts')
     corpus = [TaggedDocument(t, [i]) for i, t in enumerate(tokens)]
     model = Doc2Vec(vector_size=vector_size, window=window, min_count=min_count, epochs=epochs,
                     workers=max(1, workers), seed=seed)
     model.build_vocab(corpus)
     if len(model.wv) == 0:
-        raise DatasetError(f"the Doc2Vec vocabulary is empty: no word occurs {min_count} times in the "
+        raise InputError(f"the Doc2Vec vocabulary is empty: no word occurs {min_count} times in the "
                            f"{len(corpus)} training documents; pass a smaller --min-count")
     model.train(corpus, total_examples=len(corpus), epochs=model.epochs)
     return model

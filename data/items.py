@@ -8,7 +8,7 @@ from typing import Iterable, Sequence
 SPLITS = ("train", "val", "test")
 
 
-class DatasetError(ValueError):
+class InputError(ValueError):
     """Bad input: the message is one line naming the file or item and the fix."""
 
 
@@ -42,7 +42,7 @@ def assign_validation(items: list[Item], val_size: int | None, seed: int) -> lis
     if n <= 0:
         return items
     if n >= len(train):
-        raise DatasetError(f"validation size {n} leaves no training items (only {len(train)} "
+        raise InputError(f"validation size {n} leaves no training items (only {len(train)} "
                            "train items): pass a smaller --val-size")
     chosen = set(random.Random(seed).sample(train, n))
     return [Item(it.id, it.image, it.texts, "val", it.label) if i in chosen else it
@@ -72,19 +72,19 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
     seen: set[str] = set()
     for it in items:
         if it.id in seen:
-            raise DatasetError(f"{source}: duplicate id {it.id!r}: make every item id unique")
+            raise InputError(f"{source}: duplicate id {it.id!r}: make every item id unique")
         seen.add(it.id)
     # Separate pass: item "a" with two texts and item "a#1" with one both make document "a#1".
     owner: dict[str, str] = {}
     for it in items:
         for doc_id in _document_ids(it):
             if owner.setdefault(doc_id, it.id) != it.id:
-                raise DatasetError(f"{source}: items {owner[doc_id]!r} and {it.id!r} both make document "
+                raise InputError(f"{source}: items {owner[doc_id]!r} and {it.id!r} both make document "
                                    f"id {doc_id!r} (an item with several texts numbers them "
                                    "<id>#<j>): rename one of them")
 
 
 def check_split(split: str, where: str) -> str:
     if split not in SPLITS:
-        raise DatasetError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
     return split

@@ -7,7 +7,7 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from .items import SPLITS, DatasetError, Item, assign_validation, check_split, check_unique_ids
+from .items import SPLITS, InputError, Item, assign_validation, check_split, check_unique_ids
 from .workdir import atomic_write, read_pickle
 
 FORMATS = ("jsonl", "karpathy", "politics")
@@ -20,7 +20,7 @@ def detect_format(path: Path) -> str:
         return "jsonl"
     if path.suffix == ".json":
         return "karpathy"
-    raise DatasetError(f"{path}: cannot tell the dataset format from the name: pass "
+    raise InputError(f"{path}: cannot tell the dataset format from the name: pass "
                        f"--dataset-format {'|'.join(FORMATS)}")
 
 
@@ -32,14 +32,14 @@ def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # a byte-order mark is no error
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
+        raise InputError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
 
 
 def _clean_texts(texts: list, where: str, dropped: list[str]) -> tuple[str, ...]:
     kept = []
     for t in texts:
         if not isinstance(t, str):
-            raise DatasetError(f"{where}: a text is {type(t).__name__}, not a string: fix the item")
+            raise InputError(f"{where}: a text is {type(t).__name__}, not a string: fix the item")
         if t.strip():
             kept.append(t)
         else:
@@ -63,17 +63,17 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DatasetError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+            raise InputError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
         if not isinstance(rec, dict):
-            raise DatasetError(f"{where}: expected a JSON object per line: fix or remove the line")
+            raise InputError(f"{where}: expected a JSON object per line: fix or remove the line")
         if not isinstance(rec.get("image"), str) or not rec["image"]:
-            raise DatasetError(f'{where}: no "image" path: add one')
+            raise InputError(f'{where}: no "image" path: add one')
         if "texts" in rec:
             texts = rec["texts"] if isinstance(rec["texts"], list) else [rec["texts"]]
         elif "text" in rec:
             texts = [rec["text"]]
         else:
-            raise DatasetError(f'{where}: no "texts" or "text": add the item\'s text')
+            raise InputError(f'{where}: no "texts" or "text": add the item\'s text')
         item_id = str(rec["id"]) if rec.get("id") is not None else str(n)
         texts = _clean_texts(texts, f"{where} (id {item_id})", empty)
         if not texts:
@@ -99,7 +99,7 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
         data = json.loads(_read_text(path))
         images = data["images"]
     except (json.JSONDecodeError, KeyError, TypeError) as e:
-        raise DatasetError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
+        raise InputError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
                            "pass the dataset_coco.json / dataset_flickr30k.json file") from None
     items, empty = [], []
     for n, img in enumerate(images):
@@ -109,7 +109,7 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
             raws = [s["raw"] for s in img["sentences"]]
             split = {"restval": "train"}.get(img["split"], img["split"])
         except (KeyError, TypeError, AttributeError) as e:
-            raise DatasetError(f"{where}: missing field {e}: every image needs filename, split and "
+            raise InputError(f"{where}: missing field {e}: every image needs filename, split and "
                                "sentences[].raw") from None
         item_id = str(img.get("cocoid", img.get("imgid", rel)))
         texts = _clean_texts(raws, f"{where} ({rel})", empty)
@@ -127,11 +127,11 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
         path = next((folder / n for n in ("db.pickle", "complete_db.pickle") if (folder / n).exists()),
                     folder / "db.pickle")
     if not path.exists():
-        raise DatasetError(f"{path}: not found: a Politics folder needs db.pickle or complete_db.pickle")
+        raise InputError(f"{path}: not found: a Politics folder needs db.pickle or complete_db.pickle")
     split_file = next((folder / n for n in ("train_test_paths.pickle", "train_test_pths.pickle")
                        if (folder / n).exists()), None)
     if split_file is None:
-        raise DatasetError(f"{folder / 'train_test_paths.pickle'}: not found: the Politics split file "
+        raise InputError(f"{folder / 'train_test_paths.pickle'}: not found: the Politics split file "
                            "({'train': [...], 'test': [...]}) must lie beside the texts")
     db = read_pickle(path, "re-create the file")
     texts: dict[str, str] = {}
@@ -148,17 +148,17 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
                         else:
                             texts[r["local_path"]] = r["content_text"]
         except (AttributeError, KeyError, TypeError) as e:
-            raise DatasetError(f"{path}: not the complete_db layout {{side: {{issue: [{{'content_text', "
+            raise InputError(f"{path}: not the complete_db layout {{side: {{issue: [{{'content_text', "
                                f"'local_path'}}]}}}} ({type(e).__name__}: {e}): pass db.pickle "
                                "or re-create the file") from None
     elif isinstance(db, list):
         for n, pair in enumerate(db):
             if not (isinstance(pair, (tuple, list)) and len(pair) == 2 and isinstance(pair[0], str)):
-                raise DatasetError(f"{path}: entry {n} is not an (image_path, text) pair")
+                raise InputError(f"{path}: entry {n} is not an (image_path, text) pair")
             seen[pair[0]] += 1
             texts[pair[0]] = pair[1]
     else:
-        raise DatasetError(f"{path}: expected a list of (image_path, text) or the complete_db dict")
+        raise InputError(f"{path}: expected a list of (image_path, text) or the complete_db dict")
     repeated = [p for p, c in seen.items() if c > 1]
     if repeated:
         print(f"{len(repeated)} image paths appear more than once in {path.name}: the last text of "
@@ -169,7 +169,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
     splits = read_pickle(split_file, "re-create the file")
     if (not isinstance(splits, dict) or not {"train", "test"} <= set(splits)
             or not all(isinstance(splits.get(s, []), (list, tuple)) for s in SPLITS)):
-        raise DatasetError(f"{split_file}: expected a dict with 'train' and 'test' path lists")
+        raise InputError(f"{split_file}: expected a dict with 'train' and 'test' path lists")
     root = image_root or folder
     items, empty, unsplit = [], [], set(texts)
     for split in SPLITS:
@@ -177,7 +177,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
             if p not in texts:
                 if p in short:
                     continue
-                raise DatasetError(f"{split_file}: {split} path {p!r} has no text in {path.name}: "
+                raise InputError(f"{split_file}: {split} path {p!r} has no text in {path.name}: "
                                    "use the split file made with this db")
             unsplit.discard(p)
             kept = _clean_texts([texts[p]], f"{path.name} ({p})", empty)
@@ -196,7 +196,7 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
     """Read any supported dataset and assign the seeded validation slice."""
     path = Path(path)
     if not path.exists():
-        raise DatasetError(f"{path}: dataset not found: pass --dataset with a .jsonl manifest, a "
+        raise InputError(f"{path}: dataset not found: pass --dataset with a .jsonl manifest, a "
                            "Karpathy .json or a Politics folder")
     fmt = fmt or detect_format(path)
     root = Path(image_root) if image_root else None
@@ -207,7 +207,7 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
     elif fmt == "politics":
         items = read_politics(path, root, politics_min_chars)
     else:
-        raise DatasetError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
+        raise InputError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not any(it.split == "train" for it in items):
-        raise DatasetError(f"{path}: no training items: mark some items \"split\": \"train\"")
+        raise InputError(f"{path}: no training items: mark some items \"split\": \"train\"")
     return assign_validation(items, val_size, seed)

@@ -6,7 +6,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
-from .items import DatasetError
+from .items import InputError
 
 DOC2VEC_MODEL = "doc2vec_model.gensim"
 DOC2VEC_FEATURES = "doc2vec_features.pickle"
@@ -23,7 +23,7 @@ WRITER = {
 def require(work_dir: str | Path, name: str) -> Path:
     path = Path(work_dir) / name
     if not path.exists():
-        raise DatasetError(f"{path}: not found: run {WRITER.get(name, 'the earlier script')} with "
+        raise InputError(f"{path}: not found: run {WRITER.get(name, 'the earlier script')} with "
                            f"--work-dir {work_dir} first")
     return path
 
@@ -50,18 +50,18 @@ def save_pickle(obj: object, path: str | Path) -> None:
 
 
 def read_pickle(path: str | Path, fix: str) -> object:
-    """The unpickled file, or a one-line DatasetError that ends with `fix`."""
+    """The unpickled file, or a one-line InputError that ends with `fix`."""
     try:
         with open(path, "rb") as f:
             return pickle.load(f)
     except Exception as e:  # a damaged pickle can raise almost anything
         msg = " ".join(str(e).split())[:200]
-        raise DatasetError(f"{path}: unreadable pickle ({type(e).__name__}: {msg}): {fix}") from None
+        raise InputError(f"{path}: unreadable pickle ({type(e).__name__}: {msg}): {fix}") from None
 
 
 def load_pickle(work_dir: str | Path, name: str) -> dict:
     path = require(work_dir, name)
     obj = read_pickle(path, f"run {WRITER.get(name, 'the earlier script')} again")
     if not isinstance(obj, dict):
-        raise DatasetError(f"{path}: not a file {WRITER.get(name, 'this project')} wrote: run it again")
+        raise InputError(f"{path}: not a file {WRITER.get(name, 'this project')} wrote: run it again")
     return obj

@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 
 import config
-from data.cli import parser
+from cli import parser
 from data.items import SPLITS
 from evaluation.embed import pick_device, prepare_model
 from models import CrossModalModel, Vocabulary
-from training.checkpoint import load_checkpoint, rebuild
+from models.checkpoint import load_checkpoint, rebuild
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
 FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",

@@ -14,8 +14,8 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from models import CrossModalModel, Vocabulary, pad_batch
-from training.image_cache import UnreadableImage
-from training.images import try_read_image
+from data.image_cache import UnreadableImage
+from data.images import try_read_image
 from training.step import autocast, prep_images, use_bf16
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from evaluation.split import EvalSplit
-from training.images import read_image
+from data.images import read_image
 
 SPRITE_LIMIT = 8192   # TensorBoard's projector refuses sprite sheets wider than this
 

@@ -5,7 +5,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from data.items import DatasetError
+from data.items import InputError
 from data.text import preprocess
 from evaluation.split import EvalSplit
 from models import Vocabulary
@@ -17,11 +17,11 @@ def read_query_file(path: str | Path) -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise DatasetError(f"{path}: cannot read the queries file ({type(e).__name__}): pass a "
+        raise InputError(f"{path}: cannot read the queries file ({type(e).__name__}): pass a "
                            "UTF-8 text file with one query per line") from None
     queries = [line.strip() for line in lines if line.strip()]
     if not queries:
-        raise DatasetError(f"{path}: the queries file holds no query: write one per line")
+        raise InputError(f"{path}: the queries file holds no query: write one per line")
     return queries
 
 
@@ -33,10 +33,10 @@ def query_tokens(queries: Sequence[str], vocab: Vocabulary, max_sentences: int |
     for n, query in enumerate(queries, 1):
         tokens = preprocess(query, max_sentences or None, max_chars)
         if not tokens:
-            raise DatasetError(f"query {n} {query!r} leaves no token after preprocessing (stop "
+            raise InputError(f"query {n} {query!r} leaves no token after preprocessing (stop "
                                "words and words under 3 letters are dropped): use content words")
         if not any(t in vocab for t in tokens):
-            raise DatasetError(f"query {n} {query!r}: none of its words ({' '.join(tokens[:8])}) "
+            raise InputError(f"query {n} {query!r}: none of its words ({' '.join(tokens[:8])}) "
                                f"is in the model's vocabulary of {len(vocab.words)} words: use "
                                "words that occur in the training texts")
         out.append(tokens)

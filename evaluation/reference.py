@@ -5,7 +5,7 @@ from pathlib import Path
 
 from gensim.models.doc2vec import Doc2Vec
 
-from data.items import DatasetError
+from data.items import InputError
 from data.workdir import DOC2VEC_MODEL
 from models import Vocabulary
 
@@ -24,7 +24,7 @@ def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Voca
     words = Doc2Vec.load(str(path)).wv.index_to_key
     theirs, ours = Vocabulary(words).fingerprint(), vocab.fingerprint()
     if theirs != ours:
-        raise DatasetError(f"{checkpoint}: the checkpoint's vocabulary ({len(vocab.words)} words, "
+        raise InputError(f"{checkpoint}: the checkpoint's vocabulary ({len(vocab.words)} words, "
                            f"fingerprint {ours}) is not that of the Doc2Vec model {path} "
                            f"({len(words)} words, {theirs}): pass --work-dir of the run that "
                            "trained this checkpoint")

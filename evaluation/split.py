@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from data.corpus import drop_empty, tokenized_documents
-from data.items import DatasetError, Item
-from training.images import report_bad_images
+from data.items import InputError, Item
+from data.images import report_bad_images
 
 
 @dataclass
@@ -64,11 +64,11 @@ def load_split(items: Sequence[Item], split: str, args: argparse.Namespace) -> E
     """The split's images and texts; a split without any usable text is an error."""
     n_items = sum(it.split == split for it in items)
     if n_items == 0:
-        raise DatasetError(f"{args.dataset}: the {split} split is empty: choose another --split "
+        raise InputError(f"{args.dataset}: the {split} split is empty: choose another --split "
                            "or mark items with it in the dataset")
     docs, tokens = drop_empty(*tokenized_documents(items, [split], args), split)
     if not docs:
-        raise DatasetError(f"{args.dataset}: none of the {n_items} {split} items has a text that "
+        raise InputError(f"{args.dataset}: none of the {n_items} {split} items has a text that "
                            "leaves a token after preprocessing: check the texts or --max-sentences")
     index: dict[str, int] = {}
     paths, ids, labels, owner = [], [], [], []
@@ -95,7 +95,7 @@ def without_unreadable(split: EvalSplit, images: torch.Tensor, failures: dict[in
                       split.n_images, max_share, split.name)
     good = [i for i in range(split.n_images) if i not in failures]
     if not good:
-        raise DatasetError(f"{dataset}: no image of the {split.name} split can be read: fix the "
+        raise InputError(f"{dataset}: no image of the {split.name} split can be read: fix the "
                            "image paths (--image-root)")
     return split.keep_images(good)[0], images[good]
 

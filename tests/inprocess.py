@@ -9,7 +9,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.synthetic import generate_synthetic
+from demo.synthetic import generate_synthetic
 from pipeline import ROOT, TINY_TRAIN
 
 RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"

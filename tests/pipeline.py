@@ -14,7 +14,8 @@ TINY_TRAIN = ["--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--
 
 def run(script: str, *args: str, check: bool = True, env: dict | None = None,
         launcher: list[str] | None = None) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable]) + [str(ROOT / script), *map(str, args)]
+    target = [script] if script == "-m" else [str(ROOT / script)]   # "-m", "pkg.mod": a module
+    cmd = (launcher or [sys.executable]) + target + [*map(str, args)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=full_env, timeout=600)
     if check and proc.returncode != 0:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from demo import Steps
+from demo.run import Steps
 from pipeline import run
 
 TINY = ["--data", "synthetic", "--items", "300", "--image-size", "32", "--epochs", "3"]
@@ -13,7 +13,7 @@ RUNS = ("l_i2t_l_sym_1_l_img_0_l_text_0", "l_i2t_l_sym_1_l_img_0_3_l_text_0_2")
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("demo")
-    proc = run("demo.py", *TINY, "--run-dir", run_dir)
+    proc = run("-m", "demo", *TINY, "--run-dir", run_dir)
     return run_dir, proc.stdout
 
 
@@ -47,7 +47,7 @@ def test_synthetic_topics_are_learnable(demo):
 
 def test_demo_again_reuses_what_is_done(demo):
     run_dir, _ = demo
-    out = run("demo.py", *TINY, "--run-dir", run_dir).stdout
+    out = run("-m", "demo", *TINY, "--run-dir", run_dir).stdout
     for step in ("dataset", "doc2vec", "vectors", "neighbours", "image cache",
                  "train baseline (1 0 0)", "train paper (1 0.3 0.2)", "retrieve"):
         assert f"== {step}: already done with these settings, reusing it" in out

@@ -11,7 +11,7 @@ from PIL import Image
 
 import config
 from data.doc2vec import infer_vectors
-from data.items import DatasetError, Item
+from data.items import InputError, Item
 from data.text import preprocess
 from evaluation.cli import with_checkpoint_defaults
 from evaluation.embed import embed_images, embed_texts
@@ -22,8 +22,8 @@ from evaluation.report import format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
 from inprocess import RUN, cli, one_line_error, train_tiny
 from models import Vocabulary, build_model, pad_batch
-from training.checkpoint import load_checkpoint, rebuild
-from training.images import normalize, read_image
+from models.checkpoint import load_checkpoint, rebuild
+from data.images import normalize, read_image
 
 TOP_KEYS = {"i2t", "t2i", "rsum", "n_images", "n_texts", "neighborhood", "label_precision@10"}
 DIRECTION_KEYS = {"r1", "r5", "r10", "medr", "meanr"}
@@ -212,13 +212,13 @@ def test_split_dedupes_shared_images_and_drops_empty_texts():
     sub, rows = split.keep_images([1])
     assert sub.image_ids == ["d"] and sub.text_ids == ["d#0", "d#1"] and rows.tolist() == [2, 3]
     assert sub.text_image.tolist() == [0, 0]
-    with pytest.raises(DatasetError, match="val split is empty"):
+    with pytest.raises(InputError, match="val split is empty"):
         load_split(items, "val", split_args())
 
     embedded = torch.arange(4.0)[:, None].repeat(1, 2)[:2]
     kept, rows = without_unreadable(split, embedded, {0: "OSError: broken"}, 0.5, "d.jsonl")
     assert kept.image_ids == ["d"] and rows.tolist() == [[1.0, 1.0]]
-    with pytest.raises(DatasetError, match="no image of the test split can be read"):
+    with pytest.raises(InputError, match="no image of the test split can be read"):
         without_unreadable(split, embedded, {0: "x", 1: "y"}, 1.0, "d.jsonl")
 
 

@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import training.image_cache as image_cache
-from data.items import DatasetError
-from data.synthetic import generate_synthetic
+import data.image_cache as image_cache
+from data.items import InputError
+from demo.synthetic import generate_synthetic
 from inprocess import RUN, cli, one_line_error
 from pipeline import TINY_TRAIN
-from training.checkpoint import load_checkpoint
-from training.image_cache import (UnreadableImage, build_cache, cache_folder, ensure_cache,
+from models.checkpoint import load_checkpoint
+from data.image_cache import (UnreadableImage, build_cache, cache_folder, ensure_cache,
                                   find_cache, load_cache, training_images)
-from training.images import find_bad_images, read_image
+from data.images import find_bad_images, read_image
 
 SIZE = 24
 
@@ -136,7 +136,7 @@ def test_training_images_modes(tmp_path):
     read, bad, where = training_images(work, paths, used, SIZE, "auto")
     assert "decoded from the files" in where and "prepare_image_cache.py" in where
     assert set(bad) == {paths[-1]}
-    with pytest.raises(DatasetError, match="no image cache.*prepare_image_cache.py"):
+    with pytest.raises(InputError, match="no image cache.*prepare_image_cache.py"):
         training_images(work, paths, used, SIZE, "require")
     build_cache(work, paths, SIZE, progress=False)
     read, bad, where = training_images(work, paths, used, SIZE, "require")

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from data.items import DatasetError, Document
+from data.items import InputError, Document
 from training.neighbors import NeighborSampler
 
 
@@ -63,5 +63,5 @@ def test_sampling_uniform_reproducible_and_valid():
 def test_foreign_knn_file_is_an_error():
     docs = docs_for(4)
     knn = knn_rows(["a", "b", "c", "d"], [[0, 1]] * 4, [[0, 1]] * 4)
-    with pytest.raises(DatasetError, match="re-run"):
+    with pytest.raises(InputError, match="re-run"):
         NeighborSampler(knn, docs, source="work/document_feats_knn.pickle")

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-import build_openclipart_dataset
-from data.items import DatasetError
-from data.openclipart import (BLANK, BOILERPLATE, DUPLICATE, GENERATED, MISSING_PAIR, NO_TEXT, NOT_TAKEN,
+from demo import build_openclipart as build_openclipart_dataset
+from data.items import InputError
+from demo.openclipart import (BLANK, BOILERPLATE, DUPLICATE, GENERATED, MISSING_PAIR, NO_TEXT, NOT_TAKEN,
                               TOO_BIG, TOO_SMALL, UNREADABLE_PNG, UNREADABLE_SVG, FetchError, SvgText,
                               build_openclipart, compose_text, fetch_packages, read_svg_text)
 
@@ -190,7 +190,7 @@ def test_svg_metadata_reader(tmp_path):
 
 
 def test_a_bad_root_is_a_one_line_error(tmp_path):
-    with pytest.raises(DatasetError, match="no png/ and svg/ folders"):
+    with pytest.raises(InputError, match="no png/ and svg/ folders"):
         build_openclipart(tmp_path / "out", root=tmp_path)
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from data.cli import load_items, parser
-from data.items import DatasetError, Item, assign_validation, documents
+from cli import load_items, parser
+from data.items import InputError, Item, assign_validation, documents
 from data.readers import detect_format, load_dataset, read_jsonl, read_karpathy, read_politics
 
 
@@ -24,7 +24,7 @@ def dump(obj, path: Path) -> Path:
 
 
 def one_line_error(fn, *args, **kw) -> str:
-    with pytest.raises(DatasetError) as e:
+    with pytest.raises(InputError) as e:
         fn(*args, **kw)
     msg = str(e.value)
     assert "\n" not in msg and msg.strip() == msg

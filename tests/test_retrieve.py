@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.items import DatasetError
+from data.items import InputError
 from evaluation.html import Thumbnails
 from evaluation.queries import read_query_file
 from evaluation.search import Hit, QueryResult, top_k
@@ -119,7 +119,7 @@ def test_query_file_skips_blank_lines_and_rejects_empty_files(tmp_path):
     path.write_text("  first query \n\n second\n")
     assert read_query_file(path) == ["first query", "second"]
     path.write_text("\n \n")
-    with pytest.raises(DatasetError, match="holds no query"):
+    with pytest.raises(InputError, match="holds no query"):
         read_query_file(path)
 
 

@@ -6,7 +6,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from models import build_model
 from training.data import PairDataset, collate, epoch_order
-from training.images import IMAGENET_MEAN, IMAGENET_STD, normalize
+from data.images import IMAGENET_MEAN, IMAGENET_STD, normalize
 from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")

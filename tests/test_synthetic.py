@@ -10,8 +10,8 @@ from gensim.parsing.preprocessing import (STOPWORDS, preprocess_string, remove_s
                                           strip_punctuation, strip_short, strip_tags)
 from PIL import Image
 
-import build_synthetic_dataset
-from data.synthetic import (FILLER_WORDS, make_motifs, render_motif, topic_names, topic_vocabularies,
+from demo import build_synthetic as build_synthetic_dataset
+from demo.synthetic import (FILLER_WORDS, make_motifs, render_motif, topic_names, topic_vocabularies,
                             generate_synthetic)
 
 # The authors' filters, in their order.

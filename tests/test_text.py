@@ -7,7 +7,7 @@ import pytest
 
 from data.corpus import drop_empty, tokenized_documents
 from data.doc2vec import infer_vectors, train_doc2vec
-from data.items import DatasetError, Item, documents
+from data.items import InputError, Item, documents
 from data.text import first_sentences, preprocess, preprocess_all
 from fixtures import TOPICS, topic_text
 
@@ -128,9 +128,9 @@ def _topic_corpus(n: int, seed: int = 0) -> list[list[str]]:
 
 def test_doc2vec_empty_vocabulary_is_a_clear_error():
     tokens = _topic_corpus(20)
-    with pytest.raises(DatasetError, match="vocabulary is empty.*smaller --min-count"):
+    with pytest.raises(InputError, match="vocabulary is empty.*smaller --min-count"):
         train_doc2vec(tokens, 10, 5, 10_000, 1, 1, 0)
-    with pytest.raises(DatasetError, match="no training documents"):
+    with pytest.raises(InputError, match="no training documents"):
         train_doc2vec([], 10, 5, 1, 1, 1, 0)
 
 

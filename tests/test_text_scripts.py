@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from gensim.models.doc2vec import Doc2Vec
 
-from data.cli import parser
+from cli import parser
 from data.corpus import drop_empty, tokenized_documents
 from data.doc2vec import infer_vectors
 from data.items import documents

@@ -7,10 +7,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from data.synthetic import generate_synthetic
+from demo.synthetic import generate_synthetic
 from pipeline import TINY_TRAIN, run, text_side
-from data.items import DatasetError
-from training.checkpoint import load_checkpoint, load_for_resume, rebuild, save_checkpoint
+from data.items import InputError
+from models.checkpoint import load_checkpoint, load_for_resume, rebuild, save_checkpoint
 
 TAGS = {"data/train_loss", "data/l_i2t", "data/l_sym", "data/l_img", "data/l_text", "data/lr",
         "data/val_loss"}
@@ -129,11 +129,11 @@ def test_missing_work_files_name_the_script_to_run(prepared, tmp_path):
 def test_resume_refuses_another_model_or_vocabulary(tmp_path):
     config = {"arch": "resnet18", "embed_dim": 32, "word_dim": 8, "hidden": 16, "vocab_size": 10}
     last = tmp_path / "last.pt"
-    with pytest.raises(DatasetError, match="no run to resume"):
+    with pytest.raises(InputError, match="no run to resume"):
         load_for_resume(last, config, "abc")
     save_checkpoint({"model": {}, "model_config": config, "vocab": [], "vocab_fingerprint": "abc"}, last)
     assert load_for_resume(last, config, "abc")["vocab_fingerprint"] == "abc"
-    with pytest.raises(DatasetError, match="embed_dim 32 -> 64"):
+    with pytest.raises(InputError, match="embed_dim 32 -> 64"):
         load_for_resume(last, {**config, "embed_dim": 64}, "abc")
-    with pytest.raises(DatasetError, match="Doc2Vec vocabulary"):
+    with pytest.raises(InputError, match="Doc2Vec vocabulary"):
         load_for_resume(last, config, "other")

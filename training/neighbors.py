@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.items import DatasetError, Document
+from data.items import InputError, Document
 
 
 class NeighborSampler:
@@ -23,7 +23,7 @@ class NeighborSampler:
         foreign = [i for i in knn_ids if i not in position]
         # Documents dropped from training (bad images) are expected; a mostly-foreign file is not.
         if len(foreign) > len(knn_ids) // 2:
-            raise DatasetError(f"{source}: {len(foreign)} of its {len(knn_ids)} documents are not "
+            raise InputError(f"{source}: {len(foreign)} of its {len(knn_ids)} documents are not "
                                f"training documents of this dataset (first: {foreign[:3]}): re-run "
                                "train_doc2vec.py, extract_doc2vec_vectors.py and "
                                "knn_document_features.py on it")

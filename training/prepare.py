@@ -9,15 +9,15 @@ import numpy as np
 import torch
 from gensim.models.doc2vec import Doc2Vec
 
-from data.cli import load_items
+from cli import load_items
 from data.corpus import drop_empty, tokenized_documents
-from data.items import DatasetError, Document, Item
+from data.items import InputError, Document, Item
 from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
 from models import Vocabulary
 
 from .distributed import Context, broadcast
-from .image_cache import training_images
-from .images import report_bad_images
+from data.image_cache import training_images
+from data.images import report_bad_images
 from .neighbors import NeighborSampler
 
 
@@ -61,10 +61,10 @@ def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
     train = [i for i, d in enumerate(docs) if items[d.item].split == "train"]
     val = [i for i, d in enumerate(docs) if items[d.item].split == "val"]
     if len(train) < 2:
-        raise DatasetError(f"{args.dataset}: {len(train)} usable training documents: training "
+        raise InputError(f"{args.dataset}: {len(train)} usable training documents: training "
                            "needs at least 2 (in-batch negatives)")
     if len(val) < 2:
-        raise DatasetError(f"{args.dataset}: {len(val)} usable validation documents: mark items "
+        raise InputError(f"{args.dataset}: {len(val)} usable validation documents: mark items "
                            '"split": "val" or pass a larger --val-size')
     train_docs = [docs[i] for i in train]
     sampler = NeighborSampler(knn, train_docs, args.neighbor_pool, source=str(knn_path))

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from losses import cross_modal_loss
 
-from .images import normalize
+from data.images import normalize
 
 
 @dataclass(frozen=True)

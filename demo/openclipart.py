@@ -23,11 +23,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
-from .debian import FetchError, fetch_packages
-from .items import DatasetError
-from .readers import read_jsonl, write_jsonl
-from .synthetic import assign_splits
-from .text import preprocess
+from demo.debian import FetchError, fetch_packages
+from data.items import InputError
+from data.readers import read_jsonl, write_jsonl
+from demo.synthetic import assign_splits
+from data.text import preprocess
 
 STAMP = "openclipart_build.json"
 UNLABELLED = {"unsorted"}        # a folder that names no category
@@ -220,7 +220,7 @@ def scan(root: Path, skips: Skips) -> list[tuple[str, str]]:
     """(relative path without suffix, text) of every picture with a usable text, sorted."""
     png_root, svg_root = root / "png", root / "svg"
     if not png_root.is_dir() or not svg_root.is_dir():
-        raise DatasetError(f"{root}: no png/ and svg/ folders: pass the unpacked "
+        raise InputError(f"{root}: no png/ and svg/ folders: pass the unpacked "
                            "usr/share/openclipart folder (or leave --root out to download it)")
     pngs = sorted(png_root.rglob("*.png"))
     rels = set()
@@ -330,7 +330,7 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
     kept = resize_all(found, Path(root), cache / f"png-{max_side}", max_side, max_pixels, workers,
                       limit, seed, skips)
     if not kept:
-        raise DatasetError(f"{root}: no usable picture (skipped: {dict(skips.counts)})")
+        raise InputError(f"{root}: no usable picture (skipped: {dict(skips.counts)})")
     splits = assign_splits(len(kept), val_fraction, test_fraction, seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels: Counter = Counter()

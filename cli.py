@@ -6,8 +6,8 @@ import sys
 
 import config
 
-from .items import DatasetError, Item
-from .readers import FORMATS, load_dataset
+from data.items import InputError, Item
+from data.readers import FORMATS, load_dataset
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -64,6 +64,6 @@ def run_main(main) -> None:
     """Run a script's main(), turning input errors into one line on stderr and exit status 2."""
     try:
         main()
-    except DatasetError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

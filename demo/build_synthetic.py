@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 import config
-from data.synthetic import generate_synthetic
+from demo.synthetic import generate_synthetic
 
 STAMP = "synthetic_params.json"
 

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 import config
-from data.items import DatasetError
-from data.openclipart import build_openclipart
+from data.items import InputError
+from demo.openclipart import build_openclipart
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> Path:
         report = build_openclipart(Path(args.out), Path(args.root) if args.root else None,
                                    Path(args.cache) if args.cache else None, args.max_side, args.seed,
                                    args.workers, args.limit, args.max_pixels, args.max_shared_text)
-    except DatasetError as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except ValueError as e:

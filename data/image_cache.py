@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.items import DatasetError
+from data.items import InputError
 
-from .images import ImageFiles, find_bad_images, try_read_image
+from data.images import ImageFiles, find_bad_images, try_read_image
 
 CACHE_DIR = "image_cache"
 ARRAY, INDEX = "images.npy", "index.json"
@@ -220,7 +220,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
     """
     unique = sorted(set(paths))
     if not unique:
-        raise DatasetError(f"no images to cache in {work_dir}: the dataset has no items")
+        raise InputError(f"no images to cache in {work_dir}: the dataset has no items")
     if size < 1:
         raise ValueError(f"image size must be at least 1, got {size}")
     stats = file_stats(unique)   # before decoding: a file changed meanwhile reads as changed later
@@ -231,7 +231,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
     need = len(unique) * 3 * size * size
     free = shutil.disk_usage(root).free
     if need > free:
-        raise DatasetError(f"{root}: the image cache of {len(unique)} images at {size}px needs "
+        raise InputError(f"{root}: the image cache of {len(unique)} images at {size}px needs "
                            f"{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: free "
                            "some space or pass a --work-dir on a larger disk")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{size}.building-pid{os.getpid()}-"))
@@ -291,7 +291,7 @@ def training_images(work_dir: str | Path, item_paths: Sequence[str], used: Seque
             return (cache.reader(item_paths), bad,
                     f"images: read from the image cache {cache.folder}")
         if mode == "require":
-            raise DatasetError(f"{why}: {BUILD_HINT} (or pass --image-cache auto)")
+            raise InputError(f"{why}: {BUILD_HINT} (or pass --image-cache auto)")
     bad = find_bad_images(used, size, workers)
     hint = "" if mode == "off" else f"; {BUILD_HINT} to decode them only once"
     return ImageFiles(item_paths, size), bad, f"images: decoded from the files ({why}{hint})"

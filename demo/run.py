@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 from models import ARCHS, imagenet_cache_path
-from training.checkpoint import run_name
+from models.checkpoint import run_name
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"baseline": ("1", "0", "0"), "paper": ("1", "0.3", "0.2")}
 # Settings that fit a 2-core CPU; each is a flag of the script named.
 DEFAULTS = {
@@ -81,10 +81,10 @@ def build_data(args: argparse.Namespace, steps: Steps) -> Path:
     data_dir = args.run_dir / "data"
     manifest = data_dir / "manifest.jsonl"
     if args.data == "synthetic":
-        steps.run("dataset", ["build_synthetic_dataset.py", "--out", data_dir, "--items", args.items,
+        steps.run("dataset", ["-m", "demo.build_synthetic", "--out", data_dir, "--items", args.items,
                               "--image-size", max(args.image_size, 32)], manifest)
         return manifest
-    cmd = ["build_openclipart_dataset.py", "--out", data_dir, "--cache", ROOT / "runs" / "openclipart-cache",
+    cmd = ["-m", "demo.build_openclipart", "--out", data_dir, "--cache", ROOT / "runs" / "openclipart-cache",
            "--limit", args.items, "--workers", args.workers]
     print(f"== dataset: {' '.join(map(str, cmd))}", flush=True)
     proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT)

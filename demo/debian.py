@@ -8,14 +8,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .items import DatasetError
+from data.items import InputError
 
 PACKAGES = ("openclipart-png", "openclipart-svg")
 SHARE = Path("usr/share/openclipart")
 SYNTHETIC_HINT = "use the synthetic set instead: make demo DATA=synthetic"
 
 
-class FetchError(DatasetError):
+class FetchError(InputError):
     """The packages could not be downloaded or unpacked."""
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from data.items import DatasetError
+from data.items import InputError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -72,7 +72,7 @@ def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: s
     share = len(bad) / max(total, 1)
     print(f"left out {len(bad)} of {total} {what} images that are missing or unreadable: {first}")
     if share > max_share:
-        raise DatasetError(f"{len(bad)} of {total} {what} images ({share:.1%}) are missing or "
+        raise InputError(f"{len(bad)} of {total} {what} images ({share:.1%}) are missing or "
                            f"unreadable, more than --max-bad-images {max_share:.1%}: fix the "
                            f"image paths (--image-root) or raise the limit (first: {first})")
 

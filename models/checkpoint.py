@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from data.items import DatasetError
+from data.items import InputError
 from data.workdir import atomic_write
 from models import CrossModalModel, Vocabulary, build_model
 
@@ -24,15 +24,15 @@ def save_checkpoint(state: dict, path: str | Path) -> None:
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: checkpoint not found: pass the best.pt that "
+        raise InputError(f"{path}: checkpoint not found: pass the best.pt that "
                            "train_cross_modal_retrieval_model.py printed")
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
-        raise DatasetError(f"{path}: not a readable checkpoint ({type(e).__name__}): "
+        raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}): "
                            "pass a best.pt written by the training script") from None
     if not isinstance(state, dict) or not {"model", "model_config", "vocab"} <= set(state):
-        raise DatasetError(f"{path}: not a checkpoint of this project (no model, model_config "
+        raise InputError(f"{path}: not a checkpoint of this project (no model, model_config "
                            "or vocab): pass a best.pt written by the training script")
     return state
 
@@ -43,7 +43,7 @@ def load_for_resume(path: str | Path, model_config: dict, vocab_fingerprint: str
     another vocabulary of the same size would load without complaint and misread every word."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: not found, so there is no run to resume: start it without "
+        raise InputError(f"{path}: not found, so there is no run to resume: start it without "
                            "--resume (or pass the --log-dir of the run to continue)")
     state = load_checkpoint(path, device)
     changed = [f"{k} {v} -> {model_config.get(k)}" for k, v in state["model_config"].items()
@@ -51,7 +51,7 @@ def load_for_resume(path: str | Path, model_config: dict, vocab_fingerprint: str
     if state.get("vocab_fingerprint") != vocab_fingerprint:
         changed.append("the Doc2Vec vocabulary")
     if changed:
-        raise DatasetError(f"{path}: the run was trained with another model or vocabulary "
+        raise InputError(f"{path}: the run was trained with another model or vocabulary "
                            f"({'; '.join(changed)}): resume with that run's flags and work folder, "
                            "or start afresh without --resume")
     return state

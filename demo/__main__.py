@@ -1,0 +1,4 @@
+"""`python -m demo`: the whole pipeline on built-in data (see demo/run.py)."""
+from demo.run import main
+
+main()
