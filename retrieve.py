@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 import config
-from cli import check_flags, load_items, run_main
+from cli import check_flags, load_items, real, run_main
+from data import provenance
 from data.items import InputError
+from data.workdir import check_writable
 from evaluation.cli import check_output, eval_parser, load_model
 from evaluation.embed import embed_images, embed_texts
 from evaluation.html import Thumbnails, write_page
@@ -42,7 +44,7 @@ def parse_args() -> argparse.Namespace:
                                                "checkpoint)")
     g.add_argument("--thumb-size", type=int, default=128, help="thumbnail side in pixels")
     g.add_argument("--block", type=int, default=1024, help="queries scored at once")
-    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+    g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
                    help="share of unreadable gallery images tolerated (they are left out)")
     args = p.parse_args()
     if not (args.query or args.queries or args.image):
@@ -119,8 +121,10 @@ def print_results(results: list[QueryResult]) -> None:
 def main() -> None:
     args = parse_args()
     model, vocab, run, device = load_model(args.checkpoint, args)
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "retrieval"
+    check_writable(out, folder=True, fix="pass --out DIR somewhere writable")
     queries = list(args.query) + (read_query_file(args.queries) if args.queries else [])
-    tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars)
+    tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars, run.keep_unicode)
     # The query images are read before the split, so a bad one fails in seconds.
     embedded, failures = embed_images(model, args.image, run.image_size, device, args.batch_size,
                                       0, args.precision, desc="embedding query images")
@@ -128,14 +132,15 @@ def main() -> None:
         i, reason = min(failures.items())
         raise InputError(f"{args.image[i]}: the query image cannot be read ({reason}): pass "
                            "an existing JPEG or PNG file")
-    split = load_split(load_items(run), run.split, run)
+    items = load_items(run)
+    provenance.check_checkpoint(run, items, args.checkpoint)
+    split = load_split(items, run.split, run)
     results = []
     if queries:
         results += text_queries(queries, tokens, model, vocab, split, run, args, device)
     if args.image:
         results += image_queries(args.image, embedded, model, vocab, split, run, args, device)
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "retrieval"
     thumbs = Thumbnails(out, args.thumb_size)
     sheets = []
     for n, result in enumerate(results, 1):

@@ -13,7 +13,8 @@ def tokenized_documents(items: Sequence[Item], splits: Sequence[str], args: argp
     docs = documents(items, splits)
     texts = [items[d.item].texts[d.text] for d in docs]
     tokens = preprocess_all(texts, args.max_sentences or None, args.max_chars, args.workers,
-                            desc=f"preprocessing {'+'.join(splits)} texts")
+                            desc=f"preprocessing {'+'.join(splits)} texts",
+                            keep_unicode=getattr(args, "keep_unicode", False))
     return docs, tokens
 
 

@@ -75,6 +75,9 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
         else:
             raise InputError(f'{where}: no "texts" or "text": add the item\'s text')
         item_id = str(rec["id"]) if rec.get("id") is not None else str(n)
+        if not texts:   # "texts": [] is an item without text, dropped and counted as one
+            empty.append(f"{where} (id {item_id})")
+            continue
         texts = _clean_texts(texts, f"{where} (id {item_id})", empty)
         if not texts:
             continue
@@ -98,6 +101,8 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
     try:
         data = json.loads(_read_text(path))
         images = data["images"]
+        if not isinstance(images, list):
+            raise TypeError(f"'images' is {type(images).__name__}")
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
                            "pass the dataset_coco.json / dataset_flickr30k.json file") from None
@@ -113,6 +118,8 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
                                "sentences[].raw") from None
         item_id = str(img.get("cocoid", img.get("imgid", rel)))
         texts = _clean_texts(raws, f"{where} ({rel})", empty)
+        if not raws:    # no sentence at all: counted as the empty captions are
+            empty.append(f"{where} ({rel})")
         if texts:
             items.append(Item(item_id, _resolve(rel, root), texts, check_split(split, where)))
     _report_dropped(empty, "empty captions")

@@ -7,6 +7,8 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw
 
+from data.images import to_rgb
+from data.workdir import atomic_write
 from evaluation.search import QueryResult
 
 THUMBS = "thumbs"
@@ -27,7 +29,7 @@ def fit(path: str, size: int) -> Image.Image:
     """The image scaled, up or down, to fit a size x size square, aspect ratio kept."""
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
-        img = img.convert("RGB")
+        img = to_rgb(img)
     scale = size / max(img.width, img.height)
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                       Image.LANCZOS)
@@ -50,7 +52,7 @@ class Thumbnails:
             except Exception:  # noqa: BLE001 - an unreadable gallery file still gets a tile
                 img = Image.new("RGB", (self.size, self.size), (200, 200, 200))
                 ImageDraw.Draw(img).text((4, 4), "unreadable", fill=(90, 0, 0))
-            img.save(self.out_dir / rel, format="JPEG", quality=85)
+            atomic_write(self.out_dir / rel, lambda tmp: img.save(tmp, format="JPEG", quality=85))
             self.rel[source] = rel
         return self.rel[source]
 
@@ -88,5 +90,6 @@ def write_page(out_dir: str | Path, results: Sequence[QueryResult], sheets: Sequ
         parts.append("</div></section>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
-    page.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    text = "\n".join(parts) + "\n"
+    atomic_write(page, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return page

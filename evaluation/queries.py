@@ -26,12 +26,12 @@ def read_query_file(path: str | Path) -> list[str]:
 
 
 def query_tokens(queries: Sequence[str], vocab: Vocabulary, max_sentences: int | None,
-                 max_chars: int | None) -> list[list[str]]:
+                 max_chars: int | None, keep_unicode: bool = False) -> list[list[str]]:
     """Each query's tokens, preprocessed as the training texts; a query the model cannot see
     (no token at all, or none in its vocabulary) is an error naming it."""
     out = []
     for n, query in enumerate(queries, 1):
-        tokens = preprocess(query, max_sentences or None, max_chars)
+        tokens = preprocess(query, max_sentences or None, max_chars, keep_unicode)
         if not tokens:
             raise InputError(f"query {n} {query!r} leaves no token after preprocessing (stop "
                                "words and words under 3 letters are dropped): use content words")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from data.workdir import atomic_write
 from evaluation.html import Thumbnails
 from evaluation.search import QueryResult
 
@@ -71,5 +72,5 @@ def contact_sheet(result: QueryResult, thumbs: Thumbnails, dest: str | Path) -> 
                       fill=GREEN if hit.correct and i == 0 else "black")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(dest, format="PNG")
+    atomic_write(dest, lambda tmp: sheet.save(tmp, format="PNG"))
     return dest
