@@ -49,6 +49,10 @@ class RunFolder:
             os.close(self._fd)     # closing drops the flock
             self._fd = None
 
+    # A run that stops on an error releases the folder when the object goes, as a file object
+    # closes itself: what matters when main() runs inside another Python process (the tests).
+    __del__ = release
+
 
 def _lock(path: Path) -> int:
     """An exclusive flock on path/.lock holding our PID; one line naming the holder otherwise."""
