@@ -242,7 +242,7 @@ def test_a_diverging_loss_keeps_the_last_finite_checkpoint(pipeline, tmp_path, m
     (["1", "0.3", "-0.2"], "argument w_text"),
     ([*WEIGHTS, "--lr", "nan"], "argument --lr"),
     ([*WEIGHTS, "--lr", "0"], "argument --lr"),
-    ([*WEIGHTS, "--weight-decay", "-1e-5"], "argument --weight-decay"),
+    ([*WEIGHTS, "--weight-decay", "-0.5"], "argument --weight-decay"),
     ([*WEIGHTS, "--workers", "-2"], "argument --workers"),
     ([*WEIGHTS, "--max-bad-images", "1.5"], "argument --max-bad-images"),
     ([*WEIGHTS, "--epochs", "-1"], "argument --epochs"),
