@@ -1,4 +1,4 @@
-"""Step 5: evaluate trained checkpoints on a split -> a table and metrics.json.
+"""Step 6: evaluate trained checkpoints on a split -> a table and metrics.json.
 
     python evaluate_retrieval.py --checkpoint RUN/best.pt [RUN2/best.pt ...] [--split test]
 
@@ -36,14 +36,12 @@ import torch
 import config
 from cli import check_flags, load_items, run_main
 from data.doc2vec import infer_vectors
-from evaluation.cli import check_output, eval_parser, load_model
-from evaluation.embed import embed_images, embed_texts
-from evaluation.evaluate import evaluate_embeddings
-from evaluation.export import save_embeddings, write_projector
-from evaluation.reference import doc2vec_model_path
-from evaluation.report import format_table, metrics_path, run_names, write_json
-from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
 from data.image_cache import cached_reader
+from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
+from evaluation.export import save_embeddings, write_projector
+from evaluation.neighborhood import doc2vec_model_path
+from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names, write_json
+from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
               "max_sentences", "max_chars", "split")
@@ -113,7 +111,9 @@ class Cache:
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_dir: Path | None
                         ) -> dict:
-    model, vocab, run, device = load_model(path, args)
+    # From here on only `run`: the flags with the checkpoint's training values, the device and
+    # the precision, resolved once.
+    model, vocab, run = load_model(path, args)
     # Checked before the embedding, so that a wrong work folder fails in seconds.
     d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab)
     split = cache.split(run)
@@ -121,33 +121,34 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
           f"{split.n_texts} texts")
     read, why_not = cached_reader(run.work_dir, split.image_paths, run.image_size)
     print("images: read from the image cache" if read else f"images: decoded from the files ({why_not})")
-    images, failures = embed_images(model, split.image_paths, run.image_size, device,
-                                    args.batch_size, args.workers, args.precision, read=read)
-    split, images = without_unreadable(split, images, failures, args.max_bad_images, run.dataset)
-    texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device, args.batch_size,
-                        args.precision)
+    images, failures = embed_images(model, split.image_paths, run.image_size, run.device,
+                                    run.batch_size, run.workers, run.precision, read=read)
+    split, images = without_unreadable(split, images, failures, run.max_bad_images, run.dataset)
+    texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, run.device,
+                        run.batch_size, run.precision)
 
     reference = None
     if d2v_path is None:
         print(f"neighbourhood: skipped, {why}")
     else:
-        reference = torch.from_numpy(cache.reference(d2v_path, split, args.workers))
+        reference = torch.from_numpy(cache.reference(d2v_path, split, run.workers))
     labels = integer_labels(split.image_labels, split.text_labels)
     if labels is None and any(lab is not None for lab in split.image_labels):
         print("label precision: skipped, some items of the split have no label")
+    device = run.device
     metrics, notes = evaluate_embeddings(
         images.to(device), texts.to(device), torch.from_numpy(split.text_image).to(device),
         torch.from_numpy(split.first_texts()).to(device), reference,
         None if labels is None else torch.from_numpy(labels[0]),
-        None if labels is None else torch.from_numpy(labels[1]), args.block)
+        None if labels is None else torch.from_numpy(labels[1]), run.block)
     for note in notes:
         print(note)
     if out_dir is not None:
         save_embeddings(out_dir, split, images, texts)
         print(f"wrote embeddings to {out_dir}")
-        if args.projector:
-            log = write_projector(out_dir / "projector", split, images, texts, args.projector_max,
-                                  args.projector_thumb)
+        if run.projector:
+            log = write_projector(out_dir / "projector", split, images, texts, run.projector_max,
+                                  run.projector_thumb)
             print(f"wrote a projector log: tensorboard --logdir {log}")
     return metrics
 

@@ -13,12 +13,10 @@ import config
 from data.doc2vec import infer_vectors
 from data.items import InputError, Item
 from data.text import preprocess
-from evaluation.cli import with_checkpoint_defaults
-from evaluation.embed import embed_images, embed_texts
-from evaluation.evaluate import evaluate_embeddings
+from evaluation.embed import embed_images, embed_texts, with_checkpoint_defaults
 from evaluation.metrics import retrieval_metrics
 from evaluation.neighborhood import knn_overlap
-from evaluation.report import format_table, metrics_path, run_names
+from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
 from inprocess import RUN, cli, one_line_error, train_tiny
 from models import Vocabulary, build_model, pad_batch
