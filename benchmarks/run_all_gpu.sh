@@ -15,6 +15,9 @@ cd "$(dirname "$0")/.."
 OUT_DIR=runs/bench/results
 DATA=runs/bench
 while [[ $# -gt 0 ]]; do
+    if [[ "$1" == --out || "$1" == --data ]] && [[ $# -lt 2 ]]; then
+        echo "error: $1 needs a folder" >&2; exit 2
+    fi
     case "$1" in
         --out) OUT_DIR="$2"; shift 2 ;;
         --data) DATA="$2"; shift 2 ;;
