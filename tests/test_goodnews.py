@@ -2,11 +2,16 @@
 {article_id: {"article", "images": {index: caption}, ...}} and img_splits.json
 {"<article_id>_<index>": split}."""
 import json
+import pickle
+import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from cli import load_items, parser
+from fixtures import TOPICS, topic_text
+from inprocess import cli
 from data.goodnews import read_goodnews
 from data.items import InputError, Item
 from data.readers import detect_format, load_dataset
@@ -158,3 +163,35 @@ def test_unreadable_and_wrongly_shaped_files(tmp_path):
     assert "img_splits.json: unreadable" in one_line_error(read_goodnews, folder)
     (folder / "img_splits.json").write_text('["a_0"]')
     assert "img_splits.json: expected a JSON object" in one_line_error(read_goodnews, folder)
+
+
+def test_the_text_scripts_on_a_release_folder(tmp_path):
+    """Doc2Vec reads the articles: the images of one article share a vector (distance 0), and
+    the nearest other documents are the images of articles on the same topic."""
+    rng, names = random.Random(0), sorted(TOPICS)
+    arts, img_splits, topic = {}, {}, {}
+    for a in range(150):
+        aid = f"{a:024x}"
+        # Captions on a topic unrelated to the article's: only the article can group them.
+        arts[aid] = {"article": topic_text(rng, names[a % 5], sentences=3), "article_url": "u",
+                     "images": {str(i): topic_text(rng, names[(a // 5) % 5], sentences=1)
+                                for i in range(1 + a % 3)}}
+        for i in arts[aid]["images"]:
+            img_splits[f"{aid}_{i}"] = {0: "test", 5: "val"}.get(a % 10, "train")
+            topic[f"{aid}_{i}"] = names[a % 5]
+    folder = write_release(tmp_path / "goodnews", arts, img_splits)
+    common = ["--dataset", folder, "--work-dir", tmp_path / "work", "--workers", "1", "--max-sentences", "0"]
+    out = cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20", "--vector-size", "32").out
+    assert "Doc2Vec reads doc2vec_text, first 2 sentences" in out
+    cli("extract_doc2vec_vectors.py", *common)
+    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    knn = pickle.loads((tmp_path / "work" / "document_feats_knn.pickle").read_bytes())
+    assert knn["ids"] == [i for i, s in img_splits.items() if s == "train"]
+    ids, nb, d = knn["ids"], knn["neighbors"], knn["distances"]
+    article = np.array([i.rsplit("_", 1)[0] for i in ids])
+    same = article[nb] == article[:, None]
+    assert ((d == 0) == same).all()          # distance 0 exactly for the images of one article
+    labels = np.array([topic[i] for i in ids])
+    others = ~same
+    share = (labels[nb][others] == np.repeat(labels[:, None], nb.shape[1], 1)[others]).mean()
+    assert share >= 0.9
