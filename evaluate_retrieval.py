@@ -49,7 +49,7 @@ from evaluation.split import (EvalSplit, integer_labels, load_split, reference_t
 from data.image_cache import cached_reader
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
-              "max_sentences", "doc2vec_max_sentences", "max_chars", "split")
+              "max_sentences", "max_chars", "split")
 
 
 def parse_args() -> argparse.Namespace:
