@@ -13,13 +13,15 @@ is in the top K; each text has one correct image. With at least 2,000 images the
 are also averaged over folds of 1,000 images (the COCO 1K protocol, key folds_1k).
 
 Neighbourhood preservation (the paper's claim): for each image, the share of its 10 nearest
-neighbours in Doc2Vec space (vectors inferred for the split's texts) that are also among its 10
-nearest in the learned image space, and likewise in the learned text space. With several texts
-per image one document per image is used, its first text, so that the other texts of an image
-(identical in image space) do not count as neighbours. It needs the Doc2Vec model of the
-checkpoint's work folder: without one the metric is skipped (the reason is printed); a model
-whose vocabulary is not the checkpoint's is an error. When every item has a label, precision@10
-of same-label results is reported for i2t, t2i, i2i and t2t (fractions, 0..1).
+neighbours in Doc2Vec space (vectors inferred for the split's texts as Doc2Vec read them in
+training: each item's doc2vec_text when the dataset has one, e.g. the GoodNews article) that are
+also among its 10 nearest in the learned image space, and likewise in the learned text space.
+With several texts per image one document per image is used, its first text, so that the other
+texts of an image (identical in image space) do not count as neighbours. It needs the Doc2Vec
+model of the checkpoint's work folder: without one, or when a Doc2Vec text leaves no token, the
+metric is skipped (the reason is printed); a model whose vocabulary is not the checkpoint's is
+an error. When every item has a label, precision@10 of same-label results is reported for i2t,
+t2i, i2i and t2t (fractions, 0..1).
 
 Output: one table, one column per checkpoint (named by its run folder). Without --out,
 metrics.json is written beside each checkpoint (metrics_<file>_<split>.json for a file other
@@ -41,7 +43,8 @@ from evaluation.embed import check_output, embed_images, embed_texts, eval_parse
 from evaluation.export import save_embeddings, write_projector
 from evaluation.neighborhood import doc2vec_model_path
 from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names, write_json
-from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
+from evaluation.split import (EvalSplit, integer_labels, load_split, reference_tokens,
+                              without_unreadable)
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
               "max_sentences", "max_chars", "split")
@@ -101,12 +104,18 @@ class Cache:
             self.splits[key] = load_split(load_items(run), run.split, run)
         return self.splits[key]
 
-    def reference(self, model_path: Path, split: EvalSplit, workers: int) -> np.ndarray:
-        tokens = [split.text_tokens[t] for t in split.first_texts()]
+    def reference(self, model_path: Path, split: EvalSplit, run: argparse.Namespace, workers: int
+                  ) -> tuple[np.ndarray | None, str]:
+        """Doc2Vec vectors of each image's first document, or None and why not."""
+        ids, tokens = reference_tokens(split, run.doc2vec_max_sentences, run.max_chars, workers)
+        empty = [i for i, t in zip(ids, tokens) if not t]
+        if empty:
+            return None, (f"{len(empty)} images' Doc2Vec texts leave no token after preprocessing "
+                          f"(first: {', '.join(empty[:3])})")
         key = (str(model_path.resolve()), tuple(map(tuple, tokens)))
         if key not in self.vectors:
             self.vectors[key] = infer_vectors(str(model_path), tokens, workers)
-        return self.vectors[key]
+        return self.vectors[key], ""
 
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_dir: Path | None
@@ -131,7 +140,11 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     if d2v_path is None:
         print(f"neighbourhood: skipped, {why}")
     else:
-        reference = torch.from_numpy(cache.reference(d2v_path, split, run.workers))
+        vectors, why = cache.reference(d2v_path, split, run, run.workers)
+        if vectors is None:
+            print(f"neighbourhood: skipped, {why}")
+        else:
+            reference = torch.from_numpy(vectors)
     labels = integer_labels(split.image_labels, split.text_labels)
     if labels is None and any(lab is not None for lab in split.image_labels):
         print("label precision: skipped, some items of the split have no label")

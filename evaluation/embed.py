@@ -29,7 +29,8 @@ from training.step import autocast, prep_images, use_bf16
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
 FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
-                   "politics_min_chars", "max_sentences", "max_chars", "max_tokens", "image_size")
+                   "politics_min_chars", "max_sentences", "doc2vec_max_sentences", "max_chars",
+                   "max_tokens", "image_size")
 
 
 def eval_parser(description: str) -> argparse.ArgumentParser:
