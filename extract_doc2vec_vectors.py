@@ -2,13 +2,14 @@
 
 The file holds {'ids': [document id], 'vectors': float32 [N, d], 'provenance': the record of
 what it was made from} in document order; documents whose text leaves no token are dropped and
-counted. The Doc2Vec model must have been made from this dataset with these flags.
+counted. The text is the one Doc2Vec was trained on: doc2vec_text when the dataset has one, else
+the texts. The Doc2Vec model must have been made from this dataset with these flags.
 """
 from pathlib import Path
 
 from cli import load_items, parser, run_main
 from data import provenance
-from data.corpus import drop_empty, tokenized_documents
+from data.corpus import doc2vec_documents, drop_empty
 from data.doc2vec import infer_vectors, load_model
 from data.workdir import DOC2VEC_FEATURES, DOC2VEC_MODEL, check_writable, require, save_pickle
 
@@ -22,7 +23,7 @@ def main() -> None:
     data = provenance.data_record(items, args)
     made_from = getattr(load_model(model_path), "provenance", None)
     provenance.check_data(made_from, data, model_path, "doc2vec")
-    docs, tokens = drop_empty(*tokenized_documents(items, ["train"], args), "training")
+    docs, tokens = drop_empty(*doc2vec_documents(items, ["train"], args), "training")
     vectors = infer_vectors(str(model_path), tokens, args.workers)
     record = provenance.new_record(data, "vectors", {}, made_from)
     save_pickle({"ids": [d.id for d in docs], "vectors": vectors, provenance.KEY: record}, out)

@@ -1,7 +1,8 @@
 """Step 1: train Doc2Vec on the training texts (never val or test) -> doc2vec_model.gensim.
 
-The model carries a record of the dataset and settings it was made from (model.provenance),
-which every later step checks.
+It reads each item's doc2vec_text when the dataset has one (a GoodNews article, cut by
+--doc2vec-max-sentences), else its texts (cut by --max-sentences). The model carries a record
+of the dataset and settings it was made from (model.provenance), which every later step checks.
 """
 import time
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import config
 from cli import load_items, parser, run_main, whole
 from data import provenance
-from data.corpus import drop_empty, tokenized_documents
+from data.corpus import doc2vec_documents, drop_empty
 from data.doc2vec import model_id, train_doc2vec
 from data.items import InputError
 from data.text import no_tokens_reason
@@ -32,10 +33,10 @@ def main() -> None:
     out = Path(args.work_dir) / DOC2VEC_MODEL
     check_writable(out)   # before the training, not after it
     items = load_items(args)
-    all_docs, all_tokens = tokenized_documents(items, ["train"], args)
+    all_docs, all_tokens = doc2vec_documents(items, ["train"], args)
     docs, tokens = drop_empty(all_docs, all_tokens, "training")
     if all_docs and not docs:
-        texts = [items[d.item].texts[d.text] for d in all_docs]
+        texts = [items[d.item].doc2vec(d.text) for d in all_docs]
         raise InputError(f"none of the {len(all_docs)} training texts leaves a word after "
                          f"preprocessing: {no_tokens_reason(texts, args.keep_unicode)}")
     n_tokens = sum(map(len, tokens))

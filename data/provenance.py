@@ -28,7 +28,7 @@ KEY = "provenance"     # the key of the record in the pickles and checkpoints
 
 # Flags whose value changes the tokens every step reads (not part of the dataset hash, so
 # compared one by one); add a new preprocessing flag here.
-PREPROCESSING = ("max_sentences", "max_chars", "keep_unicode")
+PREPROCESSING = ("max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
 # Flags that decide which items are train, val and test. Their effect is in the hash (it covers
 # each item's split), so they are named only to explain a changed hash: training several seeds on
 # one text side is fine when the dataset marks its val items.
@@ -48,13 +48,15 @@ def dataset_root(args: argparse.Namespace) -> Path:
 
 
 def dataset_hash(items: Sequence[Item], root: str | Path) -> str:
-    """A hash of every item's id, split, image (relative to `root`) and texts, in order: what the
-    text side reads (the texts, which document is which, which are training documents) and what
-    the trainer pairs them with. Labels are left out: no step before the evaluation reads them."""
+    """A hash of every item's id, split, image (relative to `root`), texts and Doc2Vec texts, in
+    order: what the text side reads (the texts, which document is which, which are training
+    documents) and what the trainer pairs them with. Labels are left out: no step before the
+    evaluation reads them."""
     h = hashlib.blake2b(digest_size=16)
     for it in items:
         image = os.path.relpath(it.image, root)
-        h.update(json.dumps([it.id, it.split, image, list(it.texts)], ensure_ascii=False)
+        d2v = None if it.doc2vec_text is None else list(it.doc2vec_text)
+        h.update(json.dumps([it.id, it.split, image, list(it.texts), d2v], ensure_ascii=False)
                  .encode("utf-8"))
         h.update(b"\n")
     return h.hexdigest()
@@ -62,8 +64,11 @@ def dataset_hash(items: Sequence[Item], root: str | Path) -> str:
 
 def data_record(items: Sequence[Item], args: argparse.Namespace) -> dict:
     """The part of every record that the dataset and the shared flags decide."""
-    return {"items": len(items), "hash": dataset_hash(items, dataset_root(args)),
-            **{k: getattr(args, k, None) for k in SPLIT + PREPROCESSING}}
+    record = {"items": len(items), "hash": dataset_hash(items, dataset_root(args)),
+              **{k: getattr(args, k, None) for k in SPLIT + PREPROCESSING}}
+    if not any(it.doc2vec_text is not None for it in items):
+        record["doc2vec_max_sentences"] = None    # it cuts nothing without a doc2vec_text
+    return record
 
 
 def new_record(data: dict, step: str, settings: dict, made_from: dict | None = None) -> dict:
