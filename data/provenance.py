@@ -114,9 +114,11 @@ def check_data(record: object, now: dict, path: str | Path, step: str, fix: str 
         return
     for key in SPLIT:
         if made.get(key) != now.get(key):
+            # Items marked "val" in the dataset make the split the same for every seed.
+            mark = " (or mark the val items in the dataset)" if key == "seed" else ""
             raise InputError(f"{path} was made with {_shown(key, made.get(key))}, this run has "
                              f"{_shown(key, now.get(key))}, which changes the train/val/test "
-                             f"split: {fix}, or pass the file's value")
+                             f"split: {fix}, or pass the file's value{mark}")
     raise InputError(f"{path} was made from another version of the dataset ({made.get('items')} "
                      f"items then, {now['items']} now, or their ids, texts, images or splits "
                      f"differ): {fix}")

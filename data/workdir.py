@@ -133,6 +133,8 @@ _ALLOWED = {
                                 "float", "bool", "list", "dict", "tuple", "slice", "range")),
     ("_codecs", "encode"),          # bytes in protocol 2 pickles (numpy array data among them)
     ("collections", "OrderedDict"), ("collections", "defaultdict"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "timezone"),    # dates a scraped record may hold
     ("numpy", "ndarray"), ("numpy", "dtype"),
     ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
