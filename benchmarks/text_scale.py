@@ -17,8 +17,8 @@ reading and preprocessing, so a ratio compares the whole step with the libraries
 Measured per step: wall time of the process (start-up included); peak memory of the process and
 all its descendants together, as the largest sum of their proportional set sizes (PSS, from
 /proc/PID/smaps_rollup, sampled every 0.2 s; PSS counts a page shared by forked workers once
-rather than once per process), or the largest single process's exact peak RSS from wait4 when
-that is larger; and the bytes of the files the step writes. Goals (issue 13): every step within
+rather than once per process), or the largest single process's exact peak RSS (VmHWM) when that
+is larger; and the bytes of the files the step writes. Goals (issue 13): every step within
 1.25x of the bare library; time growing no faster than N log N; peak memory at 1M documents with
 k = 200 under 6 GB; the whole text side at 250,000 documents finishing on 2 cores.
 """
@@ -87,18 +87,24 @@ def _children() -> dict[int, list[int]]:
     return kids
 
 
-def tree_pss_kib(pid: int) -> int:
-    """Sum of the PSS of `pid` and all its descendants now, in KiB."""
-    kids, todo, total = _children(), [pid], 0
+def tree_memory_kib(pid: int) -> tuple[int, int]:
+    """(sum of the PSS of `pid` and all its descendants now, the largest VmHWM among them), KiB.
+
+    VmHWM is a process's own peak RSS since it started its program (exact, unlike a sample);
+    wait4's ru_maxrss is not used because Linux carries the parent's RSS over the exec into it.
+    """
+    kids, todo, total, hwm = _children(), [pid], 0, 0
     while todo:
         p = todo.pop()
         todo.extend(kids.get(p, []))
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 total += next(int(line.split()[1]) for line in f if line.startswith("Pss:"))
+            with open(f"/proc/{p}/status") as f:
+                hwm = max(hwm, next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")))
         except (OSError, StopIteration, ValueError):
             pass   # exited meanwhile
-    return total
+    return total, hwm
 
 
 def run_measured(cmd: list[str], writes: Path | None, log: Path) -> dict:
@@ -111,22 +117,17 @@ def run_measured(cmd: list[str], writes: Path | None, log: Path) -> dict:
         start = out.tell()
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=None)
-        peak_pss = 0
-        while True:
-            # wait4 rather than Popen.wait: it returns the rusage, with the exact peak RSS.
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            peak_pss = max(peak_pss, tree_pss_kib(proc.pid))
+        peak = 0
+        while proc.poll() is None:
+            peak = max(peak, *tree_memory_kib(proc.pid))
             time.sleep(0.2)
         wall = time.perf_counter() - t
-    proc.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()[start:]
     if proc.returncode:
         raise RuntimeError(f"{cmd[1]} failed ({proc.returncode}); its output is in {log}:\n{text[-2000:]}")
     after = _files(writes)
     last = next((json.loads(x) for x in reversed(text.splitlines()) if x.startswith("{")), {})
-    return {"seconds": wall, "peak_mib": max(peak_pss, usage.ru_maxrss) / 1024,
+    return {"seconds": wall, "peak_mib": peak / 1024,
             "written_mib": sum(s for p, (s, m) in after.items() if before.get(p) != (s, m)) / 2**20,
             **{f"reported_{k}": v for k, v in last.items() if k != "step"}}
 
