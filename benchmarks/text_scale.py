@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "text_scale"),
                    help="corpora and outputs, one folder per size (corpora are reused)")
     p.add_argument("--out", default=None, help="write the results as JSON here and the table beside (.md)")
+    p.add_argument("--table", default=None, metavar="JSON",
+                   help="only print the table of an earlier run's --out file (also one cut short)")
     args = p.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -170,14 +172,14 @@ def steps(args: argparse.Namespace, n: int, manifest: Path, work: Path) -> list[
     return plan
 
 
-def run_size(args: argparse.Namespace, n: int) -> list[dict]:
+def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
+    """Every step at size n, appended to results["rows"] and saved after each one."""
     work = Path(args.work_dir) / f"{args.kind}_{n}"
     manifest = write_manifest(Path(args.work_dir) / f"corpus_{args.kind}_{n}_seed{args.seed}.jsonl",
                               n, args.seed, args.kind)
     (work / "bare").mkdir(parents=True, exist_ok=True)
     (work / "exact").mkdir(exist_ok=True)
     log = work / "log.txt"
-    rows = []
     for name, ours, bare, writes in steps(args, n, manifest, work):
         if name == "knn exact":   # its own folder, so that it leaves the HNSW file in place
             link = work / "exact" / DOC2VEC_FEATURES
@@ -189,8 +191,8 @@ def run_size(args: argparse.Namespace, n: int) -> list[dict]:
             row["bare"] = run_measured(bare, None, log)
             row["ratio"] = row["ours"]["seconds"] / row["bare"]["seconds"]
         print(f"[{n:,}] {name}: {_line(row)}", file=sys.stderr, flush=True)
-        rows.append(row)
-    return rows
+        results["rows"].append(row)
+        save(results, args.out)   # a run cut short still leaves what it measured
 
 
 def _line(r: dict) -> str:
@@ -253,11 +255,14 @@ def save(results: dict, out: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    if args.table:
+        results = json.loads(Path(args.table).read_text())
+        print(table(results))
+        return results
     settings = {**vars(args), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
     results: dict = {"settings": settings, "rows": []}
     for n in args.sizes:
-        results["rows"] += run_size(args, n)
-        save(results, args.out)
+        run_size(args, n, results)
     text = table(results)
     print(text)
     save(results, args.out)
