@@ -179,7 +179,7 @@ def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
                               n, args.seed, args.kind)
     (work / "bare").mkdir(parents=True, exist_ok=True)
     (work / "exact").mkdir(exist_ok=True)
-    log = work / "log.txt"
+    log = Path(args.work_dir) / f"log_{args.kind}_{n}.txt"   # outside `work`: not counted as written
     for name, ours, bare, writes in steps(args, n, manifest, work):
         if name == "knn exact":   # its own folder, so that it leaves the HNSW file in place
             link = work / "exact" / DOC2VEC_FEATURES
