@@ -28,7 +28,10 @@ def main() -> None:
     print(f"vocabulary: {len(model.wv)} words (min_count {args.min_count}); "
           f"trained {args.epochs} epochs in {time.time() - t:.1f}s")
     out = Path(args.work_dir) / DOC2VEC_MODEL
-    atomic_write(out, lambda tmp: model.save(tmp, separately=[]))
+    # One file: gensim otherwise stores its sub-objects' arrays of over 10 * 2**20 elements (the
+    # document vectors from ~52,000 training documents on) beside the temporary name, where
+    # loading never finds them.
+    atomic_write(out, lambda tmp: model.save(tmp, separately=[], sep_limit=1 << 62))
     print(f"wrote {out}")
 
 
