@@ -4,7 +4,7 @@
 
 For each size N it writes a seeded topic-model corpus of N documents (benchmarks/text_corpus.py;
 image paths, no images) and runs, each in a fresh process, through the scripts' own code:
-  preprocess      load_items + tokenized_documents (what each text script runs first)
+  preprocess      load_items + doc2vec_documents (what the text scripts run first)
   doc2vec         train_doc2vec.py                   bare: gensim Doc2Vec, same tokens/settings/threads
   infer           extract_doc2vec_vectors.py         bare: infer_vector in a process pool, all cores
   knn hnsw        knn_document_features.py           bare: nmslib build + knnQueryBatch, all threads

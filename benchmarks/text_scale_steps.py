@@ -4,7 +4,7 @@ programs beside them; each runs in a fresh process started by benchmarks/text_sc
     python benchmarks/text_scale_steps.py STEP --dataset M --work-dir W --workers N [...]
 
 Ours (this project's own functions):
-  preprocess    cli.load_items + data.corpus.tokenized_documents, what every text script runs first
+  preprocess    cli.load_items + data.corpus.doc2vec_documents, what the text scripts run first
   sampler       training.neighbors.NeighborSampler from the kNN file, and one epoch's draw
   trainer-prep  training.prepare.prepare as the train script calls it, up to the first batch of
                 the training loader; images are the one thing replaced (a constant tensor: the
@@ -66,9 +66,9 @@ def _shared(args: argparse.Namespace) -> argparse.Namespace:
 
 def preprocess_ours(args) -> dict:
     from cli import load_items
-    from data.corpus import tokenized_documents
+    from data.corpus import doc2vec_documents
     shared = _shared(args)
-    docs, tokens = tokenized_documents(load_items(shared), ["train"], shared)
+    docs, tokens = doc2vec_documents(load_items(shared), ["train"], shared)
     return {"documents": len(docs), "tokens": sum(map(len, tokens))}
 
 
