@@ -41,7 +41,8 @@ SPACE = "l2"                    # "l2" as the authors, or "cosinesimil"
 M = 16                          # HNSW graph degree (nmslib's default)
 EF_CONSTRUCTION = 200           # nmslib's default
 EF_SEARCH = 400                 # the release never set it; below K the recall drops sharply
-NEIGHBOR_POOL = 10              # a training item draws its neighbour from this many nearest
+NEIGHBOR_POOL = 10              # a training item draws its neighbour from its first this-many
+                                # qualifying kNN entries (distance > 0, in training, not its image)
 
 # --- Cross-modal model and training --------------------------------------------------------
 ARCH = "resnet50"

@@ -53,7 +53,10 @@ def main() -> None:
         {"vector_size": args.vector_size, "window": args.window, "min_count": args.min_count,
          "epochs": args.epochs, "seed": args.seed, "deterministic": args.deterministic,
          "model": model_id(model)})
-    atomic_write(out, lambda tmp: model.save(tmp, separately=[]))
+    # One file: gensim otherwise stores its sub-objects' arrays of over 10 * 2**20 elements (the
+    # document vectors from ~52,000 training documents on) beside the temporary name, where
+    # loading never finds them.
+    atomic_write(out, lambda tmp: model.save(tmp, separately=[], sep_limit=1 << 62))
     print(f"wrote {out}")
 
 
