@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from evaluation.embed import pick_device
+from models.precision import pick_device
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, dict]:

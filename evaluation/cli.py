@@ -10,8 +10,9 @@ import torch
 import config
 from cli import parser
 from data.items import SPLITS
-from evaluation.embed import pick_device, prepare_model
+from evaluation.embed import prepare_model
 from models import CrossModalModel, Vocabulary
+from models.precision import PRECISIONS, pick_device
 from models.checkpoint import load_checkpoint, rebuild
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
@@ -28,7 +29,7 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=128, help="images or texts per forward pass")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when present")
-    g.add_argument("--precision", choices=("bf16", "fp32"), default=config.PRECISION,
+    g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,
                    help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
     # SUPPRESS leaves a flag that was not given out of the namespace, so the checkpoint's value
     # can take its place (a None default could not tell "not given" from --val-size's None).

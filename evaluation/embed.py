@@ -16,20 +16,12 @@ from tqdm import tqdm
 from models import CrossModalModel, Vocabulary, pad_batch
 from data.image_cache import UnreadableImage
 from data.images import try_read_image
-from training.step import autocast, prep_images, use_bf16
-
-
-def pick_device(name: str | None) -> torch.device:
-    """The named device, or CUDA when present."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+from models.precision import Precision
 
 
 def prepare_model(model: CrossModalModel, device: torch.device, precision: str) -> CrossModalModel:
     """The model on the device in eval mode; channels_last where bf16 runs, as in training."""
-    model = model.to(device).eval()
-    if use_bf16(device, precision):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return Precision.resolve(device, precision).prepare(model).eval()
 
 
 class ImageFileDataset(Dataset):
@@ -83,11 +75,11 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     # Kept on the device until the end: a copy per batch would make the GPU wait every batch.
     out = torch.empty(len(paths), model.image.embed_dim, device=device)
     failures: dict[int, str] = {}
-    channels_last = use_bf16(device, precision)
+    run = Precision.resolve(device, precision)
     for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
                                        disable=len(loader) < 2):
-        x = prep_images(images, device, False, channels_last)
-        with autocast(device, precision):
+        x = run.images(images, train=False)
+        with run.autocast():
             out[index.to(device)] = model.embed_images(x).float()
         failures.update({int(i): r for i, r in zip(index, reasons) if r})
     return out.cpu(), failures
@@ -107,10 +99,11 @@ def embed_texts(model: CrossModalModel, vocab: Vocabulary, tokens: Sequence[list
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     out = torch.empty(len(encoded), model.text.embed_dim, device=device)
     starts = range(0, len(order), batch_size)
+    run = Precision.resolve(device, precision)
     for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0, disable=len(starts) < 2):
         rows = order[s:s + batch_size]
         ids, lengths = pad_batch([encoded[i] for i in rows])
-        with autocast(device, precision):
+        with run.autocast():
             out[torch.tensor(rows, device=device)] = model.embed_texts(
                 ids.to(device, non_blocking=True), lengths).float()
     return out.cpu()
