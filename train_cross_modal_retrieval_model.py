@@ -3,7 +3,9 @@
     python train_cross_modal_retrieval_model.py W_SYM W_IMG W_TEXT [flags]
 
 L = L_i2t + W_SYM * L_sym + W_IMG * L_img + W_TEXT * L_text; `1 0.3 0.2` are the paper's
-weights, `1 0 0` the baseline without its constraints. Several GPUs: torchrun --nproc_per_node N.
+weights, `1 0 0` the baseline without its constraints. The objective is the release's by default
+(--loss angular, --negatives release: see losses/objective.py); all four terms are logged at every
+step. Several GPUs: torchrun --nproc_per_node N.
 """
 import math
 import time
@@ -109,8 +111,8 @@ def main() -> None:
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
 
-    model_config = ModelConfig(args.arch, args.embed_dim, data.word_vectors.shape[1], args.gru_hidden,
-                               len(data.vocab))
+    model_config = ModelConfig(arch=args.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
+                               hidden=args.gru_hidden, vocab_size=len(data.vocab))
     model = precision.prepare(build_model(model_config, data.word_vectors, pretrained=not args.no_pretrained,
                                           weights_file=args.image_weights))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
