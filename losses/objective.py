@@ -148,6 +148,8 @@ class CrossModalObjective(nn.Module):
 
     def term(self, anchor: Tensor, positive: Tensor, candidates: Tensor, valid: Tensor,
              anchor_mask: Tensor | None) -> Tensor:
+        """One term under the configured loss. angular-hinge draws its one negative per anchor
+        from `valid` with the global CPU generator (seeded by the trainer every epoch)."""
         c = self.config
         if c.loss == "angular":
             copies = candidates.shape[0] if c.tiled else 1
