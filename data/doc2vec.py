@@ -73,11 +73,15 @@ def infer_vectors(model_path: str, tokens: Sequence[list[str]], workers: int = 1
     """
     bar = dict(total=len(tokens), desc="inferring Doc2Vec vectors", unit="doc", mininterval=1.0)
     with _stable_start_vectors():  # forked workers inherit it
+        _init(model_path)
+        # One preallocated array, filled as vectors arrive: a list of a million small arrays
+        # would cost twice the memory of the result and a copy at the end.
+        out = np.empty((len(tokens), _model.vector_size), dtype=np.float32)
         if workers <= 1 or len(tokens) < 1000:
-            _init(model_path)
-            rows = [_infer(t) for t in tqdm(tokens, **bar)]
+            for i, t in enumerate(tqdm(tokens, **bar)):
+                out[i] = _infer(t)
         else:
             with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(model_path,)) as pool:
-                rows = list(tqdm(pool.imap(_infer, tokens, chunksize=64), **bar))
-    dim = len(rows[0]) if rows else _model.vector_size   # no documents: the in-process branch ran
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
+                for i, v in enumerate(tqdm(pool.imap(_infer, tokens, chunksize=256), **bar)):
+                    out[i] = v
+    return out

@@ -167,6 +167,24 @@ def test_several_texts_per_image_are_documents(tmp_path, capsys, monkeypatch):
     check_knn_file(work / "document_feats_knn.pickle", ids, labels, 15, "l2", "exact", min_share=0.5)
 
 
+def test_large_model_is_one_loadable_file(tmp_path, capsys, monkeypatch):
+    # 14,000 training documents of 800 dimensions: document vectors over gensim's limit for a
+    # separate .npy (10 * 2**20 elements), which once landed beside the temporary name and broke
+    # every later step (at 200 dimensions, from about 52,000 documents on).
+    rows = [json.dumps({"id": str(i), "image": f"{i}.jpg", "text": f"alpha beta gamma w{i % 50}x"})
+            for i in range(14_000)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(rows) + "\n")
+    work = tmp_path / "work"
+    code, _, err = run_inprocess(TRAIN, "--dataset", manifest, "--work-dir", work, "--min-count", "1",
+                                 "--epochs", "1", "--workers", "1", "--vector-size", "800", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert sorted(p.name for p in work.iterdir()) == ["doc2vec_model.gensim"]
+    shutil.move(str(work), str(tmp_path / "moved"))   # nothing refers to files beside it
+    model = Doc2Vec.load(str(tmp_path / "moved" / "doc2vec_model.gensim"))
+    assert model.dv.vectors.shape == (14_000, 800)
+
+
 @pytest.mark.parametrize("script, flags", [
     (TRAIN, ["--vector-size", "--window", "--min-count", "--epochs"]),
     (EXTRACT, []),
@@ -176,7 +194,7 @@ def test_help_lists_the_flags(capsys, monkeypatch, script, flags):
     code, out, _ = run_inprocess(script, "--help", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0
     shared = ["--dataset", "--dataset-format", "--image-root", "--work-dir", "--workers", "--seed",
-              "--val-size", "--max-sentences"]
+              "--val-size", "--max-sentences", "--doc2vec-max-sentences"]
     for flag in shared + flags:
         assert flag in out
     assert "(default:" in out
