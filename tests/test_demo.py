@@ -17,6 +17,7 @@ def demo(tmp_path_factory):
     return run_dir, proc.stdout
 
 
+@pytest.mark.slow   # the whole demo at tiny sizes (minutes)
 def test_demo_runs_every_step_and_prints_the_side_by_side_table(demo):
     run_dir, out = demo
     for step in ("dataset", "doc2vec", "vectors", "neighbours", "image cache", "train baseline",
@@ -33,6 +34,7 @@ def test_demo_runs_every_step_and_prints_the_side_by_side_table(demo):
     assert "demo finished" in out
 
 
+@pytest.mark.slow   # the whole demo at tiny sizes (minutes)
 def test_synthetic_topics_are_learnable(demo):
     # Six balanced topics: a random model finds a same-topic result 1 time in 6.
     run_dir, _ = demo
@@ -45,6 +47,7 @@ def test_synthetic_topics_are_learnable(demo):
     assert paper["t2i"]["r10"] > 100 * 10 / 60 * 1.3   # well above chance over 60 test images
 
 
+@pytest.mark.slow   # the whole demo at tiny sizes (minutes)
 def test_demo_again_reuses_what_is_done(demo):
     run_dir, _ = demo
     out = run("-m", "demo", *TINY, "--run-dir", run_dir).stdout

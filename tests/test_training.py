@@ -43,6 +43,7 @@ def scalars(log_dir: Path) -> dict[str, list[float]]:
     return {t: [e.value for e in acc.Scalars(t)] for t in acc.Tags()["scalars"]}
 
 
+@pytest.mark.slow
 def test_training_lowers_loss_logs_every_tag_and_checkpoint_rebuilds(prepared, tmp_path):
     manifest, work = prepared
     work = shutil.copytree(work, tmp_path / "w")
@@ -70,6 +71,7 @@ def test_training_lowers_loss_logs_every_tag_and_checkpoint_rebuilds(prepared, t
     assert out.shape == (1, 32) and torch.allclose(out.norm(dim=1), torch.ones(1))
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_matches_uninterrupted_run(prepared, tmp_path):
     manifest, work = prepared
     a = shutil.copytree(work, tmp_path / "a")
@@ -88,6 +90,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(prepared, tmp_path)
     assert len(steps_b) == sa["step"]   # no duplicated or lost iterations in the log
 
 
+@pytest.mark.slow
 def test_baseline_weights_still_log_every_term(prepared, tmp_path):
     # As the release: all four terms at every step whatever their weights, so that the baseline's
     # l_img and l_text curves exist; a zero weight keeps its term out of the loss only.
@@ -123,6 +126,7 @@ def test_unknown_word_documents_are_dropped_and_clean_hinge_trains(tmp_path):
     assert state["config"]["negatives"] == "clean" and state["config"]["loss"] == "angular-hinge"
 
 
+@pytest.mark.slow
 def test_ddp_over_two_cpu_processes_trains(prepared, tmp_path):
     manifest, work = prepared
     work = shutil.copytree(work, tmp_path / "w")
@@ -138,6 +142,7 @@ def test_ddp_over_two_cpu_processes_trains(prepared, tmp_path):
     assert proc.stdout.count("epoch 0:") == 1   # only rank 0 reports
 
 
+@pytest.mark.slow
 def test_bad_images_are_reported_and_left_out_or_stop_the_run(prepared, tmp_path):
     manifest, work = prepared
     data = shutil.copytree(manifest.parent, tmp_path / "data")
