@@ -82,18 +82,24 @@ def exact_knn_np(vectors: np.ndarray, k: int, space: str, queries: np.ndarray) -
     if space == "cosinesimil":
         base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
         q_all = q_all / np.maximum(np.linalg.norm(q_all, axis=1, keepdims=True), 1e-12)
-    neg_base_sq = -np.einsum("nd,nd->n", base, base)[None]
+    base_sq = np.einsum("nd,nd->n", base, base)[None]
     pool = min(n, k + max(8, k // 8))
     ids = np.empty((len(q_all), k), dtype=np.int32)
     dists = np.empty((len(q_all), k), dtype=np.float32)
-    step = max(1, (64 << 20) // (4 * n))   # one block of scores: ~64 MiB
+    # One block of ~16 MiB of scores (argpartition adds twice that in int64 positions): a
+    # recall check beside an HNSW search must not add more than the search's own memory.
+    step = max(1, (16 << 20) // (4 * n))
     for s in range(0, len(q_all), step):
         q = q_all[s:s + step]
+        # Smaller is nearer: |x|^2 - 2 q.x (l2, up to the query's own norm), or -q.x (cosine).
         score = q @ base.T
         if space == "l2":
-            score *= 2
-            score += neg_base_sq
-        idx = np.argpartition(-score, pool - 1, axis=1)[:, :pool] if pool < n else \
+            score *= -2
+            score += base_sq
+        else:
+            np.negative(score, out=score)
+        # (a copy of the first columns, so the n-wide int64 positions are freed at once)
+        idx = np.argpartition(score, pool - 1, axis=1)[:, :pool].copy() if pool < n else \
             np.broadcast_to(np.arange(n), (len(q), n)).copy()
         del score
         d = _exact_distances_np(q, base, idx, space)
