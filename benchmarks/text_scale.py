@@ -62,8 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "text_scale"),
                    help="corpora and outputs, one folder per size (corpora are reused)")
     p.add_argument("--out", default=None, help="write the results as JSON here and the table beside (.md)")
-    p.add_argument("--table", default=None, metavar="JSON",
-                   help="only print the table of an earlier run's --out file (also one cut short)")
+    p.add_argument("--table", default=None, metavar="JSON[,JSON...]",
+                   help="only print the table of earlier runs' --out files (also ones cut short); "
+                        "several runs at the same settings, e.g. the sizes run side by side, merge")
     args = p.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -248,6 +249,23 @@ def table(results: dict) -> str:
     return "\n".join(x for x in lines if x is not None)
 
 
+# Settings that must agree for rows of several runs to share one table.
+SAME = ("kind", "epochs", "min_count", "k", "workers", "seed", "cpus")
+
+
+def merge(runs: list[dict]) -> dict:
+    """One results dict from several runs at the same settings, rows in size order."""
+    first = runs[0]["settings"]
+    for r in runs[1:]:
+        differ = [key for key in SAME if r["settings"].get(key) != first.get(key)]
+        if differ:
+            raise SystemExit(f"error: --table: the runs differ in {', '.join(differ)}; "
+                             "merge only runs made with the same settings")
+    rows = sorted((row for r in runs for row in r["rows"]), key=lambda row: row["n"])
+    sizes = sorted({row["n"] for row in rows})
+    return {"settings": {**first, "sizes": sizes}, "rows": rows}
+
+
 def save(results: dict, out: str | None) -> None:
     # Not benchmarks.common's: that imports torch, and a step process started from a parent of
     # ~700 MiB reports that parent's RSS as its own peak (Linux keeps the pre-exec high-water mark).
@@ -259,7 +277,7 @@ def save(results: dict, out: str | None) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.table:
-        results = json.loads(Path(args.table).read_text())
+        results = merge([json.loads(Path(f).read_text()) for f in args.table.split(",")])
         print(table(results))
         return results
     settings = {**vars(args), "cpus": os.cpu_count(), "python": sys.version.split()[0]}
