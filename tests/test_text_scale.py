@@ -119,3 +119,16 @@ def test_runs_made_side_by_side_merge_into_one_table(tmp_path, capsys):
     b.write_text(json.dumps(_run([10_000], [2.0], epochs=50)))
     with pytest.raises(SystemExit, match="differ in epochs"):
         bench.main(["--table", f"{a},{b}"])
+
+
+def test_a_run_can_take_some_steps_and_time_some_against_the_bare_library(tmp_path, capsys):
+    bench = load("text_scale")
+    args = bench.parse_args(["--sizes", "1000", "--steps", "infer,knn hnsw,sampler",
+                             "--bare-steps", "knn hnsw", "--work-dir", str(tmp_path)])
+    plan = bench.steps(args, 1000, tmp_path / "m.jsonl", tmp_path)
+    assert [name for name, *_ in plan] == ["infer", "knn hnsw", "sampler"]
+    assert [bare is not None for _, _, bare, _ in plan] == [False, True, False]
+    assert "knn_document_features.py" in plan[1][1][1] and "bare-hnsw" in plan[1][2]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "knn,infer"])
+    assert "--steps: unknown step 'knn'" in capsys.readouterr().err
