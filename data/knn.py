@@ -172,10 +172,13 @@ def put_self_first(ids: np.ndarray, dists: np.ndarray, self_ids: np.ndarray) -> 
 
 
 def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_construction: int = 200,
-             ef_search: int = 400, workers: int = 1, timings: dict | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             ef_search: int = 400, workers: int = 1, timings: dict | None = None,
+             build_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All-pairs neighbours with nmslib HNSW, self first. Rows nmslib returns short are completed
-    exactly. `timings`, when given, receives the build and query seconds."""
+    exactly. `timings`, when given, receives the build and query seconds.
+
+    The graph is built over `build_threads` threads (default: `workers`); only a one-thread
+    build gives the same graph every run. Queries over `workers` threads are deterministic."""
     import nmslib
     _check_arguments(len(vectors), k, space)
     data = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -183,7 +186,7 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
     index.addDataPointBatch(data)
     t = time.time()
     index.createIndex({"M": M, "efConstruction": ef_construction, "post": 2,
-                       "indexThreadQty": max(1, workers)}, print_progress=False)
+                       "indexThreadQty": max(1, build_threads or workers)}, print_progress=False)
     built = time.time() - t
     print(f"HNSW index of {len(data)} vectors built in {built:.1f}s")
     index.setQueryTimeParams({"efSearch": ef_search})

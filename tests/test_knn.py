@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import config
+from data import provenance
 from data.knn import exact_knn, exact_knn_np, hnsw_knn, put_self_first, recall_at, sampled_recall
 
 
@@ -189,7 +190,8 @@ def test_the_hnsw_step_does_not_load_torch(tmp_path):
     rng = np.random.default_rng(10)
     with open(tmp_path / "doc2vec_features.pickle", "wb") as f:
         pickle.dump({"ids": [str(i) for i in range(300)],
-                     "vectors": rng.standard_normal((300, 16)).astype(np.float32)}, f)
+                     "vectors": rng.standard_normal((300, 16)).astype(np.float32),
+                     provenance.KEY: provenance.new_record({}, "vectors", {})}, f)
     root = Path(__file__).resolve().parent.parent
     probe = ("import runpy, sys; sys.argv = ['knn_document_features.py'] + sys.argv[1:]; "
              "runpy.run_path('knn_document_features.py', run_name='__main__')")

@@ -93,7 +93,7 @@ def test_doc2vec_and_features_see_training_documents_only(corpus):
 
     with open(corpus["work"] / "doc2vec_features.pickle", "rb") as f:
         feats = pickle.load(f)
-    assert set(feats) == {"ids", "vectors"}
+    assert set(feats) == {"ids", "vectors", "provenance"}
     assert feats["ids"] == expected
     held_out = {it.id for it in items if it.split != "train"}
     assert held_out and not held_out & set(feats["ids"])
