@@ -1,12 +1,12 @@
 # `make demo`: set up .venv and run the whole pipeline on the built-in data.
-# `make test`: set up .venv and run the tests.
+# `make test`: set up .venv and run the tests; `make test-fast`: all but the slow ones.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= openclipart
 
-.PHONY: setup test demo clean-demo
+.PHONY: setup test test-fast demo
 
 # The venv is (re)made when missing or older than requirements.txt.
 $(STAMP): requirements.txt
@@ -18,6 +18,10 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Everything but the end-to-end tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m demo --data $(DATA) $(DEMO_ARGS)
