@@ -43,6 +43,7 @@ from cli import HelpFormatter  # noqa: E402
 from data.workdir import DOC2VEC_FEATURES  # noqa: E402
 
 STEPS_PY = str(ROOT / "benchmarks" / "text_scale_steps.py")
+STEP_NAMES = ("preprocess", "doc2vec", "infer", "knn hnsw", "knn exact", "sampler", "trainer prep")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,17 +59,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes / threads")
     p.add_argument("--exact-max", type=int, default=250_000,
                    help="largest size the exact kNN (CPU, all pairs) runs at")
+    p.add_argument("--steps", default=",".join(STEP_NAMES),
+                   help="comma-separated steps to run (each needs the earlier steps' files in --work-dir)")
+    p.add_argument("--bare-steps", default=",".join(STEP_NAMES),
+                   help="of those, the ones timed against the bare library too (for a run short of time)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "text_scale"),
                    help="corpora and outputs, one folder per size (corpora are reused)")
     p.add_argument("--out", default=None, help="write the results as JSON here and the table beside (.md)")
-    p.add_argument("--table", default=None, metavar="JSON",
-                   help="only print the table of an earlier run's --out file (also one cut short)")
+    p.add_argument("--table", default=None, metavar="JSON[,JSON...]",
+                   help="only print the table of earlier runs' --out files (also ones cut short); "
+                        "several runs at the same settings, e.g. the sizes run side by side, merge")
     args = p.parse_args(argv)
     try:
         args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     except ValueError:
         p.error(f"--sizes {args.sizes!r}: pass comma-separated integers")
+    for flag in ("steps", "bare_steps"):
+        names = [x.strip() for x in getattr(args, flag).split(",") if x.strip()]
+        unknown = [x for x in names if x not in STEP_NAMES]
+        if unknown:
+            p.error(f"--{flag.replace('_', '-')}: unknown step {unknown[0]!r}; the steps: {', '.join(STEP_NAMES)}")
+        setattr(args, flag, names)
     if not args.sizes or min(args.sizes) < 2 * args.k:
         p.error(f"--sizes: every size must be at least 2 x --k ({2 * args.k})")
     return args
@@ -169,7 +181,8 @@ def steps(args: argparse.Namespace, n: int, manifest: Path, work: Path) -> list[
                      b("bare-exact", "exact.pickle", ["--k", str(args.k)]), exact))
     plan += [("sampler", [py, STEPS_PY, "sampler", *shared], None, work),
              ("trainer prep", [py, STEPS_PY, "trainer-prep", *shared], None, work)]
-    return plan
+    return [(name, ours, bare if name in args.bare_steps else None, writes)
+            for name, ours, bare, writes in plan if name in args.steps]
 
 
 def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
@@ -248,6 +261,23 @@ def table(results: dict) -> str:
     return "\n".join(x for x in lines if x is not None)
 
 
+# Settings that must agree for rows of several runs to share one table.
+SAME = ("kind", "epochs", "min_count", "k", "workers", "seed", "cpus")
+
+
+def merge(runs: list[dict]) -> dict:
+    """One results dict from several runs at the same settings, rows in size order."""
+    first = runs[0]["settings"]
+    for r in runs[1:]:
+        differ = [key for key in SAME if r["settings"].get(key) != first.get(key)]
+        if differ:
+            raise SystemExit(f"error: --table: the runs differ in {', '.join(differ)}; "
+                             "merge only runs made with the same settings")
+    rows = sorted((row for r in runs for row in r["rows"]), key=lambda row: row["n"])
+    sizes = sorted({row["n"] for row in rows})
+    return {"settings": {**first, "sizes": sizes}, "rows": rows}
+
+
 def save(results: dict, out: str | None) -> None:
     # Not benchmarks.common's: that imports torch, and a step process started from a parent of
     # ~700 MiB reports that parent's RSS as its own peak (Linux keeps the pre-exec high-water mark).
@@ -259,7 +289,7 @@ def save(results: dict, out: str | None) -> None:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.table:
-        results = json.loads(Path(args.table).read_text())
+        results = merge([json.loads(Path(f).read_text()) for f in args.table.split(",")])
         print(table(results))
         return results
     settings = {**vars(args), "cpus": os.cpu_count(), "python": sys.version.split()[0]}

@@ -2,14 +2,21 @@
 
 Both report distances in the same units: Euclidean for "l2" (nmslib's own l2 space returns the
 square, which hnsw_knn undoes) and 1 - cosine for "cosinesimil".
+
+torch is imported only by the exact backend: the HNSW path (the default), its recall check and
+its completion of short rows use numpy alone, so knn_document_features.py does not pay torch's
+start-up (seconds) and resident libraries (~0.5 GiB) for a search nmslib does.
 """
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    import torch
 
 SPACES = ("l2", "cosinesimil")
 QUERY_CHUNK = 50_000   # HNSW queries per knnQueryBatch call
@@ -22,21 +29,26 @@ def _check_arguments(n: int, k: int, space: str) -> None:
         raise ValueError(f"k={k} must be between 1 and the number of vectors ({n})")
 
 
-def _block_rows(n: int, device: torch.device) -> int:
+def _block_rows(n: int, device: "torch.device") -> int:
     # One block of scores: on a GPU an eighth of the free memory, at most 8 GiB (topk's
     # temporaries take a few times more; big blocks keep the matmul and topk kernels full),
     # ~256 MiB on the CPU.
     if device.type == "cuda":
+        import torch
         budget = min(8 << 30, torch.cuda.mem_get_info(device)[0] // 8)
     else:
         budget = 256 << 20
     return int(max(1, min(8192, budget // (4 * max(n, 1)))))
 
 
-def _exact_distances(q: torch.Tensor, base: torch.Tensor, idx: torch.Tensor, space: str) -> torch.Tensor:
+def _exact_distances(q: "torch.Tensor", base: "torch.Tensor", idx: "torch.Tensor", space: str) -> "torch.Tensor":
     """Distances of each query row to its candidates, from differences, not a dot-product expansion:
     the expansion loses ~1e-3 to cancellation, enough to misorder near ties and to give a
-    duplicate text a distance above 0."""
+    duplicate text a distance above 0. On the CPU numpy does it (about 3x faster than torch's
+    reductions over a short last axis there)."""
+    import torch
+    if q.device.type == "cpu":
+        return torch.from_numpy(_exact_distances_np(q.numpy(), base.numpy(), idx.numpy(), space))
     out = torch.empty(idx.shape, dtype=torch.float32, device=q.device)
     step = max(1, (64 << 20) // (4 * max(1, idx.shape[1] * base.shape[1])))
     for s in range(0, len(q), step):
@@ -44,6 +56,58 @@ def _exact_distances(q: torch.Tensor, base: torch.Tensor, idx: torch.Tensor, spa
         out[s:s + step] = (diff * diff).sum(-1)
     # For unit vectors |a - b|^2 / 2 = 1 - cos(a, b), exactly 0 for identical ones.
     return out.sqrt_() if space == "l2" else out.mul_(0.5)
+
+
+def _exact_distances_np(q: np.ndarray, base: np.ndarray, idx: np.ndarray, space: str) -> np.ndarray:
+    """_exact_distances in numpy, float32, in chunks of ~4 MiB of gathered rows (small chunks
+    stay in cache: measured faster than 16 or 64 MiB)."""
+    out = np.empty(idx.shape, dtype=np.float32)
+    step = max(1, (4 << 20) // (4 * max(1, idx.shape[1] * base.shape[1])))
+    for s in range(0, len(q), step):
+        diff = base[idx[s:s + step]]
+        diff -= q[s:s + step, None, :]
+        out[s:s + step] = np.einsum("bkd,bkd->bk", diff, diff)
+    return np.sqrt(out, out=out) if space == "l2" else np.multiply(out, 0.5, out=out)
+
+
+def exact_knn_np(vectors: np.ndarray, k: int, space: str, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact neighbours of a few `queries` among `vectors` with numpy alone (no torch start-up),
+    the same rules as exact_knn: candidates by a dot product, then exact distances, nearest first.
+    Meant for samples (the recall check) and leftovers (HNSW's short rows): an argpartition per
+    query row is slower than torch's topk for all pairs."""
+    n = len(vectors)
+    _check_arguments(n, k, space)
+    base = np.ascontiguousarray(vectors, dtype=np.float32)
+    q_all = np.ascontiguousarray(queries, dtype=np.float32)
+    if space == "cosinesimil":
+        base = base / np.maximum(np.linalg.norm(base, axis=1, keepdims=True), 1e-12)
+        q_all = q_all / np.maximum(np.linalg.norm(q_all, axis=1, keepdims=True), 1e-12)
+    base_sq = np.einsum("nd,nd->n", base, base)[None]
+    pool = min(n, k + max(8, k // 8))
+    ids = np.empty((len(q_all), k), dtype=np.int32)
+    dists = np.empty((len(q_all), k), dtype=np.float32)
+    # One block of ~16 MiB of scores (argpartition adds twice that in int64 positions): a
+    # recall check beside an HNSW search must not add more than the search's own memory.
+    step = max(1, (16 << 20) // (4 * n))
+    for s in range(0, len(q_all), step):
+        q = q_all[s:s + step]
+        # Smaller is nearer: |x|^2 - 2 q.x (l2, up to the query's own norm), or -q.x (cosine).
+        score = q @ base.T
+        if space == "l2":
+            score *= -2
+            score += base_sq
+        else:
+            np.negative(score, out=score)
+        # (a copy of the first columns, so the n-wide int64 positions are freed at once)
+        idx = np.argpartition(score, pool - 1, axis=1)[:, :pool].copy() if pool < n else \
+            np.broadcast_to(np.arange(n), (len(q), n)).copy()
+        del score
+        d = _exact_distances_np(q, base, idx, space)
+        # Stable on (distance, position in the candidates): ties keep a deterministic order.
+        order = np.argsort(d, axis=1, kind="stable")[:, :k]
+        ids[s:s + len(q)] = np.take_along_axis(idx, order, 1)
+        dists[s:s + len(q)] = np.take_along_axis(d, order, 1)
+    return ids, dists
 
 
 def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None = None,
@@ -55,6 +119,7 @@ def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None
     are computed one block of `block_rows` queries at a time (default: from the memory budget).
     Without `queries` (all pairs) each row starts with the document itself at distance 0.
     """
+    import torch
     n = len(vectors)
     _check_arguments(n, k, space)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -149,7 +214,7 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
     if short:
         print(f"HNSW returned fewer than {k} neighbours for {len(short)} documents "
               f"(first: {short[:3]}); those rows were searched exactly")
-        ids[short], dists[short] = exact_knn(data, k, space, "cpu", queries=data[short], progress=False)
+        ids[short], dists[short] = exact_knn_np(data, k, space, queries=data[short])
     put_self_first(ids, dists, np.arange(len(data)))
     return ids, dists
 
@@ -161,3 +226,14 @@ def recall_at(approx_dists: np.ndarray, exact_dists: np.ndarray, k: int = 10) ->
     """
     bound = exact_dists[:, k - 1:k] * (1 + 1e-5) + 1e-6
     return float((approx_dists[:, :k] <= bound).mean())
+
+
+def sampled_recall(vectors: np.ndarray, dists: np.ndarray, k: int, space: str, queries: int = 1000,
+                   seed: int = 0) -> tuple[float, int]:
+    """recall_at(k) of an all-pairs result `dists` on a seeded sample of `queries` rows, against
+    exact_knn_np: (recall, sample size). Its cost, queries x N dot products, is a small share of
+    the HNSW search itself (N x efSearch x log N distance evaluations)."""
+    n = len(vectors)
+    sample = np.sort(np.random.default_rng(seed).choice(n, size=min(queries, n), replace=False))
+    _, exact_d = exact_knn_np(vectors, k, space, queries=vectors[sample])
+    return recall_at(dists[sample], exact_d, k), len(sample)

@@ -1,10 +1,16 @@
 """kNN backends against a brute-force float64 reference, HNSW recall, self-first rows."""
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 import config
-from data.knn import exact_knn, hnsw_knn, put_self_first, recall_at
+from data import provenance
+from data.knn import exact_knn, exact_knn_np, hnsw_knn, put_self_first, recall_at, sampled_recall
 
 
 def brute_force(base: np.ndarray, queries: np.ndarray, space: str) -> np.ndarray:
@@ -138,3 +144,63 @@ def test_hnsw_rows_returned_short_are_completed_exactly():
     e_ids, e_dists = exact_knn(x, 40, "l2", "cpu", progress=False)
     np.testing.assert_array_equal(ids, e_ids)
     np.testing.assert_allclose(dists, e_dists, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("space", ["l2", "cosinesimil"])
+@pytest.mark.parametrize("k", [7, 120])   # 120: the candidate pool is every vector
+def test_numpy_exact_matches_brute_force_and_the_torch_backend(space, k):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((120, 12)) * 2 + 3).astype(np.float32)
+    q = rng.standard_normal((90, 12)).astype(np.float32) * 2 + 3
+    ids, dists = exact_knn_np(x, k, space, queries=q)
+    check_against_reference(ids, dists, brute_force(x, q, space), k, self_first=False)
+    t_ids, t_dists = exact_knn(x, k, space, "cpu", queries=q, block_rows=32, progress=False)
+    np.testing.assert_allclose(dists, t_dists, rtol=1e-5, atol=1e-6)
+    assert (ids == t_ids).mean() > 0.99
+
+
+def test_numpy_exact_is_precise_for_near_duplicates_and_ties_them_at_zero():
+    rng = np.random.default_rng(8)
+    x = (rng.standard_normal((80, 8)) + 100).astype(np.float32)
+    x[20:23] = x[20]
+    x[1] = x[0] + np.float32(0.01)
+    ids, dists = exact_knn_np(x, 4, "l2", queries=x[[0, 20]])
+    assert ids[0, 0] == 0 and ids[0, 1] == 1 and dists[0, 0] == 0
+    assert dists[0, 1] == pytest.approx(brute_force(x, x[:1], "l2")[0, 1], rel=1e-3)
+    assert sorted(ids[1, :3]) == [20, 21, 22] and (dists[1, :3] == 0).all() and dists[1, 3] > 1
+
+
+def test_sampled_recall_is_the_recall_of_a_seeded_sample():
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((500, 10)).astype(np.float32)
+    e_ids, e_dists = exact_knn(x, 10, "l2", "cpu", progress=False)
+    assert sampled_recall(x, e_dists, 10, "l2", queries=100, seed=3) == (1.0, 100)
+    # Half of the rows get their 6th..10th neighbours replaced by farther ones.
+    worse = e_dists.copy()
+    worse[::2, 5:] += 1.0
+    recall, size = sampled_recall(x, worse, 10, "l2", queries=10_000, seed=3)
+    assert size == 500 and recall == pytest.approx(recall_at(worse, e_dists, 10)) == pytest.approx(0.75)
+    a = sampled_recall(x, worse, 10, "l2", queries=50, seed=4)
+    assert a == sampled_recall(x, worse, 10, "l2", queries=50, seed=4) and 0.5 <= a[0] <= 1
+
+
+def test_the_hnsw_step_does_not_load_torch(tmp_path):
+    # torch's start-up and resident libraries are most of this step's fixed cost at 10,000
+    # documents; only the exact backend needs it.
+    rng = np.random.default_rng(10)
+    with open(tmp_path / "doc2vec_features.pickle", "wb") as f:
+        pickle.dump({"ids": [str(i) for i in range(300)],
+                     "vectors": rng.standard_normal((300, 16)).astype(np.float32),
+                     provenance.KEY: provenance.new_record({}, "vectors", {})}, f)
+    root = Path(__file__).resolve().parent.parent
+    probe = ("import runpy, sys; sys.argv = ['knn_document_features.py'] + sys.argv[1:]; "
+             "runpy.run_path('knn_document_features.py', run_name='__main__')")
+    probe += "\nprint('torch loaded:', 'torch' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", probe, "--dataset", str(tmp_path / "none.jsonl"),
+                        "--work-dir", str(tmp_path), "--k", "5", "--workers", "1"],
+                       cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "recall@5 against exact on 300 queries: " in r.stdout
+    assert r.stdout.rstrip().endswith("torch loaded: False")
+    with open(tmp_path / "document_feats_knn.pickle", "rb") as f:
+        assert pickle.load(f)["neighbors"].shape == (300, 5)

@@ -96,3 +96,39 @@ def test_tiny_run_measures_every_step_against_the_bare_library(tmp_path, capsys)
     worst = max(x["ratio"] for x in results["rows"] if "ratio" in x)
     assert f"largest ours / bare: {worst:.2f} (goal <= 1.25)" in table
     assert table in capsys.readouterr().out
+
+
+def _run(sizes, seconds, **settings):
+    base = {"kind": "short", "epochs": 5, "min_count": 20, "k": 200, "workers": 2, "seed": 0, "cpus": 2}
+    rows = [{"n": n, "step": "infer", "ours": {"seconds": s, "peak_mib": 100.0, "written_mib": 1.0},
+             "bare": {"seconds": s / 2, "peak_mib": 90.0}, "ratio": 2.0} for n, s in zip(sizes, seconds)]
+    return {"settings": {**base, **settings, "sizes": sizes}, "rows": rows}
+
+
+def test_runs_made_side_by_side_merge_into_one_table(tmp_path, capsys):
+    bench = load("text_scale")
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps(_run([250_000], [50.0])))
+    b.write_text(json.dumps(_run([10_000, 100_000], [2.0, 20.0])))
+    merged = bench.main(["--table", f"{a},{b}"])
+    assert [r["n"] for r in merged["rows"]] == [10_000, 100_000, 250_000]
+    out = capsys.readouterr().out
+    assert out.index("| 10,000 | infer | 2.0 |") < out.index("| 100,000 | infer | 20.0 |") \
+        < out.index("| 250,000 | infer | 50.0 |")
+    assert "| infer | 10.0x (N log N 12.5x) | 2.5x (N log N 2.7x) |" in out
+    b.write_text(json.dumps(_run([10_000], [2.0], epochs=50)))
+    with pytest.raises(SystemExit, match="differ in epochs"):
+        bench.main(["--table", f"{a},{b}"])
+
+
+def test_a_run_can_take_some_steps_and_time_some_against_the_bare_library(tmp_path, capsys):
+    bench = load("text_scale")
+    args = bench.parse_args(["--sizes", "1000", "--steps", "infer,knn hnsw,sampler",
+                             "--bare-steps", "knn hnsw", "--work-dir", str(tmp_path)])
+    plan = bench.steps(args, 1000, tmp_path / "m.jsonl", tmp_path)
+    assert [name for name, *_ in plan] == ["infer", "knn hnsw", "sampler"]
+    assert [bare is not None for _, _, bare, _ in plan] == [False, True, False]
+    assert "knn_document_features.py" in plan[1][1][1] and "bare-hnsw" in plan[1][2]
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--steps", "knn,infer"])
+    assert "--steps: unknown step 'knn'" in capsys.readouterr().err
