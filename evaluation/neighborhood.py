@@ -36,11 +36,18 @@ def _top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, self_offset: in
 
 def knn_overlap(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
                 block: int = 1024) -> float:
-    """Mean over rows of |A ∩ B| / k, a fraction in [0, 1].
+    """Mean over rows of |A ∩ B| / k, a fraction in [0, 1]: 1.0 when the spaces agree, about
+    k / (N - 1) for unrelated ones; invariant to rescaling either space's rows."""
+    hits = knn_overlap_hits(reference, learned, k, block)
+    return int(hits.sum()) / (hits.numel() * k)
+
+
+def knn_overlap_hits(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
+                     block: int = 1024) -> torch.Tensor:
+    """|A ∩ B| of each row, a CPU LongTensor [N] (the per-query values behind knn_overlap).
 
     A and B are the row's k nearest OTHER rows by cosine similarity in `reference` [N, Dr] and
-    `learned` [N, Dl]. 1.0 when the spaces agree, about k / (N - 1) for unrelated ones;
-    invariant to rescaling either space's rows.
+    `learned` [N, Dl].
     """
     _check_block(block)
     reference, learned = _two_spaces(reference, learned, "reference", "learned", same_dim=False)
@@ -52,20 +59,30 @@ def knn_overlap(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
         raise ValueError(f"k must be an int in [1, {n - 1}] (rows other than the query), got {k!r}")
     reference = _unit_rows(reference, "reference")
     learned = _unit_rows(learned, "learned")
-    hits = 0
+    hits = torch.empty(n, dtype=torch.long)
     for s in range(0, n, block):
         e = min(s + block, n)
         a = _top_k(reference[s:e], reference, k, s)
         b = _top_k(learned[s:e], learned, k, s)
         in_a = torch.zeros(e - s, n, dtype=torch.bool, device=a.device).scatter_(1, a, True)
-        hits += int(in_a.gather(1, b).sum())
-    return hits / (n * k)
+        hits[s:e] = in_a.gather(1, b).sum(1).cpu()
+    return hits
 
 
 def label_precision(queries: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
                     gallery_labels: torch.Tensor, k: int = 10, exclude_self: bool = False,
                     block: int = 1024) -> float:
-    """Mean over queries of the FRACTION (0..1) of the top-k gallery items sharing its label.
+    """Mean over queries of the FRACTION (0..1) of the top-k gallery items sharing its label
+    (see label_precision_hits)."""
+    hits = label_precision_hits(queries, gallery, query_labels, gallery_labels, k, exclude_self,
+                                block)
+    return int(hits.sum()) / (hits.numel() * k)
+
+
+def label_precision_hits(queries: torch.Tensor, gallery: torch.Tensor,
+                         query_labels: torch.Tensor, gallery_labels: torch.Tensor, k: int = 10,
+                         exclude_self: bool = False, block: int = 1024) -> torch.Tensor:
+    """How many of each query's top-k gallery items share its label: a CPU LongTensor [Nq].
 
     Similarity is the dot product (cosine for the unit embeddings of the joint space).
     exclude_self=True is for image->image or text->text, where query i is gallery item i and
@@ -89,9 +106,9 @@ def label_precision(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
     query_labels = query_labels.to(queries.device)
     gallery_labels = gallery_labels.to(queries.device)
     n = queries.shape[0]
-    hits = 0
+    hits = torch.empty(n, dtype=torch.long)
     for s in range(0, n, block):
         e = min(s + block, n)
         top = _top_k(queries[s:e], gallery, k, s if exclude_self else None)
-        hits += int((gallery_labels[top] == query_labels[s:e, None]).sum())
-    return hits / (n * k)
+        hits[s:e] = (gallery_labels[top] == query_labels[s:e, None]).sum(1).cpu()
+    return hits

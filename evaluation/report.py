@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
 from data.workdir import atomic_write
 
 _RECALLS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("medr", "medr"), ("meanr", "meanr"))
@@ -73,4 +75,19 @@ def write_json(obj: dict, path: str | Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
+    atomic_write(path, write)
+
+
+def per_query_path(checkpoint: str | Path, split: str) -> Path:
+    """per_query_<split>.npz beside the checkpoint (per_query_<file>_<split>.npz for a file other
+    than best.pt), as metrics_path."""
+    checkpoint = Path(checkpoint)
+    stem = "" if checkpoint.stem == "best" else f"_{checkpoint.stem}"
+    return checkpoint.parent / f"per_query{stem}_{split}.npz"
+
+
+def write_per_query(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:   # a file object: np.savez would add .npz to a name
+            np.savez(f, **arrays)
     atomic_write(path, write)
