@@ -26,7 +26,7 @@ from training.prepare import prepare
 from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
 
 
-def parse_args():
+def parse_args(argv: list[str] | None = None):
     p = parser(__doc__)
     p.add_argument("w_sym", type=float, help="weight of L_sym (text -> its image)")
     p.add_argument("w_img", type=float, help="weight of L_img (image -> a text-neighbour's image)")
@@ -44,6 +44,10 @@ def parse_args():
     g.add_argument("--epochs", type=int, default=config.MAX_EPOCHS, help="a cap on the epochs")
     g.add_argument("--patience", type=int, default=config.PATIENCE,
                    help="stop after this many epochs without a better validation loss")
+    g.add_argument("--run-seed", type=int, default=None,
+                   help="seed of the initial weights, the epoch order, the neighbour draws and the "
+                        "flips (default: --seed); --seed also fixes the validation slice, which "
+                        "Doc2Vec and the kNN were built without, so repeat a run with this one")
     g.add_argument("--lr", type=float, default=config.LR)
     g.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
     g.add_argument("--lr-patience", type=int, default=config.LR_PATIENCE)
@@ -63,7 +67,9 @@ def parse_args():
                         "date), require, or off (decode the files at every step)")
     g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
     g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.run_seed is None:
+        args.run_seed = args.seed
     check_flags(p, args, "image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool")
     return args
 
@@ -94,7 +100,7 @@ def validate(model, ds, args, ctx, amp, channels_last) -> float:
 def main() -> None:
     args = parse_args()
     ctx = distributed.setup(args.device)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.run_seed)
     data = prepare(args, ctx)
     log_dir = Path(args.log_dir or Path(args.work_dir) / "models" / run_name(args.w_sym, args.w_img, args.w_text))
     bf16 = use_bf16(ctx.device, args.precision)
@@ -143,9 +149,9 @@ def main() -> None:
     for epoch in epochs:
         if since_best >= args.patience:
             break
-        torch.manual_seed(args.seed * 100_003 + epoch)  # the epoch's flips, same on resume
-        train_ds.set_neighbors(data.sampler.sample(args.seed, epoch))
-        order = epoch_order(len(train_ds), args.seed, epoch, ctx.rank, ctx.world)
+        torch.manual_seed(args.run_seed * 100_003 + epoch)  # the epoch's flips, same on resume
+        train_ds.set_neighbors(data.sampler.sample(args.run_seed, epoch))
+        order = epoch_order(len(train_ds), args.run_seed, epoch, ctx.rank, ctx.world)
         loader = make_loader(train_ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
                              drop_last=len(order) > args.batch_size)
         model.train()
