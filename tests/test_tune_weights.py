@@ -98,7 +98,7 @@ def fakes(tmp_path, monkeypatch):
     monkeypatch.setenv("FAKE_CALLS", str(calls))
     monkeypatch.delenv("FAKE_FAIL", raising=False)
     real = trainer.parse_args
-    if "--negatives" not in trainer.parse_args.__code__.co_consts and not _has_negatives(real):
+    if not _has_negatives(real):
         def with_negatives(argv):
             argv = list(argv)
             negatives = "release"
@@ -286,3 +286,52 @@ def test_a_metric_the_data_cannot_give_is_a_one_line_error(fakes, tmp_path):
     assert result.code == 2 and "needs the Doc2Vec model" in result.err
     assert len(result.err.strip().splitlines()) == 1
     assert not calls.exists()
+
+
+# --- for real, on tiny data -------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_real_sweep_on_tiny_data(tmp_path):
+    from demo.synthetic import generate_synthetic
+    from inprocess import TINY_TRAIN
+    from models.checkpoint import load_checkpoint
+
+    # No item marked val: validation is the seeded slice of train, as large as test.
+    manifest = generate_synthetic(tmp_path / "data", n_items=120, image_size=32, val_fraction=0)
+    n_test = sum(json.loads(line)["split"] == "test" for line in manifest.read_text().splitlines())
+    work, out = tmp_path / "work", tmp_path / "sweep"
+    common = ["--dataset", manifest, "--work-dir", work, "--workers", "1"]
+    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20")
+    cli("extract_doc2vec_vectors.py", *common)
+    cli("knn_document_features.py", *common, "--k", "20")
+    objectives = ["--objectives", "release,clean"] if _has_negatives(trainer.parse_args) else []
+    result = cli("tune_weights.py", "--grid", "1 0 0; 1 0.3 0.2", "--seeds", "2", "--devices",
+                 "cpu", "--out", out, "--bootstrap", "200", *objectives, "--",
+                 "--dataset", manifest, "--work-dir", work, *TINY_TRAIN, "--epochs", "1")
+    n_objectives = 2 if objectives else 1
+    rows = list(csv.DictReader((out / "sweep.csv").open()))
+    assert len(rows) == 4 * n_objectives
+    summary = json.loads((out / "summary.json").read_text())
+    for row in rows:
+        folder = out / row["folder"]
+        config = load_checkpoint(folder / "best.pt")["config"]
+        assert config["run_seed"] == int(row["seed"]) and config["seed"] == 0
+        assert Path(config["log_dir"]).resolve() == folder.resolve()
+        val = json.loads((folder / "metrics_val.json").read_text())
+        assert val["n_images"] == n_test and float(row["rsum"]) == pytest.approx(val["rsum"])
+    # Two seeds of one triple are two different models.
+    by_seed = {r["seed"]: r for r in rows
+               if float(r["w_img"]) == 0.3 and r["objective"] == rows[0]["objective"]}
+    assert (by_seed["0"]["rsum"], by_seed["0"]["text_overlap"]) != \
+        (by_seed["1"]["rsum"], by_seed["1"]["text_overlap"])
+    for objective, comparison in summary["test"].items():
+        chosen = summary["chosen"][objective]
+        assert chosen in ([1, 0, 0], [1, 0.3, 0.2])
+        for name in ("rsum", "i2t_r1", "t2i_medr", "image_overlap", "label_p10_t2i"):
+            c = comparison[name]
+            lo, hi = c["bootstrap_ci"]
+            assert lo <= c["difference"] <= hi
+        base = out / objective / "l_i2t_l_sym_1_l_img_0_l_text_0" / "seed_1"
+        test = json.loads((base / "metrics_test.json").read_text())
+        assert test["n_images"] == n_test and (base / "per_query_test.npz").is_file()
+    assert "95% CI queries (bootstrap)" in result.out
