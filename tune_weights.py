@@ -47,7 +47,8 @@ from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
 from tuning.report import aggregate, choose, csv_text, test_table, validation_table
 from tuning.stats import available, bootstrap_difference, seed_interval
-from tuning.sweep import NO_FLAG, Settings, execute, parse_devices, plan, run_all, write_json_atomic
+from tuning.sweep import (NO_FLAG, Settings, execute, parse_devices, plan, run_all,
+                          write_json_atomic, write_text_atomic)
 
 # Flags the sweep sets for every run; given after `--` they would be overridden.
 RESERVED = {"log_dir": "--log-dir", "resume": "--resume", "device": "--device"}
@@ -111,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not args.negatives:
             p.error("--objectives: this trainer has no --negatives flag, so it trains one "
                     "objective: leave --objectives out")
+        if any(a.split("=")[0] == "--negatives" for a in trainer_args):
+            p.error("--negatives after -- and --objectives: give the objectives once, with "
+                    "--objectives")
         args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
         if not args.objectives or len(set(args.objectives)) < len(args.objectives):
             p.error(f"--objectives {','.join(args.objectives) or '(empty)'}: list each "
@@ -250,9 +254,12 @@ def main() -> None:
                      "w_text": run.weights[2], "seed": run.seed,
                      "folder": str(run.folder.relative_to(out)), **flatten(metrics)})
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.csv").write_text(csv_text(rows), encoding="utf-8")
+    write_text_atomic(csv_text(rows), out / "sweep.csv")
     aggregated = aggregate(rows)
-    chosen = {obj: choose(aggregated[obj], args.select) for obj in args.objectives}
+    try:
+        chosen = {obj: choose(aggregated[obj], args.select) for obj in args.objectives}
+    except ValueError as e:
+        raise InputError(f"{e}: see the runs' evaluate_val.log for why it was skipped") from None
     for obj in args.objectives:
         print(f"\nvalidation, objective {obj} (mean ± std over seeds; * the best mean "
               f"{args.select}):")
@@ -281,9 +288,8 @@ def main() -> None:
         "select": args.select, "higher_is_better": METRICS[args.select].higher_is_better,
         "seeds": args.seeds, "objectives": args.objectives, "ties": args.ties,
         "bootstrap_samples": args.bootstrap, "trainer_args": args.trainer_args,
-        "validation": {obj: [{"weights": list(t), **{n: {k: v for k, v in c.items()}
-                                                     for n, c in cells.items()}}
-                             for t, cells in aggregated[obj].items()] for obj in args.objectives},
+        "validation": {obj: [{"weights": list(t), **cells} for t, cells in aggregated[obj].items()]
+                       for obj in args.objectives},
         "chosen": {obj: list(chosen[obj]) for obj in args.objectives},
         "baseline": list(BASELINE),
         "test": comparisons,

@@ -129,7 +129,7 @@ def read_calls(path: Path) -> list[dict]:
 
 def sweep_args(manifest, out, *extra, trainer_flags=()):
     return ["tune_weights.py", "--grid", "1 0 0; 1 0.3 0.2; 1 0.6 0", "--seeds", "2",
-            "--devices", "cpu", "--out", out, "--bootstrap", "200", *extra, "--",
+            "--devices", "cpu,cpu", "--out", out, "--bootstrap", "200", *extra, "--",
             "--dataset", manifest, "--work-dir", out.parent / "work", "--workers", "0",
             *trainer_flags]
 
@@ -245,6 +245,7 @@ def test_without_objectives_the_trainers_default_is_passed_on(fakes, tmp_path):
     (["--grid", "1 0 0", "--devices", "cuda:3"], "cuda:3 is not there"),
     (["--grid", "1 0 0", "--objectives", "release,release"], "list each objective once"),
     (["--grid", "1 0 0", "--objectives", "tidy"], "the trainer's flags (after --)"),
+    (["--grid", "1 0 0", "--bootstrap", "10"], "--bootstrap must be at least 100"),
 ])
 def test_bad_flags_stop_before_any_training(fakes, tmp_path, flags, message):
     manifest, calls = fakes
@@ -259,6 +260,7 @@ def test_bad_flags_stop_before_any_training(fakes, tmp_path, flags, message):
     (["--log-dir", "x"], "--log-dir after --: the sweep sets it"),
     (["--device", "cpu"], "--device after --"),
     (["--run-seed", "4"], "--run-seed after --"),
+    (["--resume"], "--resume after --"),
 ])
 def test_bad_trainer_flags_stop_before_any_training(fakes, tmp_path, trainer_flags, message):
     manifest, calls = fakes

@@ -136,10 +136,12 @@ def finished(run: Run, split: str, settings: Settings) -> dict | None:
     return done.get("metrics")
 
 
+def write_text_atomic(text: str, path: Path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
 def write_json_atomic(obj: dict, path: Path) -> None:
-    def write(tmp: str) -> None:
-        Path(tmp).write_text(json.dumps(obj, indent=1) + "\n", encoding="utf-8")
-    atomic_write(path, write)
+    write_text_atomic(json.dumps(obj, indent=1) + "\n", path)
 
 
 @dataclass
