@@ -25,7 +25,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("dataset and work folder (config.py)")
     g.add_argument("--dataset", default=config.DATASET,
-                   help="a .jsonl manifest, a Karpathy .json, or a Politics folder / db.pickle")
+                   help="a .jsonl manifest, a Karpathy .json, a Politics folder / db.pickle, or a "
+                        "GoodNews folder")
     g.add_argument("--dataset-format", choices=FORMATS, default=config.DATASET_FORMAT,
                    help="force the format instead of finding it from the path")
     g.add_argument("--image-root", default=config.IMAGE_ROOT,
@@ -40,6 +41,9 @@ def parser(description: str) -> argparse.ArgumentParser:
                    help="complete_db.pickle items this short or shorter are dropped")
     g.add_argument("--max-sentences", type=int, default=config.MAX_SENTENCES,
                    help="first N sentences of each text (0: the whole text)")
+    g.add_argument("--doc2vec-max-sentences", type=int, default=config.DOC2VEC_MAX_SENTENCES,
+                   help="first N sentences of each doc2vec_text, the separate text Doc2Vec and the "
+                        "kNN read when the dataset has one (0: the whole text)")
     g.add_argument("--max-chars", type=int, default=config.MAX_CHARS, help="raw text cut before tokenising")
     return p
 

@@ -6,8 +6,8 @@ run can override any of them without editing this file. Values are the authors' 
 import os
 
 # --- Dataset -------------------------------------------------------------------------------
-DATASET = "runs/demo/synthetic/data/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics folder/db.pickle
-DATASET_FORMAT = None           # None: found from the path; or "jsonl", "karpathy", "politics"
+DATASET = "runs/demo/synthetic/data/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics or GoodNews folder
+DATASET_FORMAT = None           # None: found from the path; or "jsonl", "karpathy", "politics", "goodnews"
 IMAGE_ROOT = None               # folder image paths are relative to (None: the dataset file's folder)
 WORK_DIR = "runs/default"       # every script reads and writes here, never the current directory
 SEED = 0
@@ -19,6 +19,8 @@ POLITICS_MIN_CHARS = 500        # complete_db.pickle items with len(text) <= thi
 
 # --- Text preprocessing --------------------------------------------------------------------
 MAX_SENTENCES = 2               # first N sentences of each text (None: whole text, as for captions)
+DOC2VEC_MAX_SENTENCES = 2       # the same for a separate Doc2Vec text (doc2vec_text, a GoodNews
+                                # article): the release's cut for articles; 0 reads it whole
 MAX_CHARS = 10_000              # raw text cut before tokenising
 
 # --- Doc2Vec -------------------------------------------------------------------------------

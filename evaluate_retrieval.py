@@ -1,4 +1,4 @@
-"""Step 5: evaluate trained checkpoints on a split -> a table and metrics.json.
+"""Step 6: evaluate trained checkpoints on a split -> a table and metrics.json.
 
     python evaluate_retrieval.py --checkpoint RUN/best.pt [RUN2/best.pt ...] [--split test]
 
@@ -16,13 +16,15 @@ worst); how many queries had such a tie is printed. With at least 2,000 images t
 are also averaged over folds of 1,000 images (the COCO 1K protocol, key folds_1k).
 
 Neighbourhood preservation (the paper's claim): for each image, the share of its 10 nearest
-neighbours in Doc2Vec space (vectors inferred for the split's texts) that are also among its 10
-nearest in the learned image space, and likewise in the learned text space. With several texts
-per image one document per image is used, its first text, so that the other texts of an image
-(identical in image space) do not count as neighbours. It needs the Doc2Vec model of the
-checkpoint's work folder: without one the metric is skipped (the reason is printed); a model
-whose vocabulary is not the checkpoint's is an error. When every item has a label, precision@10
-of same-label results is reported for i2t, t2i, i2i and t2t (fractions, 0..1).
+neighbours in Doc2Vec space (vectors inferred for the split's texts as Doc2Vec read them in
+training: each item's doc2vec_text when the dataset has one, e.g. the GoodNews article) that are
+also among its 10 nearest in the learned image space, and likewise in the learned text space.
+With several texts per image one document per image is used, its first text, so that the other
+texts of an image (identical in image space) do not count as neighbours. It needs the Doc2Vec
+model of the checkpoint's work folder: without one, or when a Doc2Vec text leaves no token, the
+metric is skipped (the reason is printed); a model whose vocabulary is not the checkpoint's is
+an error. When every item has a label, precision@10 of same-label results is reported for i2t,
+t2i, i2i and t2t (fractions, 0..1).
 
 Output: one table, one column per checkpoint (named by its run folder). Without --out,
 metrics.json is written beside each checkpoint (metrics_<file>_<split>.json for a file other
@@ -41,16 +43,15 @@ import torch
 import config
 from cli import check_flags, load_items, run_main
 from data.doc2vec import infer_vectors
-from evaluation.cli import check_output, eval_parser, load_model
-from evaluation.embed import embed_images, embed_texts
-from evaluation.evaluate import evaluate_embeddings
-from evaluation.export import save_embeddings, write_projector
-from evaluation.reference import doc2vec_model_path
-from evaluation.metrics import TIES
-from evaluation.report import (format_table, metrics_path, per_query_path, run_names, write_json,
-                               write_per_query)
-from evaluation.split import EvalSplit, integer_labels, load_split, without_unreadable
 from data.image_cache import cached_reader
+from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
+from evaluation.export import save_embeddings, write_projector
+from evaluation.metrics import TIES
+from evaluation.neighborhood import doc2vec_model_path
+from evaluation.report import (evaluate_embeddings, format_table, metrics_path, per_query_path,
+                               run_names, write_json, write_per_query)
+from evaluation.split import (EvalSplit, integer_labels, load_split, reference_tokens,
+                              without_unreadable)
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
               "max_sentences", "max_chars", "split")
@@ -116,17 +117,25 @@ class Cache:
             self.splits[key] = load_split(load_items(run), run.split, run)
         return self.splits[key]
 
-    def reference(self, model_path: Path, split: EvalSplit, workers: int) -> np.ndarray:
-        tokens = [split.text_tokens[t] for t in split.first_texts()]
+    def reference(self, model_path: Path, split: EvalSplit, run: argparse.Namespace, workers: int
+                  ) -> tuple[np.ndarray | None, str]:
+        """Doc2Vec vectors of each image's first document, or None and why not."""
+        ids, tokens = reference_tokens(split, run.doc2vec_max_sentences, run.max_chars, workers)
+        empty = [i for i, t in zip(ids, tokens) if not t]
+        if empty:
+            return None, (f"{len(empty)} images' Doc2Vec texts leave no token after preprocessing "
+                          f"(first: {', '.join(empty[:3])})")
         key = (str(model_path.resolve()), tuple(map(tuple, tokens)))
         if key not in self.vectors:
             self.vectors[key] = infer_vectors(str(model_path), tokens, workers)
-        return self.vectors[key]
+        return self.vectors[key], ""
 
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_dir: Path | None
                         ) -> dict:
-    model, vocab, run, device = load_model(path, args)
+    # From here on only `run`: the flags with the checkpoint's training values, the device and
+    # the precision, resolved once.
+    model, vocab, run = load_model(path, args)
     # Checked before the embedding, so that a wrong work folder fails in seconds.
     d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab)
     split = cache.split(run)
@@ -134,38 +143,43 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
           f"{split.n_texts} texts")
     read, why_not = cached_reader(run.work_dir, split.image_paths, run.image_size)
     print("images: read from the image cache" if read else f"images: decoded from the files ({why_not})")
-    images, failures = embed_images(model, split.image_paths, run.image_size, device,
-                                    args.batch_size, args.workers, args.precision, read=read)
-    split, images = without_unreadable(split, images, failures, args.max_bad_images, run.dataset)
-    texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device, args.batch_size,
-                        args.precision)
+    images, failures = embed_images(model, split.image_paths, run.image_size, run.device,
+                                    run.batch_size, run.workers, run.precision, read=read)
+    split, images = without_unreadable(split, images, failures, run.max_bad_images, run.dataset)
+    texts = embed_texts(model, vocab, split.text_tokens, run.max_tokens, run.device,
+                        run.batch_size, run.precision)
 
     reference = None
     if d2v_path is None:
         print(f"neighbourhood: skipped, {why}")
     else:
-        reference = torch.from_numpy(cache.reference(d2v_path, split, args.workers))
+        vectors, why = cache.reference(d2v_path, split, run, run.workers)
+        if vectors is None:
+            print(f"neighbourhood: skipped, {why}")
+        else:
+            reference = torch.from_numpy(vectors)
     labels = integer_labels(split.image_labels, split.text_labels)
     if labels is None and any(lab is not None for lab in split.image_labels):
         print("label precision: skipped, some items of the split have no label")
+    device = run.device
     per_query: dict = {}
     metrics, notes = evaluate_embeddings(
         images.to(device), texts.to(device), torch.from_numpy(split.text_image).to(device),
         torch.from_numpy(split.first_texts()).to(device), reference,
         None if labels is None else torch.from_numpy(labels[0]),
-        None if labels is None else torch.from_numpy(labels[1]), args.block, args.ties, per_query)
+        None if labels is None else torch.from_numpy(labels[1]), run.block, run.ties, per_query)
     for note in notes:
         print(note)
-    if args.save_ranks:
-        target = per_query_path(path, args.split)
+    if run.save_ranks:
+        target = per_query_path(path, run.split)
         write_per_query(per_query, target)
         print(f"wrote each query's values to {target}")
     if out_dir is not None:
         save_embeddings(out_dir, split, images, texts)
         print(f"wrote embeddings to {out_dir}")
-        if args.projector:
-            log = write_projector(out_dir / "projector", split, images, texts, args.projector_max,
-                                  args.projector_thumb)
+        if run.projector:
+            log = write_projector(out_dir / "projector", split, images, texts, run.projector_max,
+                                  run.projector_thumb)
             print(f"wrote a projector log: tensorboard --logdir {log}")
     return metrics
 

@@ -1,12 +1,13 @@
 """Step 2: infer a Doc2Vec vector for every training document -> doc2vec_features.pickle.
 
 The file holds {'ids': [document id], 'vectors': float32 [N, d]} in document order;
-documents whose text leaves no token are dropped and counted.
+documents whose text leaves no token are dropped and counted. The text is the one Doc2Vec
+was trained on: doc2vec_text when the dataset has one, else the texts.
 """
 from pathlib import Path
 
 from cli import load_items, parser, run_main
-from data.corpus import drop_empty, tokenized_documents
+from data.corpus import doc2vec_documents, drop_empty
 from data.doc2vec import infer_vectors
 from data.workdir import DOC2VEC_FEATURES, DOC2VEC_MODEL, require, save_pickle
 
@@ -15,7 +16,7 @@ def main() -> None:
     args = parser(__doc__).parse_args()
     model_path = require(args.work_dir, DOC2VEC_MODEL)
     items = load_items(args)
-    docs, tokens = drop_empty(*tokenized_documents(items, ["train"], args), "training")
+    docs, tokens = drop_empty(*doc2vec_documents(items, ["train"], args), "training")
     vectors = infer_vectors(str(model_path), tokens, args.workers)
     out = Path(args.work_dir) / DOC2VEC_FEATURES
     save_pickle({"ids": [d.id for d in docs], "vectors": vectors}, out)

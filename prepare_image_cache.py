@@ -1,4 +1,4 @@
-"""Optional step before training: decode and resize every image of the dataset once.
+"""Step 4 (optional, before training): decode and resize every image of the dataset once.
 
     python prepare_image_cache.py --dataset DATA --work-dir WORK [--image-size 224] [--workers N]
 

@@ -1,4 +1,4 @@
-"""Query a trained model: texts -> the top-k images of a split, image files -> the top-k texts.
+"""Step 7: query a trained model: texts -> the top-k images of a split, image files -> the top-k texts.
 
     python retrieve.py --checkpoint RUN/best.pt --query "storm over the harbour" [--k 10]
     python retrieve.py --checkpoint RUN/best.pt --queries queries.txt --image photo.jpg
@@ -18,16 +18,13 @@ import torch
 import config
 from cli import check_flags, load_items, run_main
 from data.items import InputError
-from evaluation.cli import check_output, eval_parser, load_model
-from evaluation.embed import embed_images, embed_texts
-from evaluation.html import Thumbnails, write_page
-from evaluation.queries import (image_by_path, images_by_text, normal_text, query_tokens,
-                                read_query_file)
-from evaluation.search import Hit, QueryResult, top_k
-from evaluation.sheet import contact_sheet
+from data.image_cache import cached_reader
+from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
+from evaluation.neighborhood import top_k
+from evaluation.page import (Hit, QueryResult, Thumbnails, contact_sheet, image_by_path,
+                             images_by_text, normal_text, query_tokens, read_query_file, write_page)
 from evaluation.split import EvalSplit, load_split, without_unreadable
 from models import CrossModalModel, Vocabulary
-from data.image_cache import cached_reader
 
 
 def parse_args() -> argparse.Namespace:
@@ -59,18 +56,25 @@ def _image_label(split: EvalSplit, i: int) -> str:
     return split.image_ids[i] + (f" ({label})" if label is not None else "")
 
 
+def search(queries: torch.Tensor, gallery: torch.Tensor, run: argparse.Namespace
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The top --k of the gallery for each query, searched on the device, as CPU tensors."""
+    scores, index = top_k(queries.to(run.device), gallery.to(run.device), run.k, run.block)
+    return scores.cpu(), index.cpu()
+
+
 def text_queries(queries: list[str], tokens: list[list[str]], model: CrossModalModel,
-                 vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace,
-                 args: argparse.Namespace, device: torch.device) -> list[QueryResult]:
+                 vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace
+                 ) -> list[QueryResult]:
     """Each text query against the split's images (the unreadable ones left out, reported)."""
     read, _ = cached_reader(run.work_dir, split.image_paths, run.image_size)
-    gallery, failures = embed_images(model, split.image_paths, run.image_size, device,
-                                     args.batch_size, args.workers, args.precision,
+    gallery, failures = embed_images(model, split.image_paths, run.image_size, run.device,
+                                     run.batch_size, run.workers, run.precision,
                                      desc="embedding gallery images", read=read)
-    split, gallery = without_unreadable(split, gallery, failures, args.max_bad_images, run.dataset)
-    embedded = embed_texts(model, vocab, tokens, run.max_tokens, device, args.batch_size,
-                           args.precision, desc="embedding queries")
-    scores, index = top_k(embedded.to(device), gallery.to(device), args.k, args.block)
+    split, gallery = without_unreadable(split, gallery, failures, run.max_bad_images, run.dataset)
+    embedded = embed_texts(model, vocab, tokens, run.max_tokens, run.device, run.batch_size,
+                           run.precision, desc="embedding queries")
+    scores, index = search(embedded, gallery, run)
     by_text = images_by_text(split)
     results = []
     for q, query in enumerate(queries):
@@ -85,12 +89,12 @@ def text_queries(queries: list[str], tokens: list[list[str]], model: CrossModalM
 
 
 def image_queries(paths: list[str], embedded: torch.Tensor, model: CrossModalModel,
-                  vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace,
-                  args: argparse.Namespace, device: torch.device) -> list[QueryResult]:
+                  vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace
+                  ) -> list[QueryResult]:
     """Each query image (`embedded`, one row per path) against the split's texts."""
-    gallery = embed_texts(model, vocab, split.text_tokens, run.max_tokens, device,
-                          args.batch_size, args.precision, desc="embedding gallery texts")
-    scores, index = top_k(embedded.to(device), gallery.to(device), args.k, args.block)
+    gallery = embed_texts(model, vocab, split.text_tokens, run.max_tokens, run.device,
+                          run.batch_size, run.precision, desc="embedding gallery texts")
+    scores, index = search(embedded, gallery, run)
     by_path = image_by_path(split)
     results = []
     for q, path in enumerate(paths):
@@ -117,32 +121,35 @@ def print_results(results: list[QueryResult]) -> None:
 
 
 def main() -> None:
-    args = parse_args()
-    model, vocab, run, device = load_model(args.checkpoint, args)
-    queries = list(args.query) + (read_query_file(args.queries) if args.queries else [])
+    # One namespace: the flags with the checkpoint's training values, the device and the
+    # precision, resolved once.
+    flags = parse_args()
+    model, vocab, run = load_model(flags.checkpoint, flags)
+    queries = list(run.query) + (read_query_file(run.queries) if run.queries else [])
     tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars)
     # The query images are read before the split, so a bad one fails in seconds.
-    embedded, failures = embed_images(model, args.image, run.image_size, device, args.batch_size,
-                                      0, args.precision, desc="embedding query images")
+    embedded, failures = embed_images(model, run.image, run.image_size, run.device,
+                                      run.batch_size, 0, run.precision,
+                                      desc="embedding query images")
     if failures:
         i, reason = min(failures.items())
-        raise InputError(f"{args.image[i]}: the query image cannot be read ({reason}): pass "
-                           "an existing JPEG or PNG file")
+        raise InputError(f"{run.image[i]}: the query image cannot be read ({reason}): pass "
+                         "an existing JPEG or PNG file")
     split = load_split(load_items(run), run.split, run)
     results = []
     if queries:
-        results += text_queries(queries, tokens, model, vocab, split, run, args, device)
-    if args.image:
-        results += image_queries(args.image, embedded, model, vocab, split, run, args, device)
+        results += text_queries(queries, tokens, model, vocab, split, run)
+    if run.image:
+        results += image_queries(run.image, embedded, model, vocab, split, run)
 
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "retrieval"
-    thumbs = Thumbnails(out, args.thumb_size)
+    out = Path(run.out) if run.out else Path(run.checkpoint).parent / "retrieval"
+    thumbs = Thumbnails(out, run.thumb_size)
     sheets = []
     for n, result in enumerate(results, 1):
         sheets.append(f"sheets/query_{n:03d}.png")
         contact_sheet(result, thumbs, out / sheets[-1])
     page = write_page(out, results, sheets, thumbs,
-                      f"{Path(args.checkpoint).parent.name}: top {args.k} of the {run.split} split")
+                      f"{Path(run.checkpoint).parent.name}: top {run.k} of the {run.split} split")
     print_results(results)
     print(f"\nwrote {page} and {len(sheets)} contact sheet{'s' if len(sheets) != 1 else ''}")
 

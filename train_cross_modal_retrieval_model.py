@@ -1,4 +1,4 @@
-"""Step 4: train the cross-modal model with the semantic-neighbourhood constraints.
+"""Step 5: train the cross-modal model with the semantic-neighbourhood constraints.
 
     python train_cross_modal_retrieval_model.py W_SYM W_IMG W_TEXT [flags]
 

@@ -1,10 +1,14 @@
-"""Step 1: train Doc2Vec on the training texts (never val or test) -> doc2vec_model.gensim."""
+"""Step 1: train Doc2Vec on the training texts (never val or test) -> doc2vec_model.gensim.
+
+It reads each item's doc2vec_text when the dataset has one (a GoodNews article, cut by
+--doc2vec-max-sentences), else its texts (cut by --max-sentences).
+"""
 import time
 from pathlib import Path
 
 import config
 from cli import load_items, parser, run_main
-from data.corpus import drop_empty, tokenized_documents
+from data.corpus import doc2vec_documents, drop_empty
 from data.doc2vec import train_doc2vec
 from data.workdir import DOC2VEC_MODEL, atomic_write
 
@@ -19,7 +23,7 @@ def main() -> None:
     args = p.parse_args()
 
     items = load_items(args)
-    docs, tokens = drop_empty(*tokenized_documents(items, ["train"], args), "training")
+    docs, tokens = drop_empty(*doc2vec_documents(items, ["train"], args), "training")
     n_tokens = sum(map(len, tokens))
     print(f"training corpus: {len(docs)} documents, {n_tokens} tokens")
     t = time.time()

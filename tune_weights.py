@@ -40,7 +40,7 @@ import numpy as np
 from cli import HelpFormatter, load_items, run_main
 from data.items import InputError
 from data.workdir import DOC2VEC_MODEL
-from evaluation.evaluate import K
+from evaluation.report import K
 from evaluation.metrics import TIES
 from tuning.grid import BASELINE, format_triple, parse_grid, parse_values, product_grid
 from tuning.metrics import METRICS, flatten

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from evaluation.embed import pick_device
+from evaluation.embed import device_and_precision
 
 
 def setup(args: argparse.Namespace) -> tuple[torch.device, dict]:
     """The device --device names (CUDA when present), and the settings recorded with the results:
     the flags and the machine they were measured on."""
-    device = pick_device(args.device)
+    device, _ = device_and_precision(args.device)
     return device, {**vars(args), "device": str(device), "torch": torch.__version__,
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
                     "cpus": os.cpu_count()}

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
 SPLITS = ("train", "val", "test")
@@ -19,6 +19,18 @@ class Item:
     texts: tuple[str, ...]      # one or more texts (several captions per image for COCO)
     split: str                  # "train", "val" or "test"
     label: str | None = None    # a category, used by evaluation when present
+    # What Doc2Vec and the kNN read instead of `texts` (a GoodNews article while the GRU reads its
+    # caption): None, or one text per entry of `texts`.
+    doc2vec_text: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        if self.doc2vec_text is not None and len(self.doc2vec_text) != len(self.texts):
+            raise ValueError(f"item {self.id!r}: {len(self.doc2vec_text)} Doc2Vec texts for "
+                             f"{len(self.texts)} texts: give one per text")
+
+    def doc2vec(self, j: int) -> str:
+        """The text Doc2Vec and the kNN read for the item's j-th document."""
+        return self.texts[j] if self.doc2vec_text is None else self.doc2vec_text[j]
 
 
 @dataclass(frozen=True)
@@ -45,8 +57,7 @@ def assign_validation(items: list[Item], val_size: int | None, seed: int) -> lis
         raise InputError(f"validation size {n} leaves no training items (only {len(train)} "
                            "train items): pass a smaller --val-size")
     chosen = set(random.Random(seed).sample(train, n))
-    return [Item(it.id, it.image, it.texts, "val", it.label) if i in chosen else it
-            for i, it in enumerate(items)]
+    return [replace(it, split="val") if i in chosen else it for i, it in enumerate(items)]
 
 
 def documents(items: Sequence[Item], splits: Iterable[str] = ("train",)) -> list[Document]:

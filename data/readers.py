@@ -1,5 +1,6 @@
-"""Dataset readers: a JSONL manifest (the project's format), the authors' Politics pickles and
-the Karpathy split JSON (COCO, Flickr30K). Each returns a list of `Item`s."""
+"""Dataset readers: a JSONL manifest (the project's format), the authors' Politics pickles, the
+Karpathy split JSON (COCO, Flickr30K) and the GoodNews release (data/goodnews.py). Each returns a
+list of `Item`s."""
 from __future__ import annotations
 
 import json
@@ -7,13 +8,17 @@ import os
 from collections import Counter
 from pathlib import Path
 
+from .goodnews import is_goodnews, read_goodnews
 from .items import SPLITS, InputError, Item, assign_validation, check_split, check_unique_ids
 from .workdir import atomic_write, read_pickle
 
-FORMATS = ("jsonl", "karpathy", "politics")
+FORMATS = ("jsonl", "karpathy", "politics", "goodnews")
+POLITICS_FILES = ("complete_db.pickle", "db.pickle")   # in order of preference
 
 
 def detect_format(path: Path) -> str:
+    if is_goodnews(path):   # before the folder and .json rules: its files are JSON in a folder
+        return "goodnews"
     if path.is_dir() or path.suffix == ".pickle":
         return "politics"
     if path.suffix == ".jsonl":
@@ -47,14 +52,48 @@ def _clean_texts(texts: list, where: str, dropped: list[str]) -> tuple[str, ...]
     return tuple(kept)
 
 
+def _clean_pairs(texts: list, doc2vec: list[str], where: str, dropped: list[str],
+                 dropped_doc2vec: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(texts, their doc2vec texts) of the pairs where both are non-empty; the others noted."""
+    kept, kept_doc2vec = [], []
+    for t, d in zip(texts, doc2vec):
+        if not isinstance(t, str):
+            raise InputError(f"{where}: a text is {type(t).__name__}, not a string: fix the item")
+        if not t.strip():
+            dropped.append(where)
+        elif not d.strip():
+            dropped_doc2vec.append(where)
+        else:
+            kept.append(t)
+            kept_doc2vec.append(d)
+    return tuple(kept), tuple(kept_doc2vec)
+
+
 def _report_dropped(dropped: list[str], what: str) -> None:
     if dropped:
         print(f"dropped {len(dropped)} {what} (first: {', '.join(dropped[:3])})")
 
 
+def _doc2vec_texts(rec: dict, n_texts: int, where: str) -> list | None:
+    """The optional "doc2vec_text": a string for every text of the item, or a list with one
+    string per text; None when absent."""
+    if "doc2vec_text" not in rec:
+        return None
+    value = rec["doc2vec_text"]
+    if isinstance(value, str):
+        return [value] * n_texts
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InputError(f'{where}: "doc2vec_text" must be a string or a list of strings: fix the item')
+    if len(value) != n_texts:
+        raise InputError(f'{where}: "doc2vec_text" has {len(value)} entries for {n_texts} texts: give '
+                           "one per text, or one string for all")
+    return value
+
+
 def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or path.parent
-    items, empty = [], []
+    items, empty, empty_d2v = [], [], []
+    first: tuple[bool, int] | None = None   # whether the first item has a doc2vec_text, its line
     # Split on "\n" only: JSON strings may hold U+2028 and the like, which splitlines() breaks on.
     for n, line in enumerate(_read_text(path).split("\n"), 1):
         if not line.strip():
@@ -74,15 +113,28 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
             texts = [rec["text"]]
         else:
             raise InputError(f'{where}: no "texts" or "text": add the item\'s text')
+        # Doc2Vec reads one kind of text for the whole dataset, never articles for some items
+        # and captions for others.
+        has = "doc2vec_text" in rec
+        first = first or (has, n)
+        if has != first[0]:
+            raise InputError(f'{where}: {"a" if has else "no"} "doc2vec_text", but line {first[1]} has '
+                               f'{"none" if has else "one"}: give it to every item or to none')
+        d2v = _doc2vec_texts(rec, len(texts), where)
         item_id = str(rec["id"]) if rec.get("id") is not None else str(n)
-        texts = _clean_texts(texts, f"{where} (id {item_id})", empty)
+        what = f"{where} (id {item_id})"
+        if d2v is None:
+            texts = _clean_texts(texts, what, empty)
+        else:
+            texts, d2v = _clean_pairs(texts, d2v, what, empty, empty_d2v)
         if not texts:
             continue
         split = check_split(rec.get("split", "train"), where)
         label = rec.get("label")
         items.append(Item(item_id, _resolve(rec["image"], root), texts, split,
-                          None if label is None else str(label)))
+                          None if label is None else str(label), d2v))
     _report_dropped(empty, "empty texts")
+    _report_dropped(empty_d2v, "texts whose doc2vec_text is empty")
     check_unique_ids(items, str(path))
     return items
 
@@ -121,11 +173,15 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
 
 
 def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 500) -> list[Item]:
-    """db.pickle or complete_db.pickle, with train_test_paths.pickle beside it."""
+    """db.pickle or complete_db.pickle, with train_test_paths.pickle beside it.
+
+    A folder holding both is read from complete_db.pickle, the file the release filtered by
+    length (db.pickle has no such filter); a file path is read as given.
+    """
     folder = path if path.is_dir() else path.parent
+    both = path.is_dir() and all((folder / n).exists() for n in POLITICS_FILES)
     if path.is_dir():
-        path = next((folder / n for n in ("db.pickle", "complete_db.pickle") if (folder / n).exists()),
-                    folder / "db.pickle")
+        path = next((folder / n for n in POLITICS_FILES if (folder / n).exists()), folder / "db.pickle")
     if not path.exists():
         raise InputError(f"{path}: not found: a Politics folder needs db.pickle or complete_db.pickle")
     split_file = next((folder / n for n in ("train_test_paths.pickle", "train_test_pths.pickle")
@@ -163,9 +219,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
     if repeated:
         print(f"{len(repeated)} image paths appear more than once in {path.name}: the last text of "
               f"each is kept (first: {', '.join(map(str, repeated[:3]))})")
-    if short:
-        print(f"dropped {len(short)} items of {min_chars} characters or fewer "
-              f"(first: {', '.join(list(short)[:3])}); --politics-min-chars 0 keeps them")
+    _report_politics_file(path, both, sum(seen.values()), short, min_chars, isinstance(db, dict))
     splits = read_pickle(split_file, "re-create the file")
     if (not isinstance(splits, dict) or not {"train", "test"} <= set(splits)
             or not all(isinstance(splits.get(s, []), (list, tuple)) for s in SPLITS)):
@@ -191,13 +245,28 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
     return items
 
 
+def _report_politics_file(path: Path, preferred: bool, n_records: int, short: dict, min_chars: int,
+                          filtered: bool) -> None:
+    """Which file was read, and what the length filter (complete_db layout only) dropped."""
+    print(f"read {path}{' (preferred to db.pickle beside it)' if preferred else ''}: "
+          f"{n_records} records")
+    if not filtered:
+        return
+    if min_chars <= 0:
+        print("no length filter (--politics-min-chars 0)")
+        return
+    first = f" (first: {', '.join(list(short)[:3])})" if short else ""
+    print(f"dropped {len(short)} items of {min_chars} characters or fewer{first}; "
+          "--politics-min-chars 0 keeps them")
+
+
 def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Path | None = None,
                  val_size: int | None = None, seed: int = 0, politics_min_chars: int = 500) -> list[Item]:
     """Read any supported dataset and assign the seeded validation slice."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: dataset not found: pass --dataset with a .jsonl manifest, a "
-                           "Karpathy .json or a Politics folder")
+                           "Karpathy .json, a Politics folder or a GoodNews folder")
     fmt = fmt or detect_format(path)
     root = Path(image_root) if image_root else None
     if fmt == "jsonl":
@@ -206,6 +275,8 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
         items = read_karpathy(path, root)
     elif fmt == "politics":
         items = read_politics(path, root, politics_min_chars)
+    elif fmt == "goodnews":
+        items = read_goodnews(path, root)
     else:
         raise InputError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not any(it.split == "train" for it in items):

@@ -1,27 +1,102 @@
-"""Batched embedding of images and texts with a trained model, shared by evaluation and retrieval.
+"""A trained model for evaluation and retrieval: its flags resolved with the checkpoint's training
+settings, the device and precision it runs at, and batched embedding of images and texts.
 
-Images are decoded to uint8 by DataLoader workers and normalised on the device; on CUDA the
-forward runs under bf16 autocast with channels_last unless precision is "fp32". An image that
-cannot be decoded is not fatal here: its row is filled from a blank image and it is returned as
-a failure, so the caller decides (evaluation leaves it out, retrieval refuses a bad query).
+The flags the checkpoint records default to their training values, so the seeded split and the
+preprocessing are those of training. Images are decoded to uint8 by DataLoader workers and
+normalised on the device; on CUDA the forward runs under bf16 autocast with channels_last unless
+precision is "fp32". An image that cannot be decoded is not fatal here: its row is filled from a
+blank image and it is returned as a failure, so the caller decides (evaluation leaves it out,
+retrieval refuses a bad query).
 """
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models import CrossModalModel, Vocabulary, pad_batch
+import config
+from cli import parser
 from data.image_cache import UnreadableImage
 from data.images import try_read_image
+from data.items import SPLITS
+from models import CrossModalModel, Vocabulary, pad_batch
+from models.checkpoint import load_checkpoint, rebuild
 from training.step import autocast, prep_images, use_bf16
 
+# Training flags whose value the checkpoint records; a flag given on the command line wins.
+FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
+                   "politics_min_chars", "max_sentences", "doc2vec_max_sentences", "max_chars",
+                   "max_tokens", "image_size")
 
-def pick_device(name: str | None) -> torch.device:
-    """The named device, or CUDA when present."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+def eval_parser(description: str) -> argparse.ArgumentParser:
+    """The shared flags, and those of the model and embedding, of evaluate_retrieval.py and
+    retrieve.py."""
+    p = parser(description)
+    g = p.add_argument_group("model and embedding")
+    g.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
+    g.add_argument("--image-size", type=int, help="image side fed to the model")
+    g.add_argument("--max-tokens", type=int, help="longest token sequence fed to the GRU")
+    g.add_argument("--batch-size", type=int, default=128, help="images or texts per forward pass")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when present")
+    g.add_argument("--precision", choices=("bf16", "fp32"), default=config.PRECISION,
+                   help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
+    # SUPPRESS leaves a flag that was not given out of the namespace, so the checkpoint's value
+    # can take its place (a None default could not tell "not given" from --val-size's None).
+    for action in p._actions:
+        if action.dest in FROM_CHECKPOINT:
+            action.default = argparse.SUPPRESS
+            # The help's own "(default: ...)" describes training; here the checkpoint decides.
+            own = (action.help or "").split(" (default:")[0]
+            action.help = f"{own} (default: the checkpoint's training value)".strip()
+    return p
+
+
+def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder: bool) -> None:
+    """Exit with the usage line when an output path is of the wrong kind: found before the
+    embedding, not when the results of a long run are about to be written."""
+    if not path:
+        return
+    if folder and Path(path).exists() and not Path(path).is_dir():
+        p.error(f"{flag} {path} is a file: pass a folder")
+    if not folder and Path(path).is_dir():
+        p.error(f"{flag} {path} is a folder: pass a file name, e.g. {Path(path) / 'metrics.json'}")
+
+
+def device_and_precision(name: str | None, precision: str = "fp32") -> tuple[torch.device, str]:
+    """The one place where evaluation, retrieval and the benchmarks decide where and how a model
+    runs: the named device or CUDA when present, and the precision that runs there (bf16 only
+    on CUDA; the CPU always runs fp32)."""
+    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device, "bf16" if use_bf16(device, precision) else "fp32"
+
+
+def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.Namespace:
+    """A copy of args where every FROM_CHECKPOINT flag not given comes from the checkpoint
+    (config.py's value when the checkpoint does not record it)."""
+    trained = state.get("config") or {}
+    resolved = argparse.Namespace(**vars(args))
+    for key in FROM_CHECKPOINT:
+        if key not in vars(args):
+            setattr(resolved, key, trained.get(key, getattr(config, key.upper())))
+    return resolved
+
+
+def load_model(path: str | Path, args: argparse.Namespace
+               ) -> tuple[CrossModalModel, Vocabulary, argparse.Namespace]:
+    """The checkpoint's model ready to embed, its vocabulary, and the flags resolved once: the
+    checkpoint's training values where a flag was not given, `device` a torch.device and
+    `precision` the one that runs there."""
+    state = load_checkpoint(path, "cpu")
+    run = with_checkpoint_defaults(args, state)
+    run.device, run.precision = device_and_precision(args.device, args.precision)
+    model, vocab = rebuild(state, "cpu")
+    return prepare_model(model, run.device, run.precision), vocab, run
 
 
 def prepare_model(model: CrossModalModel, device: torch.device, precision: str) -> CrossModalModel:

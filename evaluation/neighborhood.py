@@ -1,17 +1,54 @@
-"""Neighbourhood metrics: does the joint space keep the semantic neighbours (the paper's claim)?
+"""Nearest neighbours: the one blocked top-k search, and the metrics built on it.
 
+- top_k: the k highest dot products of each query row in a gallery (retrieve.py's results too).
 - knn_overlap: how many of each item's k nearest neighbours in a reference space (e.g. Doc2Vec)
-  are also among its k nearest in the learned space.
+  are also among its k nearest in the learned space (the paper's claim).
 - label_precision: precision@k of same-label items among the top-k retrieved.
+- doc2vec_model_path: the Doc2Vec model whose space knn_overlap compares against.
 
-Both work `block` query rows at a time on the inputs' device, so memory stays bounded. Exact ties
-at the k-th place are resolved by torch.topk, which is deterministic for a given input.
+The search works `block` query rows at a time on the inputs' device, so the similarity matrix is
+never held whole. Exact ties at the k-th place are resolved by torch.topk, which is
+deterministic for a given input.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
+from data.items import InputError
+from data.workdir import DOC2VEC_MODEL
 from evaluation.metrics import _check_block, _two_spaces
+from models import Vocabulary
+
+
+def top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, block: int = 1024,
+          exclude_self: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scores, indices) [Q, k'] on the inputs' device: the highest dot products, best first.
+
+    k' is k, or fewer when the gallery holds fewer items. exclude_self=True is for a gallery
+    that is the queries themselves (image->image, text->text): query i never returns item i.
+    """
+    _check_block(block)
+    queries, gallery = _two_spaces(queries, gallery, "queries", "gallery")
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if exclude_self and queries.shape[0] != gallery.shape[0]:
+        raise ValueError(f"exclude_self needs query i to be gallery item i, but there are "
+                         f"{queries.shape[0]} queries and {gallery.shape[0]} gallery items")
+    k = min(k, gallery.shape[0] - int(exclude_self))
+    if k < 1:
+        raise ValueError("the gallery holds no item other than the query itself")
+    scores, indices = [], []
+    for s in range(0, queries.shape[0], block):
+        sims = queries[s:s + block] @ gallery.T
+        if exclude_self:
+            rows = torch.arange(sims.shape[0], device=sims.device)
+            sims[rows, rows + s] = float("-inf")
+        top = sims.topk(k, dim=1)
+        scores.append(top.values)
+        indices.append(top.indices)
+    return torch.cat(scores), torch.cat(indices)
 
 
 def _unit_rows(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -21,17 +58,6 @@ def _unit_rows(x: torch.Tensor, name: str) -> torch.Tensor:
         raise ValueError(f"{name} row {row} is all zeros, so its cosine similarity is undefined: "
                          "drop it or fix its embedding")
     return x / norms[:, None]
-
-
-def _top_k(queries: torch.Tensor, gallery: torch.Tensor, k: int, self_offset: int | None
-           ) -> torch.Tensor:
-    """Indices of the k highest dot products per query row; with self_offset, query row i
-    is gallery row self_offset + i and is never returned."""
-    scores = queries @ gallery.T
-    if self_offset is not None:
-        rows = torch.arange(scores.shape[0], device=scores.device)
-        scores[rows, rows + self_offset] = float("-inf")
-    return scores.topk(k, dim=1).indices
 
 
 def knn_overlap(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
@@ -59,13 +85,13 @@ def knn_overlap_hits(reference: torch.Tensor, learned: torch.Tensor, k: int = 10
         raise ValueError(f"k must be an int in [1, {n - 1}] (rows other than the query), got {k!r}")
     reference = _unit_rows(reference, "reference")
     learned = _unit_rows(learned, "learned")
+    a = top_k(reference, reference, k, block, exclude_self=True)[1]
+    b = top_k(learned, learned, k, block, exclude_self=True)[1]
+    # A row's k indices are distinct, so the equal pairs of its two lists are |A ∩ B|; compared
+    # `block` rows at a time to bound the [rows, k, k] comparison.
     hits = torch.empty(n, dtype=torch.long)
     for s in range(0, n, block):
-        e = min(s + block, n)
-        a = _top_k(reference[s:e], reference, k, s)
-        b = _top_k(learned[s:e], learned, k, s)
-        in_a = torch.zeros(e - s, n, dtype=torch.bool, device=a.device).scatter_(1, a, True)
-        hits[s:e] = in_a.gather(1, b).sum(1).cpu()
+        hits[s:s + block] = (a[s:s + block, :, None] == b[s:s + block, None, :]).sum((1, 2)).cpu()
     return hits
 
 
@@ -103,12 +129,31 @@ def label_precision_hits(queries: torch.Tensor, gallery: torch.Tensor,
     if not isinstance(k, int) or not 1 <= k <= available:
         raise ValueError(f"k must be an int in [1, {available}] (gallery items a query can "
                          f"retrieve), got {k!r}")
-    query_labels = query_labels.to(queries.device)
+    top = top_k(queries, gallery, k, block, exclude_self)[1]
     gallery_labels = gallery_labels.to(queries.device)
-    n = queries.shape[0]
-    hits = torch.empty(n, dtype=torch.long)
-    for s in range(0, n, block):
-        e = min(s + block, n)
-        top = _top_k(queries[s:e], gallery, k, s if exclude_self else None)
-        hits[s:e] = (gallery_labels[top] == query_labels[s:e, None]).sum(1).cpu()
-    return hits
+    query_labels = query_labels.to(queries.device)
+    return (gallery_labels[top] == query_labels[:, None]).sum(1).cpu()
+
+
+def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Vocabulary
+                       ) -> tuple[Path | None, str]:
+    """(path of the work folder's Doc2Vec model, "") or (None, why the metric is skipped).
+
+    A model whose vocabulary is not the checkpoint's is an error, not a skip: its space is not
+    the one the checkpoint was trained to preserve, so the number would be meaningless.
+    """
+    # Imported here: retrieve.py searches with top_k and never needs gensim.
+    from gensim.models.doc2vec import Doc2Vec
+
+    path = Path(work_dir) / DOC2VEC_MODEL
+    if not path.is_file():
+        return None, (f"no Doc2Vec model at {path} (pass --work-dir of the run that trained the "
+                      "checkpoint)")
+    words = Doc2Vec.load(str(path)).wv.index_to_key
+    theirs, ours = Vocabulary(words).fingerprint(), vocab.fingerprint()
+    if theirs != ours:
+        raise InputError(f"{checkpoint}: the checkpoint's vocabulary ({len(vocab.words)} words, "
+                         f"fingerprint {ours}) is not that of the Doc2Vec model {path} "
+                         f"({len(words)} words, {theirs}): pass --work-dir of the run that "
+                         "trained this checkpoint")
+    return path, ""

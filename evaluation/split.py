@@ -13,9 +13,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data.corpus import drop_empty, tokenized_documents
+from data.corpus import drop_empty, has_doc2vec_text, tokenized_documents
 from data.items import InputError, Item
 from data.images import report_bad_images
+from data.text import preprocess_all
 
 
 @dataclass
@@ -29,6 +30,9 @@ class EvalSplit:
     text_tokens: list[list[str]]    # preprocessed tokens (never empty)
     text_image: np.ndarray          # int64 [n_texts]: index of each text's image
     text_labels: list[str | None]
+    # The raw text Doc2Vec reads for each text when the dataset has a separate one
+    # (doc2vec_text, e.g. a GoodNews article); None when Doc2Vec reads the texts themselves.
+    doc2vec_texts: list[str] | None = None
 
     @property
     def n_images(self) -> int:
@@ -56,7 +60,8 @@ class EvalSplit:
                         [self.image_ids[i] for i in keep], [self.image_labels[i] for i in keep],
                         [self.text_ids[t] for t in texts], [self.texts[t] for t in texts],
                         [self.text_tokens[t] for t in texts], new_index[self.text_image[texts]],
-                        [self.text_labels[t] for t in texts])
+                        [self.text_labels[t] for t in texts],
+                        None if self.doc2vec_texts is None else [self.doc2vec_texts[t] for t in texts])
         return sub, texts
 
 
@@ -82,7 +87,24 @@ def load_split(items: Sequence[Item], split: str, args: argparse.Namespace) -> E
         owner.append(index[item.image])
     return EvalSplit(split, paths, ids, labels, [d.id for d in docs],
                      [items[d.item].texts[d.text] for d in docs], tokens,
-                     np.asarray(owner, dtype=np.int64), [items[d.item].label for d in docs])
+                     np.asarray(owner, dtype=np.int64), [items[d.item].label for d in docs],
+                     [items[d.item].doc2vec(d.text) for d in docs] if has_doc2vec_text(items) else None)
+
+
+def reference_tokens(split: EvalSplit, doc2vec_max_sentences: int | None, max_chars: int | None,
+                     workers: int = 1) -> tuple[list[str], list[list[str]]]:
+    """(image ids, tokens) of each image's first document as Doc2Vec read it in training.
+
+    The neighbourhood metric measures whether the learned spaces keep the neighbourhoods the
+    kNN file held, and those came from the Doc2Vec text (doc2vec_text when the dataset has one,
+    cut by --doc2vec-max-sentences), not from the texts the GRU reads.
+    """
+    first = split.first_texts()
+    if split.doc2vec_texts is None:
+        return split.image_ids, [split.text_tokens[t] for t in first]
+    texts = [split.doc2vec_texts[t] for t in first]
+    return split.image_ids, preprocess_all(texts, doc2vec_max_sentences or None, max_chars, workers,
+                                           desc="preprocessing Doc2Vec texts")
 
 
 def without_unreadable(split: EvalSplit, images: torch.Tensor, failures: dict[int, str],

@@ -74,3 +74,13 @@ def test_knn_throughput_is_exact_and_reports_hnsw_recall(tmp_path, one_thread):
 
 def test_device_script_is_valid_bash():
     subprocess.run(["bash", "-n", str(ROOT / "benchmarks" / "run_all_gpu.sh")], check=True)
+
+
+def test_device_script_takes_its_folders_as_flags():
+    script = str(ROOT / "benchmarks" / "run_all_gpu.sh")
+    shown = subprocess.run(["bash", script, "--help"], capture_output=True, text=True)
+    assert shown.returncode == 0 and "--out DIR" in shown.stdout and "--data DIR" in shown.stdout
+    for bad in (["--output", "x"], ["--out"]):
+        wrong = subprocess.run(["bash", script, *bad], capture_output=True, text=True)
+        assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") \
+            and len(wrong.stderr.splitlines()) == 1, wrong.stderr

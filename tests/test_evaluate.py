@@ -13,12 +13,11 @@ import config
 from data.doc2vec import infer_vectors
 from data.items import InputError, Item
 from data.text import preprocess
-from evaluation.cli import with_checkpoint_defaults
-from evaluation.embed import embed_images, embed_texts
-from evaluation.evaluate import evaluate_embeddings
+from evaluation.embed import (device_and_precision, embed_images, embed_texts,
+                             with_checkpoint_defaults)
 from evaluation.metrics import retrieval_metrics, summarize
 from evaluation.neighborhood import knn_overlap
-from evaluation.report import format_table, metrics_path, run_names
+from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
 from inprocess import RUN, cli, one_line_error, train_tiny
 from models import Vocabulary, build_model, pad_batch
@@ -311,6 +310,17 @@ def test_flags_given_override_the_checkpoint_and_config_fills_the_rest():
     run = with_checkpoint_defaults(args, state)
     assert (run.seed, run.val_size, run.dataset) == (7, 5, "/d.jsonl")
     assert run.max_tokens == config.MAX_TOKENS and run.image_size == config.IMAGE_SIZE
+
+
+def test_device_and_precision_are_decided_together():
+    cpu = torch.device("cpu")
+    assert device_and_precision("cpu", "bf16") == (cpu, "fp32")   # bf16 runs on CUDA only
+    assert device_and_precision("cpu", "fp32") == (cpu, "fp32")
+    if torch.cuda.is_available():
+        assert device_and_precision(None, "bf16") == (torch.device("cuda"), "bf16")
+        assert device_and_precision("cuda", "fp32") == (torch.device("cuda"), "fp32")
+    else:
+        assert device_and_precision(None, "bf16") == (cpu, "fp32")
 
 
 def test_embedding_does_not_depend_on_batching_and_reports_bad_files(tmp_path):

@@ -294,3 +294,83 @@ def test_validation_slice_through_the_shared_flags(tmp_path):
     assert sum(it.split == "val" for it in first) == 8 and load_items(args) == first
     args = parser("x").parse_args(["--dataset", str(path), "--val-size", "3", "--seed", "4"])
     assert sum(it.split == "val" for it in load_items(args)) == 3
+
+
+# --- Politics: which file a folder is read from --------------------------------------------
+
+def test_politics_folder_with_both_files_reads_complete_db_with_its_filter(tmp_path, capsys):
+    folder = complete_db(tmp_path / "pol")
+    dump([(p, f"Whole text of {p}.") for p in ("l/1.jpg", "l/2.jpg", "r/3.jpg", "r/4.jpg")],
+         folder / "db.pickle")
+    items = read_politics(folder)
+    assert [(it.id, it.split) for it in items] == [("l/1.jpg", "train"), ("r/3.jpg", "test")]
+    assert items[0].texts[0].endswith("one")                  # complete_db's text, not db's
+    out = capsys.readouterr().out
+    assert f"read {folder / 'complete_db.pickle'} (preferred to db.pickle beside it): 4 records" in out
+    assert "dropped 2 items of 500 characters or fewer (first: l/2.jpg, r/4.jpg)" in out
+
+    # db.pickle named as the file is read as given, without the filter.
+    items = read_politics(folder / "db.pickle")
+    assert [it.texts for it in items][:1] == [("Whole text of l/1.jpg.",)] and len(items) == 4
+    out = capsys.readouterr().out
+    assert f"read {folder / 'db.pickle'}: 4 records" in out and "characters or fewer" not in out
+
+    assert len(read_politics(folder, min_chars=0)) == 4
+    assert "no length filter (--politics-min-chars 0)" in capsys.readouterr().out
+    assert len(read_politics(folder, min_chars=1000)) == 0
+    assert "dropped 4 items of 1000 characters or fewer" in capsys.readouterr().out
+
+
+# --- JSONL: a separate text for Doc2Vec ------------------------------------------------------
+
+def test_jsonl_doc2vec_text_as_a_string_or_one_per_text(tmp_path, capsys):
+    path = write_lines(tmp_path / "m.jsonl", [
+        {"id": "a", "image": "a.jpg", "texts": ["Cap one.", "Cap two."], "doc2vec_text": "Article A."},
+        {"id": "b", "image": "b.jpg", "texts": ["B one.", "  ", "B three."],
+         "doc2vec_text": ["Doc b0.", "Doc b1.", "Doc b2."]},
+        {"id": "c", "image": "c.jpg", "texts": ["C one.", "C two."], "doc2vec_text": ["Doc c0.", " "]},
+        {"id": "d", "image": "d.jpg", "text": "D.", "doc2vec_text": ""},
+    ])
+    items = read_jsonl(path)
+    assert [(it.id, it.texts, it.doc2vec_text) for it in items] == [
+        ("a", ("Cap one.", "Cap two."), ("Article A.", "Article A.")),
+        ("b", ("B one.", "B three."), ("Doc b0.", "Doc b2.")),   # the pair of the empty text goes
+        ("c", ("C one.",), ("Doc c0.",)),
+    ]
+    assert [items[1].doc2vec(j) for j in range(2)] == ["Doc b0.", "Doc b2."]
+    out = capsys.readouterr().out
+    assert "dropped 1 empty texts (first: " in out
+    assert f"dropped 2 texts whose doc2vec_text is empty (first: {path}:3 (id c), {path}:4 (id d))" in out
+    # The validation slice keeps the field.
+    val = assign_validation(items, 1, seed=0)
+    assert [it.doc2vec_text for it in val] == [it.doc2vec_text for it in items]
+    assert sum(it.split == "val" for it in val) == 1
+    # Without the field Doc2Vec reads the texts.
+    plain = Item("p", "/p.jpg", ("T0", "T1"), "train")
+    assert plain.doc2vec_text is None and plain.doc2vec(1) == "T1"
+    with pytest.raises(ValueError, match="1 Doc2Vec texts for 2 texts"):
+        Item("x", "/x.jpg", ("t", "u"), "train", doc2vec_text=("only one",))
+
+
+@pytest.mark.parametrize("second, words", [
+    ({"doc2vec_text": 3}, ["m.jsonl:2", '"doc2vec_text" must be a string or a list of strings']),
+    ({"doc2vec_text": None}, ["m.jsonl:2", "must be a string or a list"]),
+    ({"doc2vec_text": ["x", 4]}, ["m.jsonl:2", "must be a string or a list"]),
+    ({"doc2vec_text": ["x", "y"]}, ["m.jsonl:2", "has 2 entries for 1 texts", "one per text"]),
+    ({}, ["m.jsonl:2", 'no "doc2vec_text", but line 1 has one', "every item or to none"]),
+])
+def test_jsonl_bad_doc2vec_text(tmp_path, second, words):
+    path = write_lines(tmp_path / "m.jsonl", [
+        {"id": "a", "image": "a.jpg", "text": "fine", "doc2vec_text": "Article."},
+        {"id": "b", "image": "b.jpg", "text": "fine too", **second}])
+    msg = one_line_error(read_jsonl, path)
+    for w in words:
+        assert w in msg
+
+
+def test_jsonl_doc2vec_text_missing_on_the_first_line_but_given_later(tmp_path):
+    path = write_lines(tmp_path / "m.jsonl", [
+        {"id": "a", "image": "a.jpg", "text": "fine"}, "",
+        {"id": "b", "image": "b.jpg", "text": "fine", "doc2vec_text": "Article."}])
+    msg = one_line_error(read_jsonl, path)
+    assert 'm.jsonl:3: a "doc2vec_text", but line 1 has none' in msg

@@ -10,10 +10,8 @@ import torch
 from PIL import Image
 
 from data.items import InputError
-from evaluation.html import Thumbnails
-from evaluation.queries import read_query_file
-from evaluation.search import Hit, QueryResult, top_k
-from evaluation.sheet import contact_sheet
+from evaluation.neighborhood import top_k
+from evaluation.page import Hit, QueryResult, Thumbnails, contact_sheet, read_query_file
 from inprocess import cli, one_line_error, train_tiny
 
 
@@ -112,6 +110,20 @@ def test_top_k_matches_a_full_sort(block):
         assert index[q].tolist() == order
         assert scores[q].tolist() == pytest.approx([full[j] for j in order], abs=1e-6)
     assert top_k(queries, gallery[:3], 10, block)[1].shape == (9, 3)
+
+
+@pytest.mark.parametrize("block", [1, 4, 1000])
+def test_top_k_without_self_matches_a_full_sort(block):
+    items = torch.randn(12, 5, generator=torch.Generator().manual_seed(2))
+    scores, index = top_k(items, items, 4, block, exclude_self=True)
+    for q in range(12):
+        full = {j: float(items[q] @ items[j]) for j in range(12) if j != q}
+        order = sorted(full, key=lambda j: -full[j])[:4]
+        assert index[q].tolist() == order
+        assert scores[q].tolist() == pytest.approx([full[j] for j in order], abs=1e-6)
+    assert top_k(items, items, 50, block, exclude_self=True)[1].shape == (12, 11)
+    with pytest.raises(ValueError, match="exclude_self"):
+        top_k(items, items[:5], 2, block, exclude_self=True)
 
 
 def test_query_file_skips_blank_lines_and_rejects_empty_files(tmp_path):

@@ -176,7 +176,7 @@ def test_help_lists_the_flags(capsys, monkeypatch, script, flags):
     code, out, _ = run_inprocess(script, "--help", capsys=capsys, monkeypatch=monkeypatch)
     assert code == 0
     shared = ["--dataset", "--dataset-format", "--image-root", "--work-dir", "--workers", "--seed",
-              "--val-size", "--max-sentences"]
+              "--val-size", "--max-sentences", "--doc2vec-max-sentences"]
     for flag in shared + flags:
         assert flag in out
     assert "(default:" in out

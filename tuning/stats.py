@@ -1,7 +1,7 @@
 """Confidence intervals for "chosen weights minus baseline" on test: a paired t interval over
 seeds, and a bootstrap over the test queries from each query's saved values.
 
-The per-query values are those evaluate_retrieval.py --save-ranks writes (evaluation.evaluate):
+The per-query values are those evaluate_retrieval.py --save-ranks writes (evaluation.report):
 0-based ranks, the text -> image map and the neighbourhood / label hits among the top K. Every
 metric of tuning.metrics is recomputed from them for a resampled set of queries. The unit
 resampled is the image: a resample holds each drawn image's query and the queries of all its
@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from evaluation.evaluate import K
+from evaluation.report import K
 
 # Per-query array and level ("image": one value per image, "text": one per text) of each
 # fraction metric; the hits are out of K.
