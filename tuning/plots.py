@@ -9,7 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
-from tuning.grid import NAMES, Triple  # noqa: E402
+from tuning.grid import NAMES, Triple, format_triple  # noqa: E402
 from tuning.metrics import METRICS  # noqa: E402
 
 UNITS = {"points": "difference (percentage points)", "rank": "difference (rank)",
@@ -18,25 +18,30 @@ UNITS = {"points": "difference (percentage points)", "rank": "difference (rank)"
 
 def validation_plot(aggregated: dict[str, dict[Triple, dict[str, dict]]], names: Sequence[str],
                     path: Path) -> Path:
-    """One row per metric, one column per weight: each triple's mean +- std over seeds on the
-    validation split against that weight, one series per objective."""
+    """One row per metric, one column per weight the grid varies: each triple's mean +- std over
+    seeds on the validation split against that weight, one series per objective, each point
+    labelled with its triple (a list of triples can put several at one value of a weight)."""
     objectives = list(aggregated)
-    fig, axes = plt.subplots(len(names), 3, figsize=(12, 2.8 * len(names)), squeeze=False)
+    triples = [t for obj in objectives for t in aggregated[obj]]
+    varied = [i for i in range(3) if len({t[i] for t in triples}) > 1] or [0]
+    fig, axes = plt.subplots(len(names), len(varied), figsize=(4.5 * len(varied), 2.9 * len(names)),
+                             squeeze=False)
     for row, name in enumerate(names):
-        for col, weight in enumerate(NAMES):
+        for col, weight in enumerate(varied):
             ax = axes[row][col]
+            span = max(t[weight] for t in triples) - min(t[weight] for t in triples) or 1.0
             for k, objective in enumerate(objectives):
-                points = [(t[col], c[name]["mean"], c[name]["std"])
+                points = [(t, c[name]["mean"], c[name]["std"])
                           for t, c in aggregated[objective].items() if name in c]
-                if not points:
-                    continue
                 # Objectives side by side at each weight, so their error bars do not overlap.
-                span = max((p[0] for p in points), default=1) or 1
-                shift = (k - (len(objectives) - 1) / 2) * 0.015 * span
-                xs, ys, es = zip(*points)
-                ax.errorbar([x + shift for x in xs], ys, yerr=es, fmt="o", capsize=3,
-                            label=objective, alpha=0.8)
-            ax.set_xlabel(weight)
+                shift = (k - (len(objectives) - 1) / 2) * 0.03 * span
+                for i, (t, mean, std) in enumerate(points):
+                    ax.errorbar(t[weight] + shift, mean, yerr=std, fmt="o", capsize=3,
+                                color=f"C{k}", alpha=0.8, label=objective if i == 0 else None)
+                    if k == 0:   # once: the objectives share the triples
+                        ax.annotate(format_triple(t), (t[weight] + shift, mean), fontsize=6,
+                                    xytext=(4, 2), textcoords="offset points")
+            ax.set_xlabel(NAMES[weight])
             if col == 0:
                 ax.set_ylabel(f"val {METRICS[name].label}")
             ax.grid(alpha=0.3)
