@@ -20,8 +20,8 @@ ROOT = Path(__file__).resolve().parent.parent
 # The baseline, the paper's weights, and each constraint alone: which of them moves what.
 GRID = "1 0 0; 1 0.3 0.2; 1 0.3 0; 1 0 0.2"
 DEFAULTS = {
-    "synthetic": dict(image_size=32, epochs=4, max_sentences=0),
-    "openclipart": dict(image_size=32, epochs=4, max_sentences=2),
+    "synthetic": dict(image_size=32, epochs=6, max_sentences=0),
+    "openclipart": dict(image_size=32, epochs=6, max_sentences=2),
 }
 
 
