@@ -183,7 +183,7 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
     assert json.loads((out / "summary.json").read_text())["test"] == summary["test"]
 
 
-def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path):
+def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monkeypatch):
     manifest, calls = fakes
     out = tmp_path / "sweep"
     cli(*sweep_args(manifest, out))
@@ -196,11 +196,16 @@ def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path):
         [("train", [1, 0.3, 0.2], 1, True), ("evaluate", [1, 0.3, 0.2], 1, None)]
     assert result.out.count("reused") == 6 + 3   # 5 val runs and 4 test runs of 6 + 4 in all
 
-    # Other trainer flags: a different model, so every run trains again, from scratch.
+    # Other trainer flags: a different model, so every run trains again, from scratch, and the
+    # old checkpoints go first: a run stopped before it saves never resumes another's.
     n = len(read_calls(calls))
+    monkeypatch.setenv("FAKE_FAIL", "0.3 1")
+    cli(*sweep_args(manifest, out, trainer_flags=["--epochs", "3"]), check=False)
+    assert not (killed / "last.pt").exists() and not (killed / "best.pt").exists()
+    monkeypatch.delenv("FAKE_FAIL")
     cli(*sweep_args(manifest, out, trainer_flags=["--epochs", "3"]))
     trains = [c for c in read_calls(calls)[n:] if c["script"] == "train"]
-    assert len(trains) == 6 and not any(c["resume"] for c in trains)
+    assert len(trains) == 7 and not any(c["resume"] for c in trains)
     assert {c["epochs"] for c in trains} == {"3"}
 
 

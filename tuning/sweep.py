@@ -184,6 +184,11 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
         except (OSError, ValueError):
             same = False
         resume = ["--resume"] if same and (run.folder / "last.pt").is_file() else []
+        if not resume:
+            # A fresh start: checkpoints of other settings must not be resumed or evaluated
+            # should this run stop before it writes its own.
+            for name in ("last.pt", "best.pt"):
+                (run.folder / name).unlink(missing_ok=True)
         write_json_atomic({"key": settings.train_key(run)}, started)
         error = _call(settings.train_command(run) + resume, settings, device,
                       run.folder / "train.log")
