@@ -14,8 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-from models import imagenet_cache_path
-
 ROOT = Path(__file__).resolve().parent.parent
 # The baseline, the paper's weights, and each constraint alone: which of them moves what.
 GRID = "1 0 0; 1 0.3 0.2; 1 0.3 0; 1 0 0.2"
@@ -57,6 +55,7 @@ def main() -> None:
     if not manifest.is_file() or not (work / "document_feats_knn.pickle").is_file():
         sys.exit(f"error: {args.run_dir} lacks the demo's data or neighbourhoods: run "
                  f"make demo{'' if args.data == 'openclipart' else ' DATA=' + args.data} first")
+    from models import imagenet_cache_path   # here: the check above needs no torch
     pretrained = imagenet_cache_path("resnet18").exists()   # as the demo decides
     # Absolute paths: the image cache knows its images by the paths it was built with.
     common = ["--dataset", str(manifest), "--work-dir", str(work), "--max-sentences",
