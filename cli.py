@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import math
 import sys
 
 import config
@@ -21,6 +23,39 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
+def whole(low: int = 0, high: int | None = None):
+    """An argparse type: a whole number from `low` (to `high`), refused at parse time otherwise."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < low or (high is not None and value > high):
+            span = f"{low} or more" if high is None else f"from {low} to {high}"
+            raise argparse.ArgumentTypeError(f"{value}: pass a whole number {span}")
+        return value
+    parse.__name__ = "whole number"
+    return parse
+
+
+def real(low: float = 0.0, high: float | None = None, above: bool = False):
+    """An argparse type: a finite number >= `low` (> when `above`), <= `high`: NaN, inf and
+    negative weights or rates are refused before any data is read."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low_ok = value > low if above else value >= low
+        if not math.isfinite(value) or not low_ok or (high is not None and value > high):
+            span = f"{'above' if above else 'at least'} {low:g}" + \
+                ("" if high is None else f" and at most {high:g}")
+            raise argparse.ArgumentTypeError(f"{text}: pass a finite number {span}")
+        return value
+    parse.__name__ = "number"
+    return parse
+
+
 def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("dataset and work folder (config.py)")
@@ -32,19 +67,24 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--image-root", default=config.IMAGE_ROOT,
                    help="folder relative image paths start from (default: the dataset's folder)")
     g.add_argument("--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
-    g.add_argument("--workers", type=int, default=config.WORKERS, help="worker processes")
-    g.add_argument("--seed", type=int, default=config.SEED)
-    g.add_argument("--val-size", type=int, default=config.VAL_SIZE,
+    g.add_argument("--workers", type=whole(0), default=config.WORKERS, help="worker processes")
+    # numpy and gensim take 32-bit seeds.
+    g.add_argument("--seed", type=whole(0, 2**32 - 1), default=config.SEED)
+    g.add_argument("--val-size", type=whole(0), default=config.VAL_SIZE,
                    help="size of the seeded validation slice of train when no item is marked val "
                         "(default: the test split's size)")
-    g.add_argument("--politics-min-chars", type=int, default=config.POLITICS_MIN_CHARS,
+    g.add_argument("--politics-min-chars", type=whole(0), default=config.POLITICS_MIN_CHARS,
                    help="complete_db.pickle items this short or shorter are dropped")
-    g.add_argument("--max-sentences", type=int, default=config.MAX_SENTENCES,
+    g.add_argument("--max-sentences", type=whole(0), default=config.MAX_SENTENCES,
                    help="first N sentences of each text (0: the whole text)")
-    g.add_argument("--doc2vec-max-sentences", type=int, default=config.DOC2VEC_MAX_SENTENCES,
+    g.add_argument("--doc2vec-max-sentences", type=whole(0), default=config.DOC2VEC_MAX_SENTENCES,
                    help="first N sentences of each doc2vec_text, the separate text Doc2Vec and the "
                         "kNN read when the dataset has one (0: the whole text)")
-    g.add_argument("--max-chars", type=int, default=config.MAX_CHARS, help="raw text cut before tokenising")
+    g.add_argument("--max-chars", type=whole(0), default=config.MAX_CHARS,
+                   help="raw text cut before tokenising (0: no cut)")
+    g.add_argument("--keep-unicode", action="store_true", default=config.KEEP_UNICODE,
+                   help="keep non-ASCII letters (the release replaced them, so a text in another "
+                        "script leaves no token)")
     return p
 
 
@@ -64,10 +104,22 @@ def load_items(args: argparse.Namespace) -> list[Item]:
                         args.seed, args.politics_min_chars)
 
 
+# Write failures that no code path turned into an InputError naming its file (a TensorBoard
+# writer thread, a third-party save) still end as one line rather than a traceback.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
+
+
 def run_main(main) -> None:
-    """Run a script's main(), turning input errors into one line on stderr and exit status 2."""
+    """Run a script's main(), turning input errors (and a full or read-only disk) into one line
+    on stderr and exit status 2."""
     try:
         main()
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        from data.workdir import write_error
+        print(f"error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
         sys.exit(2)

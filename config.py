@@ -22,12 +22,17 @@ MAX_SENTENCES = 2               # first N sentences of each text (None: whole te
 DOC2VEC_MAX_SENTENCES = 2       # the same for a separate Doc2Vec text (doc2vec_text, a GoodNews
                                 # article): the release's cut for articles; 0 reads it whole
 MAX_CHARS = 10_000              # raw text cut before tokenising
+KEEP_UNICODE = False            # True: keep non-ASCII letters; the release replaced them with '?',
+                                # so a dataset in another script (Chinese, Greek) left no word
 
 # --- Doc2Vec -------------------------------------------------------------------------------
 VECTOR_SIZE = 200
 WINDOW = 20
 MIN_COUNT = 20
 EPOCHS = 50                     # the paper reports 20 on Politics; the release used 50
+DETERMINISTIC = False           # True: Doc2Vec trains on one thread and the HNSW graph is built on
+                                # one, so a seed gives the same files on every run and machine
+                                # (gensim's threads race; slower on many cores)
 
 # --- Semantic neighbourhoods (kNN) ---------------------------------------------------------
 K = 200
@@ -36,7 +41,8 @@ SPACE = "l2"                    # "l2" as the authors, or "cosinesimil"
 M = 16                          # HNSW graph degree (nmslib's default)
 EF_CONSTRUCTION = 200           # nmslib's default
 EF_SEARCH = 400                 # the release never set it; below K the recall drops sharply
-NEIGHBOR_POOL = 10              # a training item draws its neighbour from this many nearest
+NEIGHBOR_POOL = 10              # a training item draws its neighbour from its first this-many
+                                # qualifying kNN entries (distance > 0, in training, not its image)
 
 # --- Cross-modal model and training --------------------------------------------------------
 ARCH = "resnet50"
@@ -56,4 +62,6 @@ MARGIN = 0.2                    # triplet margin
 HARDEST_NEGATIVE = False        # triplet: hardest negative (VSE++) instead of the sum
 PRECISION = "bf16"              # on CUDA; the CPU always runs fp32
 MAX_BAD_IMAGES = 0.01           # share of unreadable images tolerated before training stops
+RUN_NAME = None                 # the log folder under WORK_DIR/models (None: the authors' name
+                                # from the weights, l_i2t_l_sym_1_l_img_0_3_l_text_0_2)
 IMAGE_CACHE = "auto"            # prepare_image_cache.py's store: "auto" (when up to date), "require", "off"

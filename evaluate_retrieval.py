@@ -36,13 +36,16 @@ beside each checkpoint), from which tune_weights.py bootstraps confidence interv
 import argparse
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 import config
-from cli import check_flags, load_items, run_main
+from cli import check_flags, load_items, real, run_main
+from data import provenance
 from data.doc2vec import infer_vectors
+from data.workdir import check_writable
 from data.image_cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
 from evaluation.export import save_embeddings, write_projector
@@ -54,7 +57,7 @@ from evaluation.split import (EvalSplit, integer_labels, load_split, reference_t
                               without_unreadable)
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
-              "max_sentences", "max_chars", "split")
+              "max_sentences", "max_chars", "keep_unicode", "split")
 
 
 def parse_args() -> argparse.Namespace:
@@ -73,7 +76,7 @@ def parse_args() -> argparse.Namespace:
                         "per_query_<split>.npz beside each checkpoint")
     g.add_argument("--block", type=int, default=1024,
                    help="queries scored at once: bounds the similarity matrix held in memory")
-    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+    g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
                    help="share of unreadable split images tolerated (they are left out)")
     g.add_argument("--save-embeddings", nargs="?", const="", default=None, metavar="DIR",
                    help="write images.npy, texts.npy, text_image.npy and ids.json to DIR (default: "
@@ -108,19 +111,25 @@ class Cache:
     """The split and its Doc2Vec vectors, shared by checkpoints trained on the same data."""
 
     def __init__(self):
+        self.items: dict[tuple, list] = {}
         self.splits: dict[tuple, EvalSplit] = {}
         self.vectors: dict[tuple, np.ndarray] = {}
 
-    def split(self, run: argparse.Namespace) -> EvalSplit:
+    def split(self, run: argparse.Namespace, checkpoint: str) -> EvalSplit:
+        """The split, after checking that it is the one `checkpoint` was trained beside."""
         key = tuple(getattr(run, k) for k in SPLIT_KEYS)
         if key not in self.splits:
-            self.splits[key] = load_split(load_items(run), run.split, run)
+            self.items[key] = load_items(run)
+        provenance.check_checkpoint(run, self.items[key], checkpoint)
+        if key not in self.splits:
+            self.splits[key] = load_split(self.items[key], run.split, run)
         return self.splits[key]
 
     def reference(self, model_path: Path, split: EvalSplit, run: argparse.Namespace, workers: int
                   ) -> tuple[np.ndarray | None, str]:
         """Doc2Vec vectors of each image's first document, or None and why not."""
-        ids, tokens = reference_tokens(split, run.doc2vec_max_sentences, run.max_chars, workers)
+        ids, tokens = reference_tokens(split, run.doc2vec_max_sentences, run.max_chars, workers,
+                                       run.keep_unicode)
         empty = [i for i, t in zip(ids, tokens) if not t]
         if empty:
             return None, (f"{len(empty)} images' Doc2Vec texts leave no token after preprocessing "
@@ -132,13 +141,14 @@ class Cache:
 
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_dir: Path | None
-                        ) -> dict:
+                        ) -> tuple[dict, Callable[[], None] | None]:
+    """The checkpoint's metrics, and the writing of its embeddings (run after the table)."""
     # From here on only `run`: the flags with the checkpoint's training values, the device and
     # the precision, resolved once.
     model, vocab, run = load_model(path, args)
     # Checked before the embedding, so that a wrong work folder fails in seconds.
     d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab)
-    split = cache.split(run)
+    split = cache.split(run, path)
     print(f"{path}: {run.split} split of {run.dataset}: {split.n_images} images, "
           f"{split.n_texts} texts")
     read, why_not = cached_reader(run.work_dir, split.image_paths, run.image_size)
@@ -170,18 +180,39 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
         None if labels is None else torch.from_numpy(labels[1]), run.block, run.ties, per_query)
     for note in notes:
         print(note)
-    if run.save_ranks:
-        target = per_query_path(path, run.split)
-        write_per_query(per_query, target)
-        print(f"wrote each query's values to {target}")
-    if out_dir is not None:
+    if out_dir is None and not run.save_ranks:
+        return metrics, None
+
+    def save() -> None:
+        if run.save_ranks:
+            target = per_query_path(path, run.split)
+            write_per_query(per_query, target)
+            print(f"wrote each query's values to {target}")
+        if out_dir is None:
+            return
         save_embeddings(out_dir, split, images, texts)
         print(f"wrote embeddings to {out_dir}")
         if run.projector:
             log = write_projector(out_dir / "projector", split, images, texts, run.projector_max,
                                   run.projector_thumb)
             print(f"wrote a projector log: tensorboard --logdir {log}")
-    return metrics
+    return metrics, save
+
+
+def check_outputs(args: argparse.Namespace, names: list[str]) -> None:
+    """Every file the run will write, checked writable before any embedding."""
+    away = "pass --out FILE (and --save-embeddings DIR) somewhere writable"
+    if args.out is not None:
+        check_writable(args.out, fix="pass another --out")
+    for name, path in zip(names, args.checkpoint):
+        if args.out is None:
+            check_writable(metrics_path(path, args.split), fix=away)
+        if args.save_ranks:
+            check_writable(per_query_path(path, args.split),
+                           fix="drop --save-ranks, or copy the checkpoint somewhere writable")
+        if args.save_embeddings is not None:
+            check_writable(embeddings_dir(args, path, name, len(names) > 1), folder=True,
+                           fix="pass --save-embeddings DIR somewhere writable")
 
 
 def main() -> None:
@@ -189,21 +220,27 @@ def main() -> None:
     args = parse_args()
     names = run_names(args.checkpoint)
     several = len(names) > 1
-    cache, results = Cache(), {}
+    check_outputs(args, names)
+    cache, results, saves = Cache(), {}, []
     for name, path in zip(names, args.checkpoint):
         out_dir = None if args.save_embeddings is None else embeddings_dir(args, path, name, several)
-        results[name] = evaluate_checkpoint(path, args, cache, out_dir)
-        if args.out is None:
-            target = metrics_path(path, args.split)
-            write_json(results[name], target)
-            print(f"wrote {target}")
-    if args.out is not None:
-        write_json(results if several else results[names[0]], args.out)
-        print(f"wrote {args.out}")
+        results[name], save = evaluate_checkpoint(path, args, cache, out_dir)
+        saves += [save] if save else []
+    # The table first: a write that fails now still leaves the numbers on the screen.
     print()
     print(format_table(names, list(results.values())))
     print(f"\nevaluated {len(names)} checkpoint{'s' if several else ''} in "
           f"{time.time() - start:.1f}s")
+    if args.out is not None:
+        write_json(results if several else results[names[0]], args.out)
+        print(f"wrote {args.out}")
+    else:
+        for name, path in zip(names, args.checkpoint):
+            target = metrics_path(path, args.split)
+            write_json(results[name], target)
+            print(f"wrote {target}")
+    for save in saves:
+        save()
 
 
 if __name__ == "__main__":

@@ -10,24 +10,27 @@ dataset changes: a cache whose images changed (size or mtime) is rebuilt, an up-
 reused. Missing or unreadable images are reported as the trainer reports them.
 """
 import time
+from pathlib import Path
 
 import config
-from cli import load_items, parser, run_main
-from data.image_cache import ensure_cache
+from cli import load_items, parser, real, run_main, whole
+from data.image_cache import CACHE_DIR, ensure_cache
 from data.images import report_bad_images
+from data.workdir import check_writable
 
 
 def main() -> None:
     p = parser(__doc__)
     g = p.add_argument_group("images (config.py)")
-    g.add_argument("--image-size", type=int, default=config.IMAGE_SIZE,
+    g.add_argument("--image-size", type=whole(1), default=config.IMAGE_SIZE,
                    help="side of the square images, as the trainer's --image-size")
-    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+    g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
                    help="share of unreadable images tolerated before this exits with an error")
     args = p.parse_args()
     if args.image_size < 1:
         p.error(f"--image-size {args.image_size}: pass 1 or more")
 
+    check_writable(Path(args.work_dir) / CACHE_DIR, folder=True)
     items = load_items(args)
     paths = [it.image for it in items]
     t = time.time()

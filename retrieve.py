@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 
 import config
-from cli import check_flags, load_items, run_main
+from cli import check_flags, load_items, real, run_main
+from data import provenance
 from data.items import InputError
+from data.workdir import check_writable
 from data.image_cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
 from evaluation.neighborhood import top_k
@@ -39,7 +41,7 @@ def parse_args() -> argparse.Namespace:
                                                "checkpoint)")
     g.add_argument("--thumb-size", type=int, default=128, help="thumbnail side in pixels")
     g.add_argument("--block", type=int, default=1024, help="queries scored at once")
-    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+    g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
                    help="share of unreadable gallery images tolerated (they are left out)")
     args = p.parse_args()
     if not (args.query or args.queries or args.image):
@@ -125,8 +127,10 @@ def main() -> None:
     # precision, resolved once.
     flags = parse_args()
     model, vocab, run = load_model(flags.checkpoint, flags)
+    out = Path(run.out) if run.out else Path(run.checkpoint).parent / "retrieval"
+    check_writable(out, folder=True, fix="pass --out DIR somewhere writable")
     queries = list(run.query) + (read_query_file(run.queries) if run.queries else [])
-    tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars)
+    tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars, run.keep_unicode)
     # The query images are read before the split, so a bad one fails in seconds.
     embedded, failures = embed_images(model, run.image, run.image_size, run.device,
                                       run.batch_size, 0, run.precision,
@@ -135,14 +139,15 @@ def main() -> None:
         i, reason = min(failures.items())
         raise InputError(f"{run.image[i]}: the query image cannot be read ({reason}): pass "
                          "an existing JPEG or PNG file")
-    split = load_split(load_items(run), run.split, run)
+    items = load_items(run)
+    provenance.check_checkpoint(run, items, run.checkpoint)
+    split = load_split(items, run.split, run)
     results = []
     if queries:
         results += text_queries(queries, tokens, model, vocab, split, run)
     if run.image:
         results += image_queries(run.image, embedded, model, vocab, split, run)
 
-    out = Path(run.out) if run.out else Path(run.checkpoint).parent / "retrieval"
     thumbs = Thumbnails(out, run.thumb_size)
     sheets = []
     for n, result in enumerate(results, 1):

@@ -11,26 +11,26 @@ from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 import config
-from cli import check_flags, parser, run_main
+from cli import check_flags, parser, real, run_main, whole
 from losses import cross_modal_loss
 from models import ARCHS, build_model
 from training import distributed
-from models.checkpoint import load_for_resume, run_name, save_checkpoint
+from models.checkpoint import check_resume, load_resume, save_checkpoint
 from training.data import PairDataset, epoch_order, make_loader
 from data.image_cache import MODES
 from training.prepare import prepare
+from training.run_folder import LogWriter, check_run_name, claim, log_folder
 from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
 
 
 def parse_args(argv: list[str] | None = None):
     p = parser(__doc__)
-    p.add_argument("w_sym", type=float, help="weight of L_sym (text -> its image)")
-    p.add_argument("w_img", type=float, help="weight of L_img (image -> a text-neighbour's image)")
-    p.add_argument("w_text", type=float, help="weight of L_text (text -> a neighbour's text)")
+    p.add_argument("w_sym", type=real(0), help="weight of L_sym (text -> its image)")
+    p.add_argument("w_img", type=real(0), help="weight of L_img (image -> a text-neighbour's image)")
+    p.add_argument("w_text", type=real(0), help="weight of L_text (text -> a neighbour's text)")
     g = p.add_argument_group("model (config.py)")
     g.add_argument("--arch", choices=sorted(ARCHS), default=config.ARCH)
     g.add_argument("--no-pretrained", action="store_true", help="random image weights, not ImageNet")
@@ -41,36 +41,50 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--max-tokens", type=int, default=config.MAX_TOKENS)
     g = p.add_argument_group("training (config.py)")
     g.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="per process")
-    g.add_argument("--epochs", type=int, default=config.MAX_EPOCHS, help="a cap on the epochs")
-    g.add_argument("--patience", type=int, default=config.PATIENCE,
+    g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
+    g.add_argument("--patience", type=whole(1), default=config.PATIENCE,
                    help="stop after this many epochs without a better validation loss")
-    g.add_argument("--run-seed", type=int, default=None,
+    g.add_argument("--run-seed", type=whole(0), default=None,
                    help="seed of the initial weights, the epoch order, the neighbour draws and the "
                         "flips (default: --seed); --seed also fixes the validation slice, which "
                         "Doc2Vec and the kNN were built without, so repeat a run with this one")
-    g.add_argument("--lr", type=float, default=config.LR)
-    g.add_argument("--weight-decay", type=float, default=config.WEIGHT_DECAY)
-    g.add_argument("--lr-patience", type=int, default=config.LR_PATIENCE)
+    g.add_argument("--lr", type=real(0, above=True), default=config.LR)
+    g.add_argument("--weight-decay", type=real(0), default=config.WEIGHT_DECAY)
+    g.add_argument("--lr-patience", type=whole(0), default=config.LR_PATIENCE)
     g.add_argument("--loss", choices=("angular", "triplet"), default=config.LOSS)
-    g.add_argument("--tan2-alpha", type=float, default=config.TAN2_ALPHA)
-    g.add_argument("--margin", type=float, default=config.MARGIN)
+    g.add_argument("--tan2-alpha", type=real(0, above=True), default=config.TAN2_ALPHA)
+    g.add_argument("--margin", type=real(0), default=config.MARGIN)
     g.add_argument("--hardest-negative", action="store_true", default=config.HARDEST_NEGATIVE)
-    g.add_argument("--neighbor-pool", type=int, default=config.NEIGHBOR_POOL)
+    g.add_argument("--neighbor-pool", type=whole(1), default=config.NEIGHBOR_POOL)
     g.add_argument("--precision", choices=("bf16", "fp32"), default=config.PRECISION,
                    help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when present")
-    g.add_argument("--max-bad-images", type=float, default=config.MAX_BAD_IMAGES,
+    g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
                    help="share of unreadable images tolerated")
     g.add_argument("--image-cache", choices=MODES, default=config.IMAGE_CACHE,
                    help="read images from prepare_image_cache.py's cache: auto (when it is up to "
                         "date), require, or off (decode the files at every step)")
-    g.add_argument("--log-dir", default=None, help="default: WORK_DIR/models/l_i2t_l_sym_..._l_text_...")
+    g.add_argument("--run-name", default=config.RUN_NAME,
+                   help="the log folder's name under WORK_DIR/models (default: from the weights, "
+                        "l_i2t_l_sym_..._l_img_..._l_text_..., as the authors)")
+    g.add_argument("--log-dir", default=None, help="the log folder's full path, instead of --run-name")
     g.add_argument("--resume", action="store_true", help="continue from last.pt in the log folder")
+    g.add_argument("--overwrite", action="store_true",
+                   help="remove an earlier run's checkpoints and logs from the log folder first "
+                        "(without it, or --resume, a used folder is refused)")
     args = p.parse_args(argv)
     if args.run_seed is None:
         args.run_seed = args.seed
     check_flags(p, args, "image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool")
+    if args.resume and args.overwrite:
+        p.error("--resume continues the folder's run and --overwrite replaces it: pass one")
+    if args.run_name is not None and args.log_dir:
+        p.error("--run-name names a folder under WORK_DIR/models and --log-dir gives its path: "
+                "pass one")
+    bad_name = check_run_name(args.run_name)
+    if bad_name:
+        p.error(bad_name)
     return args
 
 
@@ -101,8 +115,11 @@ def main() -> None:
     args = parse_args()
     ctx = distributed.setup(args.device)
     torch.manual_seed(args.run_seed)
-    data = prepare(args, ctx)
-    log_dir = Path(args.log_dir or Path(args.work_dir) / "models" / run_name(args.w_sym, args.w_img, args.w_text))
+    # The folder first: a used or locked one stops the run before any data is read.
+    log_dir = log_folder(args)
+    folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
+    resumed = (log_dir / "last.pt", load_resume(log_dir / "last.pt", ctx.device)) if args.resume else None
+    data = prepare(args, ctx, resumed)
     bf16 = use_bf16(ctx.device, args.precision)
     amp = autocast(ctx.device, args.precision)
     if ctx.device.type == "cuda":
@@ -116,9 +133,9 @@ def main() -> None:
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
-    start, best, since_best, step = 0, math.inf, 0, 0
-    if args.resume:
-        state = load_for_resume(log_dir / "last.pt", model.config(), data.vocab.fingerprint(), ctx.device)
+    start, best, since_best, step, wrote_best = 0, math.inf, 0, 0, False
+    if resumed is not None:
+        state = check_resume(resumed[1], resumed[0], model.config(), data.vocab.fingerprint())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -127,19 +144,14 @@ def main() -> None:
             print(f"resuming {log_dir / 'last.pt'} after epoch {state['epoch']}")
     net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
         if ctx.world > 1 else model
-    old_events = sorted(log_dir.glob("events.out.tfevents.*"))
-    if ctx.main and not args.resume and old_events:
-        # A new run in the folder of an earlier one: mixing their logs would draw one curve of both.
-        print(f"starting a new run in {log_dir}: its earlier TensorBoard logs are removed and its "
-              "checkpoints replaced (pass --resume to continue that run instead)")
-        for f in old_events:
-            f.unlink()
-    writer = SummaryWriter(str(log_dir), purge_step=step + 1 if args.resume else None) if ctx.main else None
+    writer = LogWriter(log_dir, purge_step=step + 1 if args.resume else None) if ctx.main else None
     log = StepLog(writer)
+    if resumed is not None:   # named if the loss diverges: the last checkpoint with finite weights
+        log.last_checkpoint = f"{resumed[0]} (epoch {start - 1})"
     loss_cfg = LossConfig.from_args(args)
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
     val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
-    config_record = {k: v for k, v in vars(args).items() if k != "resume"}
+    config_record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
     for key in ("dataset", "work_dir", "image_root"):   # evaluation may run from another folder
         if config_record[key] is not None:
             config_record[key] = str(Path(config_record[key]).resolve())
@@ -164,6 +176,7 @@ def main() -> None:
             log.add(step, loss, parts, optimizer.param_groups[0]["lr"])
         log.flush()
         val = validate(model, val_ds, args, ctx, amp, bf16)
+        log.check(step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
         scheduler.step(val)
         improved = val < best
         best, since_best = (val, 0) if improved else (best, since_best + 1)
@@ -173,10 +186,13 @@ def main() -> None:
             state = {"model": model.state_dict(), "model_config": model.config(), "vocab": data.vocab.to_state(),
                      "vocab_fingerprint": data.vocab.fingerprint(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val": best,
-                     "since_best": since_best, "val_loss": val, "config": config_record}
+                     "since_best": since_best, "val_loss": val, "config": config_record,
+                     "provenance": data.provenance}
             save_checkpoint(state, log_dir / "last.pt")
+            log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {epoch})"
             if improved:
                 save_checkpoint(state, log_dir / "best.pt")
+                wrote_best = True
             rate = seen / max(time.time() - t0, 1e-9)
             mean_loss = float(loss_sum) / max(len(loader), 1)
             epochs.write(f"epoch {epoch}: train loss {mean_loss:.4f} (mean), val loss {val:.4f}"
@@ -185,7 +201,12 @@ def main() -> None:
         writer.close()
         if since_best >= args.patience:
             print(f"stopped early: no better validation loss for {args.patience} epochs")
-        print(log_dir / "best.pt")
+        # Only a best.pt of this run: written now, or earlier in the run --resume continues.
+        if wrote_best or (resumed is not None and (log_dir / "best.pt").is_file()):
+            print(log_dir / "best.pt")
+        else:
+            print(f"no epoch was trained (--epochs {args.epochs}): no checkpoint written")
+    folder.release()
     distributed.teardown(ctx)
 
 

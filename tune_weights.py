@@ -51,7 +51,8 @@ from tuning.sweep import (NO_FLAG, Settings, execute, parse_devices, plan, run_a
                           write_json_atomic, write_text_atomic)
 
 # Flags the sweep sets for every run; given after `--` they would be overridden.
-RESERVED = {"log_dir": "--log-dir", "resume": "--resume", "device": "--device"}
+RESERVED = {"log_dir": "--log-dir", "run_name": "--run-name", "resume": "--resume",
+            "overwrite": "--overwrite", "device": "--device"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

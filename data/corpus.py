@@ -19,7 +19,8 @@ def tokenized_documents(items: Sequence[Item], splits: Sequence[str], args: argp
     docs = documents(items, splits)
     texts = [items[d.item].texts[d.text] for d in docs]
     tokens = preprocess_all(texts, args.max_sentences or None, args.max_chars, args.workers,
-                            desc=f"preprocessing {'+'.join(splits)} texts")
+                            desc=f"preprocessing {'+'.join(splits)} texts",
+                            keep_unicode=getattr(args, "keep_unicode", False))
     return docs, tokens
 
 
@@ -46,7 +47,8 @@ def doc2vec_tokens(items: Sequence[Item], docs: Sequence[Document], args: argpar
     texts = [items[d.item].doc2vec(d.text) for d in docs]
     unique = list(dict.fromkeys(texts))
     tokens = preprocess_all(unique, max_sentences, args.max_chars, args.workers,
-                            desc="preprocessing Doc2Vec texts")
+                            desc="preprocessing Doc2Vec texts",
+                            keep_unicode=getattr(args, "keep_unicode", False))
     of = dict(zip(unique, tokens))
     return [of[t] for t in texts]
 

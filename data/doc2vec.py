@@ -1,10 +1,12 @@
 """Doc2Vec training and inference (gensim 4)."""
 from __future__ import annotations
 
+import hashlib
 import multiprocessing as mp
 import zlib
 from contextlib import contextmanager
 from functools import partial
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import gensim.models.doc2vec as gensim_doc2vec
@@ -15,21 +17,63 @@ from tqdm import tqdm
 from .items import InputError
 
 
+def check_settings(vector_size: int, window: int, min_count: int, epochs: int, workers: int) -> None:
+    """Every setting gensim takes, checked here: a bad one (window -1) otherwise fails inside a
+    gensim training thread, and the script waits for that thread forever."""
+    for name, value, low in (("vector-size", vector_size, 1), ("window", window, 1),
+                             ("min-count", min_count, 1), ("epochs", epochs, 1),
+                             ("workers", workers, 0)):
+        if not isinstance(value, int) or value < low:
+            raise InputError(f"--{name} {value}: pass a whole number of {low} or more")
+
+
 def train_doc2vec(tokens: Sequence[list[str]], vector_size: int, window: int, min_count: int,
-                  epochs: int, workers: int, seed: int) -> Doc2Vec:
-    """PV-DM with gensim's defaults otherwise, documents tagged by index (as the authors)."""
+                  epochs: int, workers: int, seed: int, deterministic: bool = False) -> Doc2Vec:
+    """PV-DM with gensim's defaults otherwise, documents tagged by index (as the authors).
+
+    gensim's worker threads update the vectors without locks, in an order the OS decides, so
+    several threads never give the same model twice. `deterministic` trains on one thread: with
+    the same seed, corpus and packages the model is then the same on every run (gensim 4 seeds
+    its starting vectors from `seed`, not from Python's salted hash()). The model keeps no
+    timestamps or timings, so that file is the same too.
+    """
+    check_settings(vector_size, window, min_count, epochs, workers)
     if not tokens:
         raise InputError("no training documents to train Doc2Vec on: mark some items "
                            '"split": "train" with non-empty texts')
     corpus = [TaggedDocument(t, [i]) for i, t in enumerate(tokens)]
     model = Doc2Vec(vector_size=vector_size, window=window, min_count=min_count, epochs=epochs,
-                    workers=max(1, workers), seed=seed)
+                    workers=1 if deterministic else max(1, workers), seed=seed)
+    model.lifecycle_events = None   # dates, host and Python build: they would differ every run
     model.build_vocab(corpus)
     if len(model.wv) == 0:
         raise InputError(f"the Doc2Vec vocabulary is empty: no word occurs {min_count} times in the "
                            f"{len(corpus)} training documents; pass a smaller --min-count")
     model.train(corpus, total_examples=len(corpus), epochs=model.epochs)
+    model.total_train_time = 0.0    # seconds, different on every run; nothing reads it
     return model
+
+
+def model_id(model: Doc2Vec) -> str:
+    """A hash of what the trained model holds (vocabulary, word and document vectors): tells one
+    training from another with the same settings."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update("\n".join(model.wv.index_to_key).encode("utf-8"))
+    h.update(np.ascontiguousarray(model.wv.vectors).tobytes())
+    h.update(np.ascontiguousarray(model.dv.vectors).tobytes())
+    return h.hexdigest()
+
+
+def load_model(path: str | Path) -> Doc2Vec:
+    """The model train_doc2vec.py wrote, or one line saying the file is not one.
+
+    gensim's format is a pickle, which can run code when loaded: load models you made or trust.
+    """
+    try:
+        return Doc2Vec.load(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign file can raise anything
+        raise InputError(f"{path}: not a readable Doc2Vec model ({type(e).__name__}): rerun "
+                         "train_doc2vec.py") from None
 
 
 _model: Doc2Vec | None = None
@@ -73,11 +117,15 @@ def infer_vectors(model_path: str, tokens: Sequence[list[str]], workers: int = 1
     """
     bar = dict(total=len(tokens), desc="inferring Doc2Vec vectors", unit="doc", mininterval=1.0)
     with _stable_start_vectors():  # forked workers inherit it
+        _init(model_path)
+        # One preallocated array, filled as vectors arrive: a list of a million small arrays
+        # would cost twice the memory of the result and a copy at the end.
+        out = np.empty((len(tokens), _model.vector_size), dtype=np.float32)
         if workers <= 1 or len(tokens) < 1000:
-            _init(model_path)
-            rows = [_infer(t) for t in tqdm(tokens, **bar)]
+            for i, t in enumerate(tqdm(tokens, **bar)):
+                out[i] = _infer(t)
         else:
             with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(model_path,)) as pool:
-                rows = list(tqdm(pool.imap(_infer, tokens, chunksize=64), **bar))
-    dim = len(rows[0]) if rows else _model.vector_size   # no documents: the in-process branch ran
-    return np.asarray(rows, dtype=np.float32).reshape(len(rows), dim)
+                for i, v in enumerate(tqdm(pool.imap(_infer, tokens, chunksize=256), **bar)):
+                    out[i] = v
+    return out

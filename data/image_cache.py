@@ -29,6 +29,7 @@ import torch
 from tqdm import tqdm
 
 from data.items import InputError
+from data.workdir import default_mode, write_error
 
 from data.images import ImageFiles, find_bad_images, try_read_image
 
@@ -235,7 +236,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
                            f"{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: free "
                            "some space or pass a --work-dir on a larger disk")
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{size}.building-pid{os.getpid()}-"))
-    os.chmod(tmp, 0o755)   # mkdtemp's 0700 would hide the cache from other users
+    os.chmod(tmp, default_mode(folder=True))   # mkdtemp's 0700 ignores the umask
     try:
         array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.uint8,
                                           shape=(len(unique), 3, size, size))
@@ -246,11 +247,15 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
         index = {"format": FORMAT, "image_size": size, "fingerprint": fp, "paths": unique,
                  "stats": stats, "bad": bad}
         (tmp / INDEX).write_text(json.dumps(index), encoding="utf-8")
+        for f in (tmp / ARRAY, tmp / INDEX):
+            os.chmod(f, default_mode())
         old = root / f".{size}.old-pid{os.getpid()}-{fp[:8]}"
         if final.exists():
             os.replace(final, old)
         os.replace(tmp, final)
         shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:    # a full disk or a folder taken away: one line, the build removed
+        raise write_error(final, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ImageCache(final, size, unique, stats, bad, fp)

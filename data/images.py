@@ -19,11 +19,39 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB, as an image viewer shows it.
+
+    PIL's own convert("RGB") clips 16- and 32-bit greys to 255 (a mid-grey 16-bit PNG comes out
+    white) and drops transparency, showing whatever colour the transparent pixels hold. Here
+    16-bit and integer greys are scaled from 0..65535, float greys from 0..1 (or clipped to
+    0..255 when they go beyond 1), and transparent images are laid over white.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.clip(grey, 0, 65535) / 257.0      # 65535 -> 255 exactly
+        return Image.fromarray(np.rint(grey).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        grey = np.asarray(img, dtype=np.float64)
+        grey = np.nan_to_num(grey, nan=0.0, posinf=255.0, neginf=0.0)
+        if grey.size and grey.min() >= 0 and grey.max() <= 1:
+            grey = grey * 255
+        return Image.fromarray(np.rint(np.clip(grey, 0, 255)).astype(np.uint8), "L").convert("RGB")
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or \
+        (img.mode in ("P", "L", "RGB") and "transparency" in img.info)
+    if has_alpha:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        white.alpha_composite(rgba)
+        return white.convert("RGB")
+    return img.convert("RGB")
+
+
 def read_image(path: str, size: int) -> torch.Tensor:
     """Decode and resize to [3, size, size] uint8, aspect ratio not kept (as the authors)."""
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
-        img = img.convert("RGB").resize((size, size), Image.BILINEAR)
+        img = to_rgb(img).resize((size, size), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1)
 

@@ -12,6 +12,7 @@ import torch
 from tqdm import tqdm
 
 SPACES = ("l2", "cosinesimil")
+QUERY_CHUNK = 50_000   # HNSW queries per knnQueryBatch call
 
 
 def _check_arguments(n: int, k: int, space: str) -> None:
@@ -106,10 +107,13 @@ def put_self_first(ids: np.ndarray, dists: np.ndarray, self_ids: np.ndarray) -> 
 
 
 def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_construction: int = 200,
-             ef_search: int = 400, workers: int = 1, timings: dict | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             ef_search: int = 400, workers: int = 1, timings: dict | None = None,
+             build_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """All-pairs neighbours with nmslib HNSW, self first. Rows nmslib returns short are completed
-    exactly. `timings`, when given, receives the build and query seconds."""
+    exactly. `timings`, when given, receives the build and query seconds.
+
+    The graph is built over `build_threads` threads (default: `workers`); only a one-thread
+    build gives the same graph every run. Queries over `workers` threads are deterministic."""
     import nmslib
     _check_arguments(len(vectors), k, space)
     data = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -117,23 +121,29 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
     index.addDataPointBatch(data)
     t = time.time()
     index.createIndex({"M": M, "efConstruction": ef_construction, "post": 2,
-                       "indexThreadQty": max(1, workers)}, print_progress=False)
+                       "indexThreadQty": max(1, build_threads or workers)}, print_progress=False)
     built = time.time() - t
     print(f"HNSW index of {len(data)} vectors built in {built:.1f}s")
     index.setQueryTimeParams({"efSearch": ef_search})
     t = time.time()
-    results = index.knnQueryBatch(data, k=k, num_threads=max(1, workers))
-    if timings is not None:
-        timings.update(build_s=built, query_s=time.time() - t)
     ids = np.empty((len(data), k), dtype=np.int32)
     dists = np.empty((len(data), k), dtype=np.float32)
     short = []
-    for i, (r_ids, r_d) in enumerate(results):
-        if len(r_ids) < k:
-            short.append(i)
-            continue
-        order = np.argsort(r_d, kind="stable")
-        ids[i], dists[i] = r_ids[order], r_d[order]
+    # Queried in chunks written straight into the two arrays: nmslib answers with a pair of small
+    # arrays per query, a million of which would take more memory than the result itself.
+    for s in tqdm(range(0, len(data), QUERY_CHUNK), desc="HNSW queries", unit="chunk",
+                  disable=len(data) <= QUERY_CHUNK, mininterval=1.0):
+        results = index.knnQueryBatch(data[s:s + QUERY_CHUNK], k=k, num_threads=max(1, workers))
+        full = [i for i, (r_ids, _) in enumerate(results) if len(r_ids) == k]
+        short += [s + i for i, (r_ids, _) in enumerate(results) if len(r_ids) < k]
+        if full:
+            r_ids = np.stack([results[i][0] for i in full])
+            r_d = np.stack([results[i][1] for i in full])
+            order = np.argsort(r_d, axis=1, kind="stable")
+            ids[s + np.array(full)] = np.take_along_axis(r_ids, order, 1)
+            dists[s + np.array(full)] = np.take_along_axis(r_d, order, 1)
+    if timings is not None:
+        timings.update(build_s=built, query_s=time.time() - t)
     if space == "l2":  # nmslib's l2 space gives squared distances
         np.sqrt(np.maximum(dists, 0, out=dists), out=dists)
     if short:

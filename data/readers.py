@@ -113,6 +113,11 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
             texts = [rec["text"]]
         else:
             raise InputError(f'{where}: no "texts" or "text": add the item\'s text')
+        item_id = str(rec["id"]) if rec.get("id") is not None else str(n)
+        what = f"{where} (id {item_id})"
+        if not texts:   # "texts": [] is an item without text, dropped and counted as one
+            empty.append(what)
+            continue
         # Doc2Vec reads one kind of text for the whole dataset, never articles for some items
         # and captions for others.
         has = "doc2vec_text" in rec
@@ -121,8 +126,6 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
             raise InputError(f'{where}: {"a" if has else "no"} "doc2vec_text", but line {first[1]} has '
                                f'{"none" if has else "one"}: give it to every item or to none')
         d2v = _doc2vec_texts(rec, len(texts), where)
-        item_id = str(rec["id"]) if rec.get("id") is not None else str(n)
-        what = f"{where} (id {item_id})"
         if d2v is None:
             texts = _clean_texts(texts, what, empty)
         else:
@@ -150,6 +153,8 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
     try:
         data = json.loads(_read_text(path))
         images = data["images"]
+        if not isinstance(images, list):
+            raise TypeError(f"'images' is {type(images).__name__}")
     except (json.JSONDecodeError, KeyError, TypeError) as e:
         raise InputError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
                            "pass the dataset_coco.json / dataset_flickr30k.json file") from None
@@ -165,6 +170,8 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
                                "sentences[].raw") from None
         item_id = str(img.get("cocoid", img.get("imgid", rel)))
         texts = _clean_texts(raws, f"{where} ({rel})", empty)
+        if not raws:    # no sentence at all: counted as the empty captions are
+            empty.append(f"{where} ({rel})")
         if texts:
             items.append(Item(item_id, _resolve(rel, root), texts, check_split(split, where)))
     _report_dropped(empty, "empty captions")

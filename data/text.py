@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import re
+import sys
 from functools import lru_cache, partial
 from typing import Sequence
 
@@ -44,25 +45,52 @@ def first_sentences(text: str, max_sentences: int | None) -> str:
     return " ".join(sentence_tokenizer().tokenize(text)[:max_sentences])
 
 
-def preprocess(text: str, max_sentences: int | None = 2, max_chars: int | None = 10_000) -> list[str]:
+def preprocess(text: str, max_sentences: int | None = 2, max_chars: int | None = 10_000,
+               keep_unicode: bool = False) -> list[str]:
     """Raw text -> tokens: cut, html tags, first sentences, ascii, gensim filters.
 
     The authors replaced non-ascii characters before splitting sentences; the '?' that leaves
     ("Caf? owners") then ends a sentence. Splitting first keeps their tokens and fixes that.
+    `keep_unicode` skips the replacement: gensim's filters keep Unicode letters and digits, so
+    "Café" stays "café" and a text in another script keeps its words (words are what spaces and
+    punctuation separate, so Chinese or Japanese text must come segmented).
     """
     if max_chars:
         text = text[:max_chars]
     text = first_sentences(_TAG.sub(" ", text), max_sentences)
-    text = text.encode("ascii", errors="replace").decode("ascii")
+    if not keep_unicode:
+        text = text.encode("ascii", errors="replace").decode("ascii")
     return preprocess_string(text, FILTERS)
 
 
+def non_ascii_share(texts: Sequence[str]) -> float:
+    """Share of the texts that hold a letter outside ASCII: words the default preprocessing drops."""
+    if not texts:
+        return 0.0
+    return sum(any(c.isalpha() and not c.isascii() for c in t) for t in texts) / len(texts)
+
+
+def no_tokens_reason(texts: Sequence[str], keep_unicode: bool) -> str:
+    """Why texts leave no token, for the error that says so: the ASCII-only preprocessing when
+    they are written in other letters, else the filters (stop words, words under 3 letters)."""
+    share = non_ascii_share(texts)
+    if share >= 0.5 and not keep_unicode:
+        return (f"{share:.0%} of them are written in non-ASCII letters and the preprocessing keeps "
+                "ASCII words only (as the release): pass --keep-unicode to keep Unicode letters")
+    return ("the preprocessing drops stop words, words under 3 letters and everything after "
+            "--max-sentences sentences: check the texts and --max-sentences")
+
+
 def preprocess_all(texts: Sequence[str], max_sentences: int | None = 2, max_chars: int | None = 10_000,
-                   workers: int = 1, desc: str = "preprocessing texts") -> list[list[str]]:
+                   workers: int = 1, desc: str = "preprocessing texts",
+                   keep_unicode: bool = False) -> list[list[str]]:
     """`preprocess` over a corpus, in order, over `workers` processes for large corpora."""
-    fn = partial(preprocess, max_sentences=max_sentences, max_chars=max_chars)
+    fn = partial(preprocess, max_sentences=max_sentences, max_chars=max_chars,
+                 keep_unicode=keep_unicode)
     bar = dict(total=len(texts), desc=desc, unit="text", mininterval=1.0, disable=len(texts) < 5000)
     if workers <= 1 or len(texts) < 2000:
         return [fn(t) for t in tqdm(texts, **bar)]
     with mp.get_context("fork").Pool(workers) as pool:
-        return list(tqdm(pool.imap(fn, texts, chunksize=256), **bar))
+        # Each worker's tokens arrive as new strings: interned, a corpus of a million documents
+        # holds each distinct word once instead of ~30 million string objects.
+        return [list(map(sys.intern, t)) for t in tqdm(pool.imap(fn, texts, chunksize=256), **bar)]

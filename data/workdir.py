@@ -1,6 +1,8 @@
 """The files the scripts exchange through the work folder, and safe ways to read and write them."""
 from __future__ import annotations
 
+import errno
+import io
 import os
 import pickle
 import tempfile
@@ -19,6 +21,20 @@ WRITER = {
     KNN: "knn_document_features.py",
 }
 
+_CAUSES = {
+    errno.ENOSPC: ("no space left on the device", "free some space or write to another disk"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space or write to another disk"),
+    errno.EACCES: ("permission denied", "make it writable or write somewhere else"),
+    errno.EPERM: ("operation not permitted", "make it writable or write somewhere else"),
+    errno.EROFS: ("read-only file system", "write somewhere else"),
+}
+
+
+def write_error(path: str | Path, e: OSError, fix: str | None = None) -> InputError:
+    """One line naming the file that could not be written, the cause and what to do."""
+    cause, default_fix = _CAUSES.get(e.errno, (e.strerror or type(e).__name__, "check the folder"))
+    return InputError(f"{path}: cannot write ({cause}): {fix or default_fix}")
+
 
 def require(work_dir: str | Path, name: str) -> Path:
     path = Path(work_dir) / name
@@ -28,18 +44,78 @@ def require(work_dir: str | Path, name: str) -> Path:
     return path
 
 
-def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), then move it over `path`: a crash never leaves a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+def _umask() -> int:
+    """The process umask, read without changing it where Linux allows (os.umask sets it, which
+    could race with a thread creating a file)."""
     try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def default_mode(folder: bool = False) -> int:
+    """The permissions a plain open() (or mkdir) would give under the current umask."""
+    return (0o777 if folder else 0o666) & ~_umask()
+
+
+def check_writable(path: str | Path, folder: bool = False, fix: str | None = None) -> None:
+    """Stop now, not after the work, when `path` (a file to be written, or a folder with
+    `folder`) cannot be: creates the folder and a file in it, then removes the file. `fix`
+    replaces the usual advice in the message (e.g. the flag that writes elsewhere)."""
+    path = Path(path)
+    if folder:
+        where = path
+        if path.exists() and not path.is_dir():
+            raise InputError(f"{path}: is a file, not a folder: pass a folder")
+    else:
+        where = path.parent
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder: pass a file name")
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=where, prefix=".write-check.", suffix=".tmp")
+        os.close(fd)
+        os.remove(probe)
+    except FileExistsError:   # a file where a folder of the path should be
+        raise InputError(f"{where}: a file stands where this folder should be: pass another "
+                         "path") from None
+    except NotADirectoryError:
+        raise InputError(f"{where}: part of this path is a file, not a folder: pass another "
+                         "path") from None
+    except OSError as e:
+        raise write_error(path if not folder else where, e, fix) from None
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path), then move it over `path`: a crash never leaves a half-written file.
+
+    The file gets the permissions a plain open() would (mkstemp's are 0600 whatever the umask).
+    A full disk or a folder that cannot be written is one line naming `path`; the temporary file
+    is removed whatever happens.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(tmp)
+        os.chmod(tmp, default_mode())
         os.replace(tmp, path)
+    except OSError as e:
+        raise write_error(path, e) from None
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        if tmp is not None and os.path.exists(tmp):
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
 
 
 def save_pickle(obj: object, path: str | Path) -> None:
@@ -49,11 +125,49 @@ def save_pickle(obj: object, path: str | Path) -> None:
     atomic_write(path, write)
 
 
+# What a pickle read here may build: plain containers need no class at all; these are the
+# builtin and numpy types that the Politics files and this project's pickles hold. Anything else
+# (a function, os.system, a class with a __reduce__) is refused before it is called.
+_ALLOWED = {
+    *(("builtins", t) for t in ("set", "frozenset", "complex", "bytearray", "bytes", "str", "int",
+                                "float", "bool", "list", "dict", "tuple", "slice", "range")),
+    ("_codecs", "encode"),          # bytes in protocol 2 pickles (numpy array data among them)
+    ("collections", "OrderedDict"), ("collections", "defaultdict"),
+    ("datetime", "datetime"), ("datetime", "date"), ("datetime", "time"),
+    ("datetime", "timedelta"), ("datetime", "timezone"),    # dates a scraped record may hold
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str):
+        module = {"__builtin__": "builtins"}.get(module, module)   # protocols 0 and 1
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        # numpy scalar types (numpy.float32, numpy.int64, ...) are classes named in numpy itself.
+        if module == "numpy" and name.isidentifier():
+            import numpy
+            obj = getattr(numpy, name, None)
+            if isinstance(obj, type) and issubclass(obj, numpy.generic):
+                return obj
+        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a data file has no "
+                                     "reason to hold (refused: loading it could run code)")
+
+
+def safe_unpickle(data: bytes | io.BufferedIOBase) -> object:
+    """pickle.load that builds only plain containers, strings, numbers and numpy arrays."""
+    f = io.BytesIO(data) if isinstance(data, bytes) else data
+    return _Unpickler(f).load()
+
+
 def read_pickle(path: str | Path, fix: str) -> object:
-    """The unpickled file, or a one-line InputError that ends with `fix`."""
+    """The unpickled file (plain data only), or a one-line InputError that ends with `fix`."""
     try:
         with open(path, "rb") as f:
-            return pickle.load(f)
+            return safe_unpickle(f)
     except Exception as e:  # a damaged pickle can raise almost anything
         msg = " ".join(str(e).split())[:200]
         raise InputError(f"{path}: unreadable pickle ({type(e).__name__}: {msg}): {fix}") from None

@@ -103,10 +103,13 @@ def main() -> None:
     work = args.run_dir / "work"
     common = ["--dataset", manifest, "--work-dir", work, "--workers", args.workers,
               "--max-sentences", args.max_sentences]
-    steps.run("doc2vec", ["train_doc2vec.py", *common, "--min-count", args.min_count],
+    # --deterministic: one Doc2Vec thread and a one-thread HNSW build, so that the demo's table
+    # is the same on every machine (gensim's threads race).
+    steps.run("doc2vec", ["train_doc2vec.py", *common, "--min-count", args.min_count, "--deterministic"],
               work / "doc2vec_model.gensim", inputs=f" (data {manifest.stat().st_mtime_ns})")
     steps.run("vectors", ["extract_doc2vec_vectors.py", *common], work / "doc2vec_features.pickle")
-    steps.run("neighbours", ["knn_document_features.py", *common, "--k", 50], work / "document_feats_knn.pickle")
+    steps.run("neighbours", ["knn_document_features.py", *common, "--k", 50, "--deterministic"],
+              work / "document_feats_knn.pickle")
     steps.run("image cache", ["prepare_image_cache.py", *common, "--image-size", args.image_size],
               work / "image_cache" / str(args.image_size) / "index.json")
     pretrained = imagenet_cache_path(args.arch).exists()
@@ -118,7 +121,8 @@ def main() -> None:
         steps.run(f"train {name} ({' '.join(weights)})",
                   ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
                    "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
-                   args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"])], best)
+                   args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"]),
+                   "--overwrite"], best)   # a step that reruns replaces its earlier run
         checkpoints.append(best)
     steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
                            "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)

@@ -30,7 +30,11 @@ from training.step import autocast, prep_images, use_bf16
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
 FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
                    "politics_min_chars", "max_sentences", "doc2vec_max_sentences", "max_chars",
-                   "max_tokens", "image_size")
+                   "keep_unicode", "max_tokens", "image_size")
+# Those that decide the evaluation split and its tokens: given on the command line, the user
+# evaluates on other data on purpose, and the checkpoint's record is not checked.
+DATA_FLAGS = ("dataset", "dataset_format", "image_root", "seed", "val_size", "politics_min_chars",
+              "max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
 
 
 def eval_parser(description: str) -> argparse.ArgumentParser:
@@ -84,6 +88,13 @@ def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.
     for key in FROM_CHECKPOINT:
         if key not in vars(args):
             setattr(resolved, key, trained.get(key, getattr(config, key.upper())))
+    # What the split is checked against (data.provenance.check_checkpoint): the checkpoint's
+    # record, unless the user chose other data; the reason when not checked.
+    given = [f"--{k.replace('_', '-')}" for k in DATA_FLAGS if k in vars(args)]
+    resolved.provenance = None if given else state.get("provenance")
+    resolved.unchecked = (f"{', '.join(given)} given" if given else
+                          None if state.get("provenance") else
+                          "the checkpoint has no provenance record (an older version wrote it)")
     return resolved
 
 

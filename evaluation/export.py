@@ -4,11 +4,13 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.workdir import atomic_write
 from evaluation.split import EvalSplit
 from data.images import read_image
 
@@ -20,14 +22,21 @@ def save_embeddings(folder: str | Path, split: EvalSplit, images: torch.Tensor,
     """images.npy [Ni, D], texts.npy [Nt, D], text_image.npy [Nt] and ids.json (image ids and
     paths, text ids) in `folder`; rows are in the order of ids.json."""
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    np.save(folder / "images.npy", images.numpy().astype(np.float32))
-    np.save(folder / "texts.npy", texts.numpy().astype(np.float32))
-    np.save(folder / "text_image.npy", split.text_image.astype(np.int64))
+    arrays = {"images.npy": images.numpy().astype(np.float32),
+              "texts.npy": texts.numpy().astype(np.float32),
+              "text_image.npy": split.text_image.astype(np.int64)}
+    for name, array in arrays.items():
+        atomic_write(folder / name, partial(_save_npy, array=array))
     ids = {"split": split.name, "images": split.image_ids, "image_paths": split.image_paths,
            "texts": split.text_ids}
-    (folder / "ids.json").write_text(json.dumps(ids, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(ids, indent=1) + "\n"
+    atomic_write(folder / "ids.json", lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return folder
+
+
+def _save_npy(tmp: str, array: np.ndarray) -> None:
+    with open(tmp, "wb") as f:   # a file object: np.save would add ".npy" to the temporary name
+        np.save(f, array)
 
 
 def _cell(text: str | None, limit: int = 200) -> str:

@@ -15,8 +15,10 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from data.images import to_rgb
 from data.items import InputError
 from data.text import preprocess
+from data.workdir import atomic_write
 from evaluation.split import EvalSplit
 from models import Vocabulary
 
@@ -55,12 +57,12 @@ def read_query_file(path: str | Path) -> list[str]:
 
 
 def query_tokens(queries: Sequence[str], vocab: Vocabulary, max_sentences: int | None,
-                 max_chars: int | None) -> list[list[str]]:
+                 max_chars: int | None, keep_unicode: bool = False) -> list[list[str]]:
     """Each query's tokens, preprocessed as the training texts; a query the model cannot see
     (no token at all, or none in its vocabulary) is an error naming it."""
     out = []
     for n, query in enumerate(queries, 1):
-        tokens = preprocess(query, max_sentences or None, max_chars)
+        tokens = preprocess(query, max_sentences or None, max_chars, keep_unicode)
         if not tokens:
             raise InputError(f"query {n} {query!r} leaves no token after preprocessing (stop "
                              "words and words under 3 letters are dropped): use content words")
@@ -99,7 +101,7 @@ def fit(path: str, size: int) -> Image.Image:
     """The image scaled, up or down, to fit a size x size square, aspect ratio kept."""
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
-        img = img.convert("RGB")
+        img = to_rgb(img)
     scale = size / max(img.width, img.height)
     return img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))),
                       Image.LANCZOS)
@@ -122,7 +124,7 @@ class Thumbnails:
             except Exception:  # noqa: BLE001 - an unreadable gallery file still gets a tile
                 img = Image.new("RGB", (self.size, self.size), (200, 200, 200))
                 ImageDraw.Draw(img).text((4, 4), "unreadable", fill=(90, 0, 0))
-            img.save(self.out_dir / rel, format="JPEG", quality=85)
+            atomic_write(self.out_dir / rel, lambda tmp: img.save(tmp, format="JPEG", quality=85))
             self.rel[source] = rel
         return self.rel[source]
 
@@ -175,7 +177,8 @@ def write_page(out_dir: str | Path, results: Sequence[QueryResult], sheets: Sequ
         parts.append("</div></section>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
-    page.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    text = "\n".join(parts) + "\n"
+    atomic_write(page, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
     return page
 
 
@@ -244,5 +247,5 @@ def contact_sheet(result: QueryResult, thumbs: Thumbnails, dest: str | Path) -> 
                       fill=GREEN if hit.correct and i == 0 else "black")
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(dest, format="PNG")
+    atomic_write(dest, lambda tmp: sheet.save(tmp, format="PNG"))
     return dest

@@ -92,7 +92,8 @@ def load_split(items: Sequence[Item], split: str, args: argparse.Namespace) -> E
 
 
 def reference_tokens(split: EvalSplit, doc2vec_max_sentences: int | None, max_chars: int | None,
-                     workers: int = 1) -> tuple[list[str], list[list[str]]]:
+                     workers: int = 1, keep_unicode: bool = False
+                     ) -> tuple[list[str], list[list[str]]]:
     """(image ids, tokens) of each image's first document as Doc2Vec read it in training.
 
     The neighbourhood metric measures whether the learned spaces keep the neighbourhoods the
@@ -104,7 +105,8 @@ def reference_tokens(split: EvalSplit, doc2vec_max_sentences: int | None, max_ch
         return split.image_ids, [split.text_tokens[t] for t in first]
     texts = [split.doc2vec_texts[t] for t in first]
     return split.image_ids, preprocess_all(texts, doc2vec_max_sentences or None, max_chars, workers,
-                                           desc="preprocessing Doc2Vec texts")
+                                           desc="preprocessing Doc2Vec texts",
+                                           keep_unicode=keep_unicode)
 
 
 def without_unreadable(split: EvalSplit, images: torch.Tensor, failures: dict[int, str],

@@ -1,6 +1,8 @@
 """One-file checkpoints: everything to rebuild the model and to resume its training."""
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -27,7 +29,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
         raise InputError(f"{path}: checkpoint not found: pass the best.pt that "
                            "train_cross_modal_retrieval_model.py printed")
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        # weights_only: tensors and plain containers only. A checkpoint is a pickle, and a shared
+        # best.pt could otherwise run any code it carries when loaded.
+        state = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found is None:   # not a pickle at all
+            raise InputError(f"{path}: not a readable checkpoint: pass a best.pt written by the "
+                             "training script") from None
+        raise InputError(f"{path}: refused: it asks for {found.group(1)}, not only tensors and "
+                         "plain data, and loading it could run code: pass a best.pt written by "
+                         "the training script, from a source you trust") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for a damaged file
         raise InputError(f"{path}: not a readable checkpoint ({type(e).__name__}): "
                            "pass a best.pt written by the training script") from None
@@ -41,11 +53,20 @@ def load_for_resume(path: str | Path, model_config: dict, vocab_fingerprint: str
                     device: str | torch.device = "cpu") -> dict:
     """The last.pt of the run to continue, checked to fit the model and vocabulary built now:
     another vocabulary of the same size would load without complaint and misread every word."""
+    return check_resume(load_resume(path, device), path, model_config, vocab_fingerprint)
+
+
+def load_resume(path: str | Path, device: str | torch.device = "cpu") -> dict:
+    """The last.pt of the run to continue (read before the data: a missing one fails at once)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{path}: not found, so there is no run to resume: start it without "
-                           "--resume (or pass the --log-dir of the run to continue)")
-    state = load_checkpoint(path, device)
+                           "--resume (or pass the --log-dir or --run-name of the run to continue)")
+    return load_checkpoint(path, device)
+
+
+def check_resume(state: dict, path: str | Path, model_config: dict, vocab_fingerprint: str) -> dict:
+    """`state` when it fits the model and vocabulary built now, else one line saying what differs."""
     changed = [f"{k} {v} -> {model_config.get(k)}" for k, v in state["model_config"].items()
                if model_config.get(k) != v]
     if state.get("vocab_fingerprint") != vocab_fingerprint:

@@ -34,11 +34,12 @@ def train(argv) -> None:
                  "--epochs", "--workers", "--arch", "--sleep"):
         p.add_argument(flag)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
     a, _ = p.parse_known_args(argv)
     start = time.time()
     time.sleep(float(a.sleep or 0))
     log_call(script="train", weights=[a.w_sym, a.w_img, a.w_text], seed=int(a.run_seed),
-             negatives=a.negatives, resume=a.resume, device=a.device, epochs=a.epochs,
+             negatives=a.negatives, resume=a.resume, overwrite=a.overwrite, device=a.device, epochs=a.epochs,
              start=start, end=time.time())
     if FAIL == f"{a.w_img:g} {a.run_seed}":
         print("RuntimeError: out of memory (fake)")

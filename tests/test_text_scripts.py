@@ -93,7 +93,7 @@ def test_doc2vec_and_features_see_training_documents_only(corpus):
 
     with open(corpus["work"] / "doc2vec_features.pickle", "rb") as f:
         feats = pickle.load(f)
-    assert set(feats) == {"ids", "vectors"}
+    assert set(feats) == {"ids", "vectors", "provenance"}
     assert feats["ids"] == expected
     held_out = {it.id for it in items if it.split != "train"}
     assert held_out and not held_out & set(feats["ids"])
@@ -165,6 +165,24 @@ def test_several_texts_per_image_are_documents(tmp_path, capsys, monkeypatch):
     labels = {it.id: it.label for it in items}
     # A small corpus (about 150 documents): a few documents sit between topics.
     check_knn_file(work / "document_feats_knn.pickle", ids, labels, 15, "l2", "exact", min_share=0.5)
+
+
+def test_large_model_is_one_loadable_file(tmp_path, capsys, monkeypatch):
+    # 14,000 training documents of 800 dimensions: document vectors over gensim's limit for a
+    # separate .npy (10 * 2**20 elements), which once landed beside the temporary name and broke
+    # every later step (at 200 dimensions, from about 52,000 documents on).
+    rows = [json.dumps({"id": str(i), "image": f"{i}.jpg", "text": f"alpha beta gamma w{i % 50}x"})
+            for i in range(14_000)]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("\n".join(rows) + "\n")
+    work = tmp_path / "work"
+    code, _, err = run_inprocess(TRAIN, "--dataset", manifest, "--work-dir", work, "--min-count", "1",
+                                 "--epochs", "1", "--workers", "1", "--vector-size", "800", capsys=capsys, monkeypatch=monkeypatch)
+    assert code == 0, err
+    assert sorted(p.name for p in work.iterdir()) == ["doc2vec_model.gensim"]
+    shutil.move(str(work), str(tmp_path / "moved"))   # nothing refers to files beside it
+    model = Doc2Vec.load(str(tmp_path / "moved" / "doc2vec_model.gensim"))
+    assert model.dv.vectors.shape == (14_000, 800)
 
 
 @pytest.mark.parametrize("script, flags", [

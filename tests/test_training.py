@@ -114,7 +114,8 @@ def test_bad_images_are_reported_and_left_out_or_stop_the_run(prepared, tmp_path
     images[1].unlink()
     proc = train(data / manifest.name, work, "--epochs", "1", "--max-bad-images", "0.05")
     assert "left out 2 of" in proc.stdout and str(images[1]) in proc.stdout
-    proc = train(data / manifest.name, work, "--epochs", "1", "--max-bad-images", "0.001", check=False)
+    proc = train(data / manifest.name, work, "--epochs", "1", "--max-bad-images", "0.001",
+                 "--overwrite", check=False)
     assert proc.returncode == 2
     err = proc.stderr.strip().splitlines()
     assert len(err) == 1 and "--max-bad-images" in err[0]

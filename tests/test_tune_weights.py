@@ -206,6 +206,7 @@ def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monke
     cli(*sweep_args(manifest, out, trainer_flags=["--epochs", "3"]))
     trains = [c for c in read_calls(calls)[n:] if c["script"] == "train"]
     assert len(trains) == 7 and not any(c["resume"] for c in trains)
+    assert all(c["overwrite"] for c in trains)
     assert {c["epochs"] for c in trains} == {"3"}
 
 
@@ -266,6 +267,8 @@ def test_bad_flags_stop_before_any_training(fakes, tmp_path, flags, message):
     (["--device", "cpu"], "--device after --"),
     (["--run-seed", "4"], "--run-seed after --"),
     (["--resume"], "--resume after --"),
+    (["--overwrite"], "--overwrite after --"),
+    (["--run-name", "x"], "--run-name after --"),
 ])
 def test_bad_trainer_flags_stop_before_any_training(fakes, tmp_path, trainer_flags, message):
     manifest, calls = fakes

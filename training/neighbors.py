@@ -7,47 +7,59 @@ import numpy as np
 
 from data.items import InputError, Document
 
+# kNN rows handled at once while building the table: bounds the temporaries to a few hundred
+# MiB whatever the corpus (k = 200: 200 MiB of candidate ids and masks per 65,536 rows).
+CHUNK_ROWS = 65_536
+
 
 class NeighborSampler:
     """Candidates of each training document, from the rows of document_feats_knn.pickle.
 
-    A candidate is not the document itself, not at distance 0 (a duplicate text), does not share
-    its image (another caption of it), and is in the training subset. The pool is the first
-    `pool` entries of the kNN row; when none of them qualifies, the nearest qualifying entry
-    further down the row is the only candidate; with none at all the document has no neighbour.
+    As the authors' release, each kNN row is filtered first and the pool is then the first `pool`
+    entries that qualify. An entry qualifies when it is at distance > 0 (not the document itself,
+    not a duplicate text) and is a training document here (documents dropped from training, e.g.
+    for an unreadable image or no tokens, are not in `docs`). This project adds one rule: an entry
+    sharing the document's image (another caption of it) does not qualify either, since its image
+    would be the anchor's own. A document with no qualifying entry in its whole row has no
+    neighbour; those are counted in `missing`.
+
+    The table is `candidates[offsets[i]:offsets[i] + counts[i]]`: document indices, nearest first.
     """
 
     def __init__(self, knn: dict, docs: Sequence[Document], pool: int = 10, source: str = "kNN file"):
         position = {d.id: i for i, d in enumerate(docs)}
         knn_ids = list(knn["ids"])
-        foreign = [i for i in knn_ids if i not in position]
+        to_doc = np.fromiter((position.get(i, -1) for i in knn_ids), dtype=np.int64, count=len(knn_ids))
+        foreign = int((to_doc < 0).sum())
         # Documents dropped from training (bad images) are expected; a mostly-foreign file is not.
-        if len(foreign) > len(knn_ids) // 2:
-            raise InputError(f"{source}: {len(foreign)} of its {len(knn_ids)} documents are not "
-                               f"training documents of this dataset (first: {foreign[:3]}): re-run "
+        if foreign > len(knn_ids) // 2:
+            first = [knn_ids[i] for i in np.flatnonzero(to_doc < 0)[:3]]
+            raise InputError(f"{source}: {foreign} of its {len(knn_ids)} documents are not "
+                               f"training documents of this dataset (first: {first}): re-run "
                                "train_doc2vec.py, extract_doc2vec_vectors.py and "
                                "knn_document_features.py on it")
-        to_doc = np.array([position.get(i, -1) for i in knn_ids], dtype=np.int64)
-        row_of = {d: r for r, d in enumerate(to_doc) if d >= 0}
-        image_of = np.array([d.item for d in docs], dtype=np.int64)
+        image_of = np.fromiter((d.item for d in docs), dtype=np.int64, count=len(docs))
         nbrs, dists = np.asarray(knn["neighbors"]), np.asarray(knn["distances"])
+        # The kNN row of each document (the last one if an id repeats), -1 for none.
+        row_of = np.full(len(docs), -1, dtype=np.int64)
+        in_train = np.flatnonzero(to_doc >= 0)
+        row_of[to_doc[in_train]] = in_train
+        with_row = np.flatnonzero(row_of >= 0)
+
         counts = np.zeros(len(docs), dtype=np.int64)
-        flat: list[np.ndarray] = []
-        for i in range(len(docs)):
-            r = row_of.get(i)
-            if r is None:
-                flat.append(np.empty(0, dtype=np.int64))
-                continue
-            cand = to_doc[nbrs[r]]
-            ok = (cand >= 0) & (dists[r] > 0)
-            ok &= image_of[np.where(cand >= 0, cand, 0)] != image_of[i]
-            hits = np.flatnonzero(ok)
-            chosen = hits[hits < pool] if (hits < pool).any() else hits[:1]
-            flat.append(cand[chosen])
-            counts[i] = len(chosen)
+        parts: list[np.ndarray] = []
+        for s in range(0, len(with_row), CHUNK_ROWS):
+            doc = with_row[s:s + CHUNK_ROWS]
+            rows = row_of[doc]
+            cand = to_doc[nbrs[rows]]                                  # [m, k] document indices
+            ok = (cand >= 0) & (dists[rows] > 0)
+            ok &= image_of[np.maximum(cand, 0)] != image_of[doc][:, None]
+            chosen = ok & (np.cumsum(ok, axis=1) <= pool)              # first `pool` qualifying
+            counts[doc] = chosen.sum(1)
+            parts.append(cand[chosen])                                 # row-major: doc order
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        self.candidates = np.concatenate(flat) if flat else np.empty(0, dtype=np.int64)
+        self.candidates = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         self.missing = [docs[i].id for i in np.flatnonzero(counts == 0)]
 
     def report(self) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -10,8 +11,10 @@ import torch
 from gensim.models.doc2vec import Doc2Vec
 
 from cli import load_items
+from data import provenance
 from data.corpus import drop_empty, tokenized_documents
 from data.items import InputError, Document, Item
+from data.doc2vec import load_model
 from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
 from models import Vocabulary
 
@@ -32,14 +35,42 @@ class TrainingData:
     val_tokens: list[list[int]]
     sampler: NeighborSampler
     read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s]
+    provenance: dict                       # what the run is made from, saved in its checkpoints
 
 
-def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
-    d2v = Doc2Vec.load(str(require(args.work_dir, DOC2VEC_MODEL)))
+def check_provenance(items: list[Item], args: argparse.Namespace, d2v: Doc2Vec, knn: dict,
+                     resumed: tuple[Path, dict] | None) -> dict:
+    """The Doc2Vec model and the kNN file must have been made from this dataset with these flags,
+    the kNN file from this model, and a resumed run from the same: one line otherwise, before
+    any image is decoded. Returns the record the checkpoints carry."""
+    model_path, knn_path = Path(args.work_dir) / DOC2VEC_MODEL, Path(args.work_dir) / KNN
+    now = provenance.data_record(items, args)
+    model_record = getattr(d2v, "provenance", None)
+    provenance.check_data(model_record, now, model_path, "doc2vec")
+    knn_record = provenance.require_record(knn.get(provenance.KEY), knn_path, "vectors")
+    provenance.check_data(knn_record, now, knn_path, "vectors")
+    provenance.check_steps(knn_record, model_record, knn_path, model_path)
+    if resumed is not None:
+        last, state = resumed
+        fix = "resume with that run's flags and work folder, or start afresh with --overwrite"
+        if state.get(provenance.KEY) is None:
+            print(f"{last} has no provenance record (an older version wrote it): its data is not "
+                  "checked, only its model and vocabulary")
+        else:
+            provenance.check_data(state[provenance.KEY], now, last, "doc2vec", fix)
+            provenance.check_steps(state[provenance.KEY], knn_record, last, knn_path, fix)
+    return provenance.new_record(now, "train", {}, knn_record)
+
+
+def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] | None = None
+            ) -> TrainingData:
+    """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue."""
+    d2v = load_model(require(args.work_dir, DOC2VEC_MODEL))
     vocab = Vocabulary(d2v.wv.index_to_key)
     knn_path = require(args.work_dir, KNN)
     knn = load_pickle(args.work_dir, KNN)
     items = load_items(args)
+    record = check_provenance(items, args, d2v, knn, resumed)
     docs, tokens = drop_empty(*tokenized_documents(items, ["train", "val"], args), "train/val")
 
     # Images come from the image cache when it is up to date, else from the files, each decoded
@@ -73,4 +104,4 @@ def prepare(args: argparse.Namespace, ctx: Context) -> TrainingData:
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read)
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, record)

@@ -7,12 +7,14 @@ one step late (StepLog) for the same reason.
 from __future__ import annotations
 
 import argparse
+import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from data.items import InputError
 from losses import cross_modal_loss
 
 from data.images import normalize
@@ -80,13 +82,34 @@ def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, de
     return loss.detach(), parts
 
 
+class NonFiniteLoss(InputError):
+    """A logged loss (or one of its terms) is NaN or infinite: training stops with one line."""
+
+    def __init__(self, step: int, term: str, value: float, lr: float, last_checkpoint: str | None):
+        kept = (f"the last checkpoint, {last_checkpoint}, is from before it" if last_checkpoint
+                else "no checkpoint was written")
+        super().__init__(f"the loss is {value} at step {step} (term {term}, learning rate "
+                         f"{lr:g}): training stopped; {kept}; lower --lr or check the loss "
+                         "weights")
+        self.step, self.term, self.value, self.lr = step, term, value, lr
+
+
 class StepLog:
     """Per-step TensorBoard scalars, each step's written when the next one is added (or at
-    flush): reading a value waits for its step, and by then the next step is already queued."""
+    flush): reading a value waits for its step, and by then the next step is already queued.
+
+    Those reads are also where a non-finite loss is caught (NonFiniteLoss), one step late and
+    without a GPU sync of its own; the end-of-epoch flush checks the last step before any
+    checkpoint is written."""
 
     def __init__(self, writer):
         self.writer = writer
         self.pending: tuple[int, Tensor, list[str], float] | None = None
+        self.last_checkpoint: str | None = None    # named by the error when the loss diverges
+
+    def check(self, step: int, tag: str, value: float, lr: float) -> None:
+        if not math.isfinite(value):
+            raise NonFiniteLoss(step, tag, value, lr, self.last_checkpoint)
 
     def add(self, step: int, loss: Tensor, parts: dict[str, Tensor], lr: float) -> None:
         if self.writer is None:
@@ -98,7 +121,12 @@ class StepLog:
         if self.pending is None:
             return
         step, values, tags, lr = self.pending
-        for tag, v in zip(tags, values.tolist()):
+        values = values.tolist()
+        for tag, v in zip(tags, values):
             self.writer.add_scalar(f"data/{tag}", v, step)
         self.writer.add_scalar("data/lr", lr, step)
         self.pending = None
+        bad = [(tag, v) for tag, v in zip(tags, values) if not math.isfinite(v)]
+        if bad:
+            # Name a term rather than the total when one of them is the culprit.
+            self.check(step, *next(((t, v) for t, v in bad if t != "train_loss"), bad[0]), lr)

@@ -183,14 +183,16 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
             same = json.loads(started.read_text()).get("key") == settings.train_key(run)
         except (OSError, ValueError):
             same = False
-        resume = ["--resume"] if same and (run.folder / "last.pt").is_file() else []
-        if not resume:
+        if same and (run.folder / "last.pt").is_file():
+            start_or_continue = ["--resume"]
+        else:
             # A fresh start: checkpoints of other settings must not be resumed or evaluated
-            # should this run stop before it writes its own.
+            # should this run stop before it writes its own; --overwrite clears the rest.
             for name in ("last.pt", "best.pt"):
                 (run.folder / name).unlink(missing_ok=True)
+            start_or_continue = ["--overwrite"]
         write_json_atomic({"key": settings.train_key(run)}, started)
-        error = _call(settings.train_command(run) + resume, settings, device,
+        error = _call(settings.train_command(run) + start_or_continue, settings, device,
                       run.folder / "train.log")
         if error:
             return Outcome("failed", time.time() - start, error=error)

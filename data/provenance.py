@@ -1,0 +1,159 @@
+"""What each intermediate file was made from, recorded inside it and checked by every later step.
+
+A record is a plain dict: {"format", "data": {the dataset's hash and item count, the split and
+preprocessing settings}, "steps": {step name: that step's settings}}. Each step copies the record
+of the file it read and adds its own step, so the kNN file carries what the vectors, the Doc2Vec
+model and the dataset were. A later step rebuilds the "data" part from its own flags and dataset
+and compares: a difference stops it with one line naming the setting, both values and the step
+to rerun, before any image is decoded.
+
+Files made before records existed (no record) are refused with a line naming the step to rerun:
+a file of unknown origin is exactly what this module is here to catch. Checkpoints are the
+exception (evaluation/retrieval say so and go on): they cost hours to remake, and their model
+and vocabulary are checked on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+from .items import InputError, Item
+
+FORMAT = 1
+KEY = "provenance"     # the key of the record in the pickles and checkpoints
+
+# Flags whose value changes the tokens every step reads (not part of the dataset hash, so
+# compared one by one); add a new preprocessing flag here.
+PREPROCESSING = ("max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
+# Flags that decide which items are train, val and test. Their effect is in the hash (it covers
+# each item's split), so they are named only to explain a changed hash: training several seeds on
+# one text side is fine when the dataset marks its val items.
+SPLIT = ("val_size", "seed", "politics_min_chars")
+
+# The steps that write records, in pipeline order, with the script that writes each.
+SCRIPTS = {"doc2vec": "train_doc2vec.py", "vectors": "extract_doc2vec_vectors.py",
+           "knn": "knn_document_features.py"}
+
+
+def dataset_root(args: argparse.Namespace) -> Path:
+    """The folder image paths are hashed relative to, so a dataset moved as a whole keeps its hash."""
+    if getattr(args, "image_root", None):
+        return Path(args.image_root).resolve()
+    path = Path(args.dataset).resolve()
+    return path if path.is_dir() else path.parent
+
+
+def dataset_hash(items: Sequence[Item], root: str | Path) -> str:
+    """A hash of every item's id, split, image (relative to `root`), texts and Doc2Vec texts, in
+    order: what the text side reads (the texts, which document is which, which are training
+    documents) and what the trainer pairs them with. Labels are left out: no step before the
+    evaluation reads them."""
+    h = hashlib.blake2b(digest_size=16)
+    for it in items:
+        image = os.path.relpath(it.image, root)
+        d2v = None if it.doc2vec_text is None else list(it.doc2vec_text)
+        h.update(json.dumps([it.id, it.split, image, list(it.texts), d2v], ensure_ascii=False)
+                 .encode("utf-8"))
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def data_record(items: Sequence[Item], args: argparse.Namespace) -> dict:
+    """The part of every record that the dataset and the shared flags decide."""
+    record = {"items": len(items), "hash": dataset_hash(items, dataset_root(args)),
+              **{k: getattr(args, k, None) for k in SPLIT + PREPROCESSING}}
+    if not any(it.doc2vec_text is not None for it in items):
+        record["doc2vec_max_sentences"] = None    # it cuts nothing without a doc2vec_text
+    return record
+
+
+def new_record(data: dict, step: str, settings: dict, made_from: dict | None = None) -> dict:
+    """The record of a file `step` writes: its input's record (if any) plus its own settings."""
+    steps = dict(made_from["steps"]) if made_from else {}
+    steps[step] = settings
+    return {"format": FORMAT, "data": data, "steps": steps}
+
+
+def _shown(key: str, value: object) -> str:
+    if key == "keep_unicode":
+        return "--keep-unicode" if value else "no --keep-unicode"
+    flag = "--" + key.replace("_", "-")
+    return f"{flag} (not given)" if value is None else f"{flag} {value}"
+
+
+def _rerun_from(step: str) -> str:
+    names = list(SCRIPTS)
+    scripts = [SCRIPTS[s] for s in names[names.index(step):]]
+    return scripts[0] if len(scripts) == 1 else ", ".join(scripts[:-1]) + " and " + scripts[-1]
+
+
+def require_record(record: object, path: str | Path, step: str) -> dict:
+    """The record, or one line saying the file is of unknown origin and which step remakes it."""
+    if not isinstance(record, dict) or record.get("format") != FORMAT or "data" not in record:
+        raise InputError(f"{path}: no provenance record (made by an older version of this "
+                         f"project, or not by it): rerun {_rerun_from(step)}")
+    return record
+
+
+def check_data(record: object, now: dict, path: str | Path, step: str, fix: str | None = None
+               ) -> None:
+    """Stop when the file at `path` (whose data `step` decided) was made from other data or
+    settings than `now` (data_record of this run). The line names the setting, both values and
+    the steps to rerun (or `fix`)."""
+    made = require_record(record, path, step)["data"]
+    fix = fix or f"rerun {_rerun_from(step)} with this run's flags"
+    for key in PREPROCESSING:
+        if made.get(key) != now.get(key):
+            raise InputError(f"{path} was made with {_shown(key, made.get(key))}, this run has "
+                             f"{_shown(key, now.get(key))}: {fix}, or pass the file's value")
+    if made.get("hash") == now["hash"]:
+        return
+    for key in SPLIT:
+        if made.get(key) != now.get(key):
+            # Items marked "val" in the dataset make the split the same for every seed.
+            mark = " (or mark the val items in the dataset)" if key == "seed" else ""
+            raise InputError(f"{path} was made with {_shown(key, made.get(key))}, this run has "
+                             f"{_shown(key, now.get(key))}, which changes the train/val/test "
+                             f"split: {fix}, or pass the file's value{mark}")
+    raise InputError(f"{path} was made from another version of the dataset ({made.get('items')} "
+                     f"items then, {now['items']} now, or their ids, texts, images or splits "
+                     f"differ): {fix}")
+
+
+def check_steps(record: dict, current: dict, path: str | Path, now_path: str | Path,
+                fix: str | None = None) -> None:
+    """Stop when the file at `path` was made from other text-side outputs than those `current`
+    (the record of the file now at `now_path`) was: e.g. a kNN file of an earlier Doc2Vec model.
+    Names the first setting that differs (or says the settings are equal: another training)."""
+    for step in SCRIPTS:
+        made, have = record["steps"].get(step), current["steps"].get(step)
+        if made == have or have is None:
+            continue
+        later = list(SCRIPTS)[list(SCRIPTS).index(step) + 1:]
+        step_fix = fix or f"rerun {_rerun_from(later[0]) if later else SCRIPTS[step]}"
+        for key in sorted(set(made or {}) | set(have)):
+            if key != "model" and (made or {}).get(key) != have.get(key):
+                raise InputError(f"{path} was made from a {SCRIPTS[step]} output with "
+                                 f"{_shown(key, (made or {}).get(key))}, but {now_path} comes "
+                                 f"from {_shown(key, have.get(key))}: {step_fix}")
+        raise InputError(f"{path} was made from another {SCRIPTS[step]} output than {now_path} "
+                         f"(same settings, another training): {step_fix}")
+
+
+def check_checkpoint(run: argparse.Namespace, items: Sequence[Item], path: str | Path) -> None:
+    """Evaluation and retrieval: the split read now must be the one the checkpoint was trained
+    beside (its test items never trained on). `run` carries the checkpoint's record and, when
+    there is none to check against, the reason (printed)."""
+    if getattr(run, "provenance", None) is None:
+        if getattr(run, "unchecked", None):
+            print(f"{path}: the data is not checked against the checkpoint's record "
+                  f"({run.unchecked})")
+        return
+    check_data(run.provenance, data_record(items, run), path, "doc2vec",
+               fix="the split would not be the one it was trained beside: restore the dataset "
+                   "it was trained on, or pass --dataset (and the split flags) to evaluate on "
+                   "other data on purpose")

@@ -1,0 +1,98 @@
+"""The text-side scale benchmark: its memory measurement, its corpus, and a tiny run's table."""
+import json
+import sys
+from collections import Counter
+
+import pytest
+
+from data.text import preprocess
+from test_benchmarks import load
+
+STEPS = ["preprocess", "doc2vec", "infer", "knn hnsw", "knn exact", "sampler", "trainer prep"]
+BARE = {"preprocess", "doc2vec", "infer", "knn hnsw", "knn exact"}
+
+# Two children of the measured process, each holding 150 MiB at the same time: the step's
+# peak is their sum, which no single process's peak RSS shows.
+TWO_CHILDREN = """
+import subprocess, sys
+hold = "b = bytearray(150 << 20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(1.5)"
+ps = [subprocess.Popen([sys.executable, "-c", hold]) for _ in range(2)]
+[p.wait() for p in ps]
+"""
+
+
+def test_peak_memory_counts_the_descendants_together(tmp_path):
+    bench = load("text_scale")
+    r = bench.run_measured([sys.executable, "-c", TWO_CHILDREN], None, tmp_path / "log.txt")
+    assert 300 <= r["peak_mib"] < 450
+    assert 1.4 < r["seconds"] < 30
+
+
+def test_failing_step_names_its_log(tmp_path):
+    bench = load("text_scale")
+    with pytest.raises(RuntimeError, match="log.txt"):
+        bench.run_measured([sys.executable, "-c", "raise SystemExit(3)"], None, tmp_path / "log.txt")
+
+
+def test_corpus_is_seeded_with_realistic_lengths_and_splits():
+    corpus = load("text_corpus")
+    a, b = corpus.generate(3000, seed=1), corpus.generate(3000, seed=1)
+    assert a == b and a != corpus.generate(3000, seed=2)
+    words = [len(r["text"].split()) for r in a]
+    assert 36 <= sum(words) / len(words) <= 44
+    assert all(r["text"].count(".") == 2 for r in a)
+    splits = Counter(r["split"] for r in a)
+    assert splits["train"] > 0.95 * 3000 and splits["test"] > 5 and splits["val"] > 5
+    tokens = [preprocess(r["text"]) for r in a[:200]]
+    assert all(10 <= len(t) <= 60 for t in tokens)   # stopwords gone, content words kept
+    assert 20 <= sum(map(len, tokens)) / len(tokens) <= 32
+    assert len({r["text"] for r in a}) < 3000          # a few exact duplicates, as scraped news
+    long = corpus.generate(50, seed=1, kind="article")
+    assert 500 <= sum(len(r["text"].split()) for r in long) / 50 <= 700
+
+
+@pytest.mark.slow
+def test_tiny_run_measures_every_step_against_the_bare_library(tmp_path, capsys):
+    bench = load("text_scale")
+    out = tmp_path / "out" / "scale.json"
+    results = bench.main(["--sizes", "400,800", "--k", "10", "--epochs", "1", "--min-count", "2",
+                          "--workers", "2", "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    rows = {(r["n"], r["step"]): r for r in results["rows"]}
+    assert set(rows) == {(n, s) for n in (400, 800) for s in STEPS}
+    for (n, step), r in rows.items():
+        o = r["ours"]
+        assert o["seconds"] > 0 and 20 < o["peak_mib"] < 4000
+        assert ("bare" in r) == (step in BARE)
+        if "bare" in r:
+            assert r["ratio"] == pytest.approx(o["seconds"] / r["bare"]["seconds"])
+    for n in (400, 800):
+        # The bare programs work on the very same documents and token lists.
+        pre = rows[n, "preprocess"]
+        assert pre["ours"]["reported_tokens"] == pre["bare"]["reported_tokens"] > 0
+        assert pre["ours"]["reported_documents"] == rows[n, "doc2vec"]["bare"]["reported_documents"]
+        assert rows[n, "doc2vec"]["bare"]["reported_tokens"] == pre["ours"]["reported_tokens"]
+        for step in ("doc2vec", "infer", "knn hnsw", "knn exact"):
+            assert rows[n, step]["ours"]["written_mib"] > 0
+        assert rows[n, "preprocess"]["ours"]["written_mib"] == 0
+        sampler = rows[n, "sampler"]["ours"]
+        assert 0 < sampler["reported_mean_pool"] <= 10 and sampler["reported_table_s"] >= 0
+        prep = rows[n, "trainer prep"]["ours"]
+        assert prep["reported_documents"] == pre["ours"]["reported_documents"]
+        assert 32 < prep["reported_batch"] <= 64   # 32 documents and their neighbours
+    # Vectors are 200-d float32 for each training document (plus the pickle's ids).
+    n_docs = rows[800, "preprocess"]["ours"]["reported_documents"]
+    assert rows[800, "infer"]["ours"]["written_mib"] * 2**20 > n_docs * 200 * 4
+
+    table = (tmp_path / "out" / "scale.md").read_text()
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(results["rows"]))
+    r = rows[800, "doc2vec"]
+    assert (f"| 800 | doc2vec | {r['ours']['seconds']:.1f} | {r['bare']['seconds']:.1f} | "
+            f"{r['ratio']:.2f} | {r['ours']['peak_mib']:,.0f} | {r['bare']['peak_mib']:,.0f} | ") in table
+    assert "| 400 | sampler |" in table and "| 800 | trainer prep |" in table
+    total = sum(rows[800, s]["ours"]["seconds"] for s in ("doc2vec", "infer", "knn hnsw", "trainer prep"))
+    assert f"| 800 | whole text side (doc2vec + infer + knn hnsw + trainer prep) | {total:.1f} |" in table
+    growth = rows[800, "infer"]["ours"]["seconds"] / rows[400, "infer"]["ours"]["seconds"]
+    assert f"| infer | {growth:.1f}x (N log N 2.2x) |" in table
+    worst = max(x["ratio"] for x in results["rows"] if "ratio" in x)
+    assert f"largest ours / bare: {worst:.2f} (goal <= 1.25)" in table
+    assert table in capsys.readouterr().out

@@ -1,0 +1,141 @@
+"""The log folder of a training run: named, locked while the run lives, never silently reused.
+
+Two trainers writing one folder would leave the first run's printed best.pt holding the
+second's model, and a new run in an old run's folder would replace its checkpoints and mix its
+TensorBoard curves into the old ones. So a run takes an exclusive lock on LOG_DIR/.lock (flock:
+the kernel drops it when the process dies, even by kill -9, so a stale lock never blocks), and
+a folder that holds an earlier run's checkpoints or logs is used only with --resume (continue
+that run) or --overwrite (remove its checkpoints and logs first).
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from data.items import InputError
+from data.workdir import write_error
+from models.checkpoint import run_name
+
+LOCK = ".lock"
+CHECKPOINTS = ("last.pt", "best.pt")
+EVENTS = "events.out.tfevents.*"
+
+
+def log_folder(args) -> Path:
+    """--log-dir, else WORK_DIR/models/<--run-name>, else the authors' name from the weights."""
+    if args.log_dir:
+        return Path(args.log_dir)
+    name = args.run_name or run_name(args.w_sym, args.w_img, args.w_text)
+    return Path(args.work_dir) / "models" / name
+
+
+def check_run_name(name: str | None) -> str | None:
+    """None, or a plain folder name (the message for anything else is the caller's usage line)."""
+    if name is not None and (not name.strip() or name in (".", "..") or "/" in name
+                             or os.sep in name or "\0" in name):
+        return f"--run-name {name!r}: pass a plain folder name (no '/'), or --log-dir for a path"
+    return None
+
+
+class RunFolder:
+    """The claimed folder; keep the object alive for the whole run (it holds the lock open)."""
+
+    def __init__(self, path: Path, lock_fd: int | None):
+        self.path, self._fd = path, lock_fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)     # closing drops the flock
+            self._fd = None
+
+    # A run that stops on an error releases the folder when the object goes, as a file object
+    # closes itself: what matters when main() runs inside another Python process (the tests).
+    __del__ = release
+
+
+def _lock(path: Path) -> int:
+    """An exclusive flock on path/.lock holding our PID; one line naming the holder otherwise."""
+    lock = path / LOCK
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise write_error(lock, e) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(f"{path}: another training run (PID {holder}) is writing to this folder: "
+                         "wait for it to end, or pass --run-name NAME (or --log-dir) for this "
+                         "run") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    return fd
+
+
+def earlier_run(path: Path) -> list[str]:
+    """The files of an earlier run in the folder: checkpoints and TensorBoard event logs."""
+    if not path.is_dir():
+        return []
+    return [n for n in CHECKPOINTS if (path / n).exists()] + \
+        sorted(p.name for p in path.glob(EVENTS))
+
+
+def claim(path: Path, resume: bool, overwrite: bool, main: bool) -> RunFolder:
+    """Create and lock the folder (rank 0 only: the ranks of one run share it), then stop unless
+    it is free of an earlier run, or --resume / --overwrite says what to do with that run.
+
+    Every rank makes the same check on the same files, so all of them stop together. With
+    --overwrite the earlier checkpoints and logs are removed here, before any training, so the
+    best.pt printed at the end is always one this run wrote.
+    """
+    fd = None
+    if main:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise write_error(path, e) from None
+        fd = _lock(path)
+    found = earlier_run(path)
+    try:
+        if found and not (resume or overwrite):
+            raise InputError(f"{path}: holds an earlier run ({', '.join(found[:3])}"
+                             f"{', ...' if len(found) > 3 else ''}): pass --resume to continue "
+                             "it, --overwrite to replace it, or --run-name NAME for a new folder")
+        if overwrite and main:
+            for name in found:
+                (path / name).unlink(missing_ok=True)
+            if found:
+                print(f"--overwrite: removed the earlier run's {', '.join(found)} from {path}")
+    except BaseException:
+        if fd is not None:
+            os.close(fd)
+        raise
+    return RunFolder(path, fd)
+
+
+class LogWriter:
+    """TensorBoard's SummaryWriter for the log folder, where a failed write (a full disk: the
+    error surfaces from the writer's thread at a later call, with no file name) is one line
+    naming the folder."""
+
+    def __init__(self, path: Path, purge_step: int | None = None):
+        from torch.utils.tensorboard import SummaryWriter
+        self.path = path
+        self._writer = self._guard(lambda: SummaryWriter(str(path), purge_step=purge_step))
+
+    def _guard(self, call):
+        try:
+            return call()
+        except OSError as e:
+            raise write_error(f"{self.path} (TensorBoard log)", e) from None
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self._guard(lambda: self._writer.add_scalar(tag, value, step))
+
+    def flush(self) -> None:
+        self._guard(self._writer.flush)
+
+    def close(self) -> None:
+        self._guard(self._writer.close)
