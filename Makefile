@@ -1,5 +1,5 @@
 # `make demo`: set up .venv and run the whole pipeline on the built-in data.
-# `make test`: set up .venv and run the tests.
+# `make test`: set up .venv and run the tests; `make test-fast`: all but the slow ones.
 # `make experiment` (after `make demo`): the demo's comparison over seeds, with error bars.
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= openclipart
 
-.PHONY: setup test demo experiment clean-demo
+.PHONY: setup test test-fast demo experiment
 
 # The venv is (re)made when missing or older than requirements.txt.
 $(STAMP): requirements.txt
@@ -19,6 +19,10 @@ setup: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
+
+# Everything but the end-to-end tests marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m demo --data $(DATA) $(DEMO_ARGS)

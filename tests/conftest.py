@@ -1,6 +1,81 @@
+"""Shared by every test: the repository on sys.path, one way to run a script in-process (`cli`),
+one check of a script's one-line error (`one_line_error`) and of a function's (`input_error`),
+and a tiny trained checkpoint (`train_tiny`). Tests import them with `from conftest import ...`."""
+from __future__ import annotations
+
+import io
+import runpy
 import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from data.items import InputError  # noqa: E402  (needs ROOT on sys.path)
+from demo.synthetic import generate_synthetic  # noqa: E402
+from pipeline import TINY_TRAIN  # noqa: E402
+
+RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def cli(script: str, *args, check: bool = True) -> Result:
+    """`python script args` in this process, exiting as run_main would: code 0, or SystemExit's."""
+    argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    sys.argv = [script, *map(str, args)]
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.argv = argv
+    result = Result(code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"{script} {' '.join(map(str, args))} exited {code}:\n"
+                             f"{result.out}\n{result.err}")
+    return result
+
+
+def input_error(fn, *args, **kw) -> str:
+    """fn(*args, **kw) raises InputError with a one-line message; returns the message."""
+    with pytest.raises(InputError) as e:
+        fn(*args, **kw)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.strip() == msg
+    return msg
+
+
+def one_line_error(result: Result, *phrases: str) -> None:
+    """The script stopped with exit status 2 and one line on stderr holding every phrase."""
+    assert result.code == 2, result.out + result.err
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+
+
+def train_tiny(root: Path, texts_per_item: int = 1, seed: int = 0) -> tuple[Path, Path, Path]:
+    """(manifest, work folder, best.pt) of a one-epoch run on 120 generated items."""
+    manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=seed,
+                                  texts_per_item=texts_per_item)
+    work = root / "work"
+    common = ["--dataset", manifest, "--work-dir", work, "--workers", "1"]
+    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20")
+    cli("extract_doc2vec_vectors.py", *common)
+    cli("knn_document_features.py", *common, "--k", "20")
+    cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
+        "--work-dir", work, *TINY_TRAIN, "--epochs", "1", "--seed", str(seed))
+    return manifest, work, work / "models" / RUN / "best.pt"

@@ -18,7 +18,7 @@ from data.text import preprocess
 from evaluation.neighborhood import knn_overlap
 from evaluation.split import load_split, reference_tokens
 from fixtures import TOPICS, topic_text
-from inprocess import RUN, cli
+from conftest import RUN, cli
 from pipeline import TINY_TRAIN
 from demo.synthetic import generate_synthetic
 

@@ -19,7 +19,7 @@ from evaluation.metrics import retrieval_metrics, summarize
 from evaluation.neighborhood import knn_overlap
 from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
-from inprocess import RUN, cli, one_line_error, train_tiny
+from conftest import RUN, cli, one_line_error, train_tiny
 from models import Vocabulary, build_model, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
 from data.images import normalize, read_image

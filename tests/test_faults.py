@@ -28,7 +28,7 @@ from data.text import preprocess
 from data.workdir import atomic_write, read_pickle
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
-from inprocess import RUN, cli
+from conftest import RUN, cli
 from pipeline import ROOT, TINY_TRAIN
 
 TRAIN = "train_cross_modal_retrieval_model.py"

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 
 from cli import load_items, parser
-from fixtures import TOPICS, topic_text
-from inprocess import cli
+from conftest import cli, input_error
 from data.goodnews import read_goodnews
 from data.items import InputError, Item
 from data.readers import detect_format, load_dataset
+from fixtures import TOPICS, topic_text
 
 A1, A2, A3 = "5a1b2c3d4e5f60718293a4b5", "5a1b2c3d4e5f60718293a4b6", "5a1b2c3d4e5f60718293a4b7"
 
@@ -41,14 +41,6 @@ def write_release(folder: Path, arts: dict | None = None, img_splits: dict | Non
     (folder / name).write_text(json.dumps(articles() if arts is None else arts))
     (folder / "img_splits.json").write_text(json.dumps(splits() if img_splits is None else img_splits))
     return folder
-
-
-def one_line_error(fn, *args, **kw) -> str:
-    with pytest.raises(InputError) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg and msg.strip() == msg
-    return msg
 
 
 def test_one_item_per_listed_image_caption_as_text_article_for_doc2vec(tmp_path, capsys):
@@ -110,13 +102,13 @@ def test_other_folders_and_json_files_keep_their_formats(tmp_path):
 def test_missing_files(tmp_path):
     folder = write_release(tmp_path / "g")
     (folder / "img_splits.json").unlink()
-    msg = one_line_error(read_goodnews, folder)
+    msg = input_error(read_goodnews, folder)
     assert f"{folder / 'img_splits.json'}: not found" in msg and "GoodNews README" in msg
     only_splits = tmp_path / "s"
     only_splits.mkdir()
     (only_splits / "img_splits.json").write_text("{}")
     (only_splits / "news_dataset.json").write_text("[]")
-    msg = one_line_error(load_dataset, only_splits / "news_dataset.json")
+    msg = input_error(load_dataset, only_splits / "news_dataset.json")
     assert f"{only_splits}: no article+caption.json or article_caption.json or " \
            "captioning_dataset.json" in msg and "news_dataset.json holds no article" in msg
 
@@ -131,7 +123,7 @@ def test_missing_files(tmp_path):
 ])
 def test_a_bad_split_entry_is_named(tmp_path, image_id, split, words):
     folder = write_release(tmp_path / "g", img_splits={**splits(), image_id: split})
-    msg = one_line_error(read_goodnews, folder)
+    msg = input_error(read_goodnews, folder)
     assert str(folder / "img_splits.json") in msg
     for w in words:
         assert w in msg
@@ -146,7 +138,7 @@ def test_a_bad_split_entry_is_named(tmp_path, image_id, split, words):
 ])
 def test_a_malformed_article_entry_is_named(tmp_path, entry, words):
     folder = write_release(tmp_path / "g", arts={**articles(), "5bad": entry})
-    msg = one_line_error(read_goodnews, folder)
+    msg = input_error(read_goodnews, folder)
     assert f"{folder / 'article+caption.json'}: article '5bad'" in msg
     for w in words:
         assert w in msg
@@ -155,14 +147,14 @@ def test_a_malformed_article_entry_is_named(tmp_path, entry, words):
 def test_unreadable_and_wrongly_shaped_files(tmp_path):
     folder = write_release(tmp_path / "g")
     (folder / "article+caption.json").write_text('{"a": ')
-    assert "article+caption.json: not valid JSON" in one_line_error(read_goodnews, folder)
+    assert "article+caption.json: not valid JSON" in input_error(read_goodnews, folder)
     (folder / "article+caption.json").write_text("[]")
-    assert "article+caption.json: expected a JSON object" in one_line_error(read_goodnews, folder)
+    assert "article+caption.json: expected a JSON object" in input_error(read_goodnews, folder)
     write_release(folder)
     (folder / "img_splits.json").write_bytes(b'{"x": "caf\xe9"}')
-    assert "img_splits.json: unreadable" in one_line_error(read_goodnews, folder)
+    assert "img_splits.json: unreadable" in input_error(read_goodnews, folder)
     (folder / "img_splits.json").write_text('["a_0"]')
-    assert "img_splits.json: expected a JSON object" in one_line_error(read_goodnews, folder)
+    assert "img_splits.json: expected a JSON object" in input_error(read_goodnews, folder)
 
 
 def test_the_text_scripts_on_a_release_folder(tmp_path):

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import data.image_cache as image_cache
 from data.items import InputError
 from demo.synthetic import generate_synthetic
-from inprocess import RUN, cli, one_line_error
+from conftest import RUN, cli, one_line_error
 from pipeline import TINY_TRAIN
 from models.checkpoint import load_checkpoint
 from data.image_cache import (UnreadableImage, build_cache, cache_folder, ensure_cache,

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from cli import load_items, parser
+from conftest import input_error
 from data.items import InputError, Item, assign_validation, documents
 from data.readers import detect_format, load_dataset, read_jsonl, read_karpathy, read_politics
 
@@ -21,14 +22,6 @@ def dump(obj, path: Path) -> Path:
     with open(path, "wb") as f:
         pickle.dump(obj, f)
     return path
-
-
-def one_line_error(fn, *args, **kw) -> str:
-    with pytest.raises(InputError) as e:
-        fn(*args, **kw)
-    msg = str(e.value)
-    assert "\n" not in msg and msg.strip() == msg
-    return msg
 
 
 # --- JSONL ---------------------------------------------------------------------------------
@@ -77,7 +70,7 @@ def test_jsonl_empty_texts_are_dropped_and_counted(tmp_path, capsys):
 def test_jsonl_bad_lines(tmp_path, line, words):
     path = tmp_path / "m.jsonl"
     path.write_text('{"id": "0", "image": "a.jpg", "text": "fine"}\n' + line + "\n")
-    msg = one_line_error(read_jsonl, path)
+    msg = input_error(read_jsonl, path)
     for w in words:
         assert w in msg
 
@@ -85,7 +78,7 @@ def test_jsonl_bad_lines(tmp_path, line, words):
 def test_document_ids_of_several_texts_cannot_collide_with_an_item_id(tmp_path):
     path = write_lines(tmp_path / "m.jsonl", [{"id": "a", "image": "a.jpg", "texts": ["x", "y"]},
                                               {"id": "a#1", "image": "b.jpg", "text": "z"}])
-    msg = one_line_error(read_jsonl, path)
+    msg = input_error(read_jsonl, path)
     assert "items 'a' and 'a#1' both make document id 'a#1'" in msg and "rename" in msg
     # A '#' alone collides with nothing.
     write_lines(path, [{"id": "a", "image": "a.jpg", "texts": ["x", "y"]},
@@ -102,7 +95,7 @@ def test_jsonl_with_a_byte_order_mark(tmp_path):
 def test_jsonl_unreadable_file(tmp_path):
     path = tmp_path / "m.jsonl"
     path.write_bytes(b'{"id": "0", "image": "a.jpg", "text": "caf\xe9"}\n')
-    assert "m.jsonl: unreadable" in one_line_error(read_jsonl, path)
+    assert "m.jsonl: unreadable" in input_error(read_jsonl, path)
 
 
 def test_jsonl_line_separators_inside_strings_are_text(tmp_path):
@@ -169,23 +162,23 @@ def test_politics_repeated_paths_are_counted(tmp_path, capsys):
 def test_politics_errors(tmp_path):
     folder = politics_db(tmp_path / "pol")
     dump({"train": ["img/a.jpg", "img/zzz.jpg"], "test": ["img/c.jpg"]}, folder / "train_test_paths.pickle")
-    msg = one_line_error(read_politics, folder)
+    msg = input_error(read_politics, folder)
     assert "train_test_paths.pickle" in msg and "'img/zzz.jpg'" in msg and "db.pickle" in msg
 
     dump({"train": ["img/a.jpg"], "test": ["img/a.jpg"]}, folder / "train_test_paths.pickle")
-    assert "duplicate id 'img/a.jpg'" in one_line_error(read_politics, folder)
+    assert "duplicate id 'img/a.jpg'" in input_error(read_politics, folder)
 
     dump({"train": ["img/a.jpg"]}, folder / "train_test_paths.pickle")
-    assert "'train' and 'test'" in one_line_error(read_politics, folder)
+    assert "'train' and 'test'" in input_error(read_politics, folder)
     dump({"train": ["img/a.jpg"], "test": None}, folder / "train_test_paths.pickle")
-    assert "'train' and 'test' path lists" in one_line_error(read_politics, folder)
+    assert "'train' and 'test' path lists" in input_error(read_politics, folder)
 
     (folder / "train_test_paths.pickle").unlink()
-    assert "train_test_paths.pickle: not found" in one_line_error(read_politics, folder)
+    assert "train_test_paths.pickle: not found" in input_error(read_politics, folder)
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert "db.pickle: not found" in one_line_error(read_politics, empty)
+    assert "db.pickle: not found" in input_error(read_politics, empty)
 
 
 @pytest.mark.parametrize("content", [b"", b"garbage, not a pickle", pickle.dumps([("a", "b")])[:-5],
@@ -193,20 +186,20 @@ def test_politics_errors(tmp_path):
 def test_politics_unreadable_pickle(tmp_path, content):
     folder = politics_db(tmp_path / "pol")
     (folder / "db.pickle").write_bytes(content)
-    msg = one_line_error(read_politics, folder)
+    msg = input_error(read_politics, folder)
     assert "db.pickle: unreadable pickle" in msg and "re-create" in msg
 
 
 def test_politics_wrong_layouts(tmp_path):
     folder = politics_db(tmp_path / "pol")
     dump([("a", "b", "c")], folder / "db.pickle")
-    assert "entry 0 is not an (image_path, text) pair" in one_line_error(read_politics, folder)
+    assert "entry 0 is not an (image_path, text) pair" in input_error(read_politics, folder)
     dump([("img/a.jpg", "t"), (["img/b.jpg"], "t")], folder / "db.pickle")
-    assert "entry 1 is not an (image_path, text) pair" in one_line_error(read_politics, folder)
+    assert "entry 1 is not an (image_path, text) pair" in input_error(read_politics, folder)
     dump({"left": ["not", "a", "dict"]}, folder / "db.pickle")
-    assert "complete_db layout" in one_line_error(read_politics, folder)
+    assert "complete_db layout" in input_error(read_politics, folder)
     dump("text", folder / "db.pickle")
-    assert "expected a list" in one_line_error(read_politics, folder)
+    assert "expected a list" in input_error(read_politics, folder)
 
 
 # --- Karpathy ------------------------------------------------------------------------------
@@ -239,11 +232,11 @@ def test_karpathy_split_paths_and_captions(tmp_path, capsys):
 def test_karpathy_errors(tmp_path):
     path = tmp_path / "dataset_flickr30k.json"
     path.write_text('{"images": [{"filename": "a.jpg", "split": "train"}]}')
-    assert "images[0]" in one_line_error(read_karpathy, path)
+    assert "images[0]" in input_error(read_karpathy, path)
     path.write_text('[1, 2]')
-    assert "not a Karpathy split file" in one_line_error(read_karpathy, path)
+    assert "not a Karpathy split file" in input_error(read_karpathy, path)
     path.write_text('{"images": [')
-    assert "not a Karpathy split file" in one_line_error(read_karpathy, path)
+    assert "not a Karpathy split file" in input_error(read_karpathy, path)
 
 
 # --- Format detection, load_dataset, validation slice --------------------------------------
@@ -253,14 +246,14 @@ def test_format_detection_and_missing_dataset(tmp_path):
     assert detect_format(tmp_path / "db.pickle") == "politics"
     assert detect_format(tmp_path / "m.jsonl") == "jsonl"
     assert detect_format(tmp_path / "dataset_coco.json") == "karpathy"
-    assert "--dataset-format" in one_line_error(detect_format, tmp_path / "data.txt")
-    msg = one_line_error(load_dataset, tmp_path / "nope.jsonl")
+    assert "--dataset-format" in input_error(detect_format, tmp_path / "data.txt")
+    msg = input_error(load_dataset, tmp_path / "nope.jsonl")
     assert str(tmp_path / "nope.jsonl") in msg and "not found" in msg
     txt = write_lines(tmp_path / "data.txt", [{"id": "a", "image": "a.jpg", "text": "t"}])
     assert [it.id for it in load_dataset(txt, "jsonl")] == ["a"]
     test_only = write_lines(tmp_path / "t.jsonl",
                             [{"id": "a", "image": "a.jpg", "text": "t", "split": "test"}])
-    assert "no training items" in one_line_error(load_dataset, test_only)
+    assert "no training items" in input_error(load_dataset, test_only)
 
 
 def _splits(n_train: int, n_test: int, n_val: int = 0) -> list[Item]:
@@ -282,7 +275,7 @@ def test_validation_slice_is_seeded_sized_and_from_train_only():
     marked = _splits(50, 8, 3)
     assert assign_validation(marked, 20, 0) == marked           # items marked val: no slice
     assert assign_validation(_splits(50, 0), None, 0) == _splits(50, 0)
-    assert "--val-size" in one_line_error(assign_validation, items, 50, 0)
+    assert "--val-size" in input_error(assign_validation, items, 50, 0)
 
 
 def test_validation_slice_through_the_shared_flags(tmp_path):
@@ -363,7 +356,7 @@ def test_jsonl_bad_doc2vec_text(tmp_path, second, words):
     path = write_lines(tmp_path / "m.jsonl", [
         {"id": "a", "image": "a.jpg", "text": "fine", "doc2vec_text": "Article."},
         {"id": "b", "image": "b.jpg", "text": "fine too", **second}])
-    msg = one_line_error(read_jsonl, path)
+    msg = input_error(read_jsonl, path)
     for w in words:
         assert w in msg
 
@@ -372,5 +365,5 @@ def test_jsonl_doc2vec_text_missing_on_the_first_line_but_given_later(tmp_path):
     path = write_lines(tmp_path / "m.jsonl", [
         {"id": "a", "image": "a.jpg", "text": "fine"}, "",
         {"id": "b", "image": "b.jpg", "text": "fine", "doc2vec_text": "Article."}])
-    msg = one_line_error(read_jsonl, path)
+    msg = input_error(read_jsonl, path)
     assert 'm.jsonl:3: a "doc2vec_text", but line 1 has none' in msg

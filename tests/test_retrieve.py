@@ -12,7 +12,7 @@ from PIL import Image
 from data.items import InputError
 from evaluation.neighborhood import top_k
 from evaluation.page import Hit, QueryResult, Thumbnails, contact_sheet, read_query_file
-from inprocess import cli, one_line_error, train_tiny
+from conftest import cli, one_line_error, train_tiny
 
 
 @pytest.fixture(scope="module")

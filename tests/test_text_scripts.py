@@ -3,10 +3,10 @@ one-line error (exit status 2) every bad input gets from them."""
 import json
 import os
 import pickle
-import runpy
 import shutil
 import subprocess
 import sys
+from dataclasses import astuple
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ import pytest
 from gensim.models.doc2vec import Doc2Vec
 
 from cli import parser
+from conftest import cli, one_line_error
 from data.corpus import drop_empty, tokenized_documents
 from data.doc2vec import infer_vectors
 from data.items import documents
@@ -30,24 +31,6 @@ def run_subprocess(script: str, *args: str, hash_seed: str = "random") -> subpro
                           text=True, timeout=120, env={**os.environ, "PYTHONHASHSEED": hash_seed})
 
 
-def run_inprocess(script: str, *args: str, capsys, monkeypatch) -> tuple[int, str, str]:
-    """The script as `python script args` would run it, without a new interpreter's start-up."""
-    monkeypatch.setattr(sys, "argv", [script, *map(str, args)])
-    code = 0
-    try:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(code: int, err: str, *words: str) -> None:
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    for w in words:
-        assert w in lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +112,7 @@ def check_knn_file(path: Path, feats_ids: list, labels: dict, k: int, space: str
                                                  ("hnsw", "cosinesimil", "subprocess"),
                                                  ("hnsw", "l2", "in-process"),
                                                  ("exact", "cosinesimil", "in-process")])
-def test_neighbours_share_the_topic(corpus, tmp_path, capsys, monkeypatch, backend, space, how):
+def test_neighbours_share_the_topic(corpus, tmp_path, backend, space, how):
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(corpus["work"] / "doc2vec_features.pickle", work)
@@ -140,7 +123,7 @@ def test_neighbours_share_the_topic(corpus, tmp_path, capsys, monkeypatch, backe
         code, out = r.returncode, r.stdout
         assert code == 0, r.stderr
     else:
-        code, out, _ = run_inprocess(KNN, *args, capsys=capsys, monkeypatch=monkeypatch)
+        code, out, _ = astuple(cli(KNN, *args, check=False))
         assert code == 0
     if backend == "hnsw":
         recall = float(out.split("recall@10 against exact on")[1].split(":")[1].split()[0])
@@ -150,12 +133,12 @@ def test_neighbours_share_the_topic(corpus, tmp_path, capsys, monkeypatch, backe
     check_knn_file(work / "document_feats_knn.pickle", ids, corpus["labels"], 20, space, backend)
 
 
-def test_several_texts_per_image_are_documents(tmp_path, capsys, monkeypatch):
+def test_several_texts_per_image_are_documents(tmp_path):
     manifest = write_topic_manifest(tmp_path / "data", n=80, seed=1, texts_per_item=3)
     work = tmp_path / "work"
     common = ["--dataset", manifest, "--work-dir", work]
     for script, extra in [(TRAIN, SMALL), (EXTRACT, []), (KNN, ["--k", "15", "--backend", "exact"])]:
-        code, _, err = run_inprocess(script, *common, *extra, capsys=capsys, monkeypatch=monkeypatch)
+        code, _, err = astuple(cli(script, *common, *extra, check=False))
         assert code == 0, err
     items = load_dataset(manifest)
     with open(work / "doc2vec_features.pickle", "rb") as f:
@@ -167,7 +150,7 @@ def test_several_texts_per_image_are_documents(tmp_path, capsys, monkeypatch):
     check_knn_file(work / "document_feats_knn.pickle", ids, labels, 15, "l2", "exact", min_share=0.5)
 
 
-def test_large_model_is_one_loadable_file(tmp_path, capsys, monkeypatch):
+def test_large_model_is_one_loadable_file(tmp_path):
     # 14,000 training documents of 800 dimensions: document vectors over gensim's limit for a
     # separate .npy (10 * 2**20 elements), which once landed beside the temporary name and broke
     # every later step (at 200 dimensions, from about 52,000 documents on).
@@ -176,8 +159,8 @@ def test_large_model_is_one_loadable_file(tmp_path, capsys, monkeypatch):
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(rows) + "\n")
     work = tmp_path / "work"
-    code, _, err = run_inprocess(TRAIN, "--dataset", manifest, "--work-dir", work, "--min-count", "1",
-                                 "--epochs", "1", "--workers", "1", "--vector-size", "800", capsys=capsys, monkeypatch=monkeypatch)
+    code, _, err = astuple(cli(TRAIN, "--dataset", manifest, "--work-dir", work, "--min-count", "1",
+                               "--epochs", "1", "--workers", "1", "--vector-size", "800", check=False))
     assert code == 0, err
     assert sorted(p.name for p in work.iterdir()) == ["doc2vec_model.gensim"]
     shutil.move(str(work), str(tmp_path / "moved"))   # nothing refers to files beside it
@@ -190,8 +173,8 @@ def test_large_model_is_one_loadable_file(tmp_path, capsys, monkeypatch):
     (EXTRACT, []),
     (KNN, ["--k", "--backend", "--space", "--M", "--ef-construction", "--ef-search"]),
 ])
-def test_help_lists_the_flags(capsys, monkeypatch, script, flags):
-    code, out, _ = run_inprocess(script, "--help", capsys=capsys, monkeypatch=monkeypatch)
+def test_help_lists_the_flags(script, flags):
+    code, out, _ = astuple(cli(script, "--help", check=False))
     assert code == 0
     shared = ["--dataset", "--dataset-format", "--image-root", "--work-dir", "--workers", "--seed",
               "--val-size", "--max-sentences", "--doc2vec-max-sentences"]
@@ -215,7 +198,7 @@ def bad_manifests(folder: Path) -> list[tuple[Path, list[str]]]:
     return out
 
 
-def test_bad_datasets_give_one_line_errors(tmp_path, capsys, monkeypatch):
+def test_bad_datasets_give_one_line_errors(tmp_path):
     cases = bad_manifests(tmp_path)
     cases.append((tmp_path / "missing.jsonl", ["missing.jsonl", "not found", "--dataset"]))
     politics = tmp_path / "politics"
@@ -237,41 +220,38 @@ def test_bad_datasets_give_one_line_errors(tmp_path, capsys, monkeypatch):
             if script == EXTRACT:  # a model is present, so the dataset is what fails
                 work.mkdir(exist_ok=True)
                 (work / "doc2vec_model.gensim").write_bytes(b"")
-            code, _, err = run_inprocess(script, "--dataset", dataset, "--work-dir", work,
-                                         capsys=capsys, monkeypatch=monkeypatch)
-            one_line_error(code, err, *words)
+            r = cli(script, "--dataset", dataset, "--work-dir", work, check=False)
+            one_line_error(r, *words)
 
 
-def test_scripts_run_out_of_order_name_the_script_to_run(corpus, tmp_path, capsys, monkeypatch):
+def test_scripts_run_out_of_order_name_the_script_to_run(corpus, tmp_path):
     common = ["--dataset", corpus["manifest"], "--work-dir", tmp_path / "w"]
-    code, _, err = run_inprocess(EXTRACT, *common, capsys=capsys, monkeypatch=monkeypatch)
-    one_line_error(code, err, "doc2vec_model.gensim: not found", "run train_doc2vec.py")
-    code, _, err = run_inprocess(KNN, *common, capsys=capsys, monkeypatch=monkeypatch)
-    one_line_error(code, err, "doc2vec_features.pickle: not found", "run extract_doc2vec_vectors.py")
+    r = cli(EXTRACT, *common, check=False)
+    one_line_error(r, "doc2vec_model.gensim: not found", "run train_doc2vec.py")
+    r = cli(KNN, *common, check=False)
+    one_line_error(r, "doc2vec_features.pickle: not found", "run extract_doc2vec_vectors.py")
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "doc2vec_features.pickle").write_bytes(b"\x80\x05truncated")
-    code, _, err = run_inprocess(KNN, *common, capsys=capsys, monkeypatch=monkeypatch)
-    one_line_error(code, err, "doc2vec_features.pickle: unreadable", "extract_doc2vec_vectors.py")
+    r = cli(KNN, *common, check=False)
+    one_line_error(r, "doc2vec_features.pickle: unreadable", "extract_doc2vec_vectors.py")
 
 
-def test_k_larger_than_the_corpus(corpus, tmp_path, capsys, monkeypatch):
+def test_k_larger_than_the_corpus(corpus, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     shutil.copy(corpus["work"] / "doc2vec_features.pickle", work)
     n = len(pickle.loads((work / "doc2vec_features.pickle").read_bytes())["ids"])
-    code, _, err = run_inprocess(KNN, "--work-dir", work, "--k", n + 1, "--backend", "exact",
-                                 capsys=capsys, monkeypatch=monkeypatch)
-    one_line_error(code, err, f"--k {n + 1} is larger than the corpus ({n} documents",
+    r = cli(KNN, "--work-dir", work, "--k", n + 1, "--backend", "exact", check=False)
+    one_line_error(r, f"--k {n + 1} is larger than the corpus ({n} documents",
                    f"pass --k {n} or less")
-    code, _, err = run_inprocess(KNN, "--work-dir", work, "--k", "0", capsys=capsys, monkeypatch=monkeypatch)
+    code, _, err = astuple(cli(KNN, "--work-dir", work, "--k", "0", check=False))
     assert code == 2 and "--k 0" in err
 
 
-def test_empty_vocabulary(corpus, tmp_path, capsys, monkeypatch):
-    code, _, err = run_inprocess(TRAIN, "--dataset", corpus["manifest"], "--work-dir", tmp_path,
-                                 "--min-count", "100000", "--workers", "1",
-                                 capsys=capsys, monkeypatch=monkeypatch)
-    one_line_error(code, err, "Doc2Vec vocabulary is empty", "--min-count")
+def test_empty_vocabulary(corpus, tmp_path):
+    r = cli(TRAIN, "--dataset", corpus["manifest"], "--work-dir", tmp_path,
+            "--min-count", "100000", "--workers", "1", check=False)
+    one_line_error(r, "Doc2Vec vocabulary is empty", "--min-count")
     assert not (tmp_path / "doc2vec_model.gensim").exists()
 
 

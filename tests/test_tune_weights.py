@@ -11,7 +11,7 @@ import pytest
 import train_cross_modal_retrieval_model as trainer
 import tuning.sweep as sweep
 from fixtures import write_topic_manifest
-from inprocess import cli
+from conftest import cli, one_line_error
 from tuning.grid import parse_grid, parse_values, product_grid
 from tuning.sweep import Device, Outcome, parse_devices, run_all
 
@@ -287,14 +287,11 @@ def test_a_metric_the_data_cannot_give_is_a_one_line_error(fakes, tmp_path):
     base = ["tune_weights.py", "--grid", "1 0 0", "--out", tmp_path / "sweep"]
     result = cli(*base, "--select", "label_p10_t2i", "--", "--dataset", unlabeled,
                  "--val-size", "30", check=False)
-    lines = result.err.strip().splitlines()
-    assert result.code == 2 and len(lines) == 1, result.err
-    assert lines[0].startswith("error: --select label_p10_t2i needs a label on every validation")
-    assert "1 test items" in lines[0]
+    one_line_error(result, "error: --select label_p10_t2i needs a label on every validation",
+                   "1 test items")
     result = cli(*base, "--select", "image_overlap", "--", "--dataset", manifest, "--work-dir",
                  tmp_path / "empty", check=False)
-    assert result.code == 2 and "needs the Doc2Vec model" in result.err
-    assert len(result.err.strip().splitlines()) == 1
+    one_line_error(result, "needs the Doc2Vec model")
     assert not calls.exists()
 
 
@@ -303,7 +300,7 @@ def test_a_metric_the_data_cannot_give_is_a_one_line_error(fakes, tmp_path):
 @pytest.mark.slow
 def test_a_real_sweep_on_tiny_data(tmp_path):
     from demo.synthetic import generate_synthetic
-    from inprocess import TINY_TRAIN
+    from pipeline import TINY_TRAIN
     from models.checkpoint import load_checkpoint
 
     # No item marked val: validation is the seeded slice of train, as large as test.
