@@ -56,10 +56,18 @@ WEIGHT_DECAY = 1e-5
 LR_PATIENCE = 5                 # ReduceLROnPlateau patience (epochs)
 PATIENCE = 10                   # early stop after this many epochs without a better val loss
 MAX_EPOCHS = 999
-LOSS = "angular"                # "angular" (N-pair angular, the paper's) or "triplet"
-TAN2_ALPHA = 1.0                # angular loss tan^2(alpha)
+# "angular": the N-pair angular loss, what the release trains (and so what the paper's numbers
+# come from); "angular-hinge": the hinge form the paper writes, [|a-p|^2 - 4 tan^2(alpha)
+# |n-c|^2]_+ with c = (a+p)/2 and one negative per anchor; "triplet": a cosine hinge (VSE++).
+LOSS = "angular"
+TAN2_ALPHA = 1.0                # tan^2(alpha) of both angular forms
 MARGIN = 0.2                    # triplet margin
 HARDEST_NEGATIVE = False        # triplet: hardest negative (VSE++) instead of the sum
+# "release": the release's negative sets: B random training texts for L_i2t and L_text, every
+# batch image (the anchor's own included) for L_sym and L_img, each anchor's sum counted B times
+# (its B x B tiling). "clean": the batch's own rows, minus those showing the anchor's or the
+# positive's image, counted once.
+NEGATIVES = "release"
 PRECISION = "bf16"              # on CUDA; the CPU always runs fp32
 MAX_BAD_IMAGES = 0.01           # share of unreadable images tolerated before training stops
 RUN_NAME = None                 # the log folder under WORK_DIR/models (None: the authors' name

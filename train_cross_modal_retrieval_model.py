@@ -3,10 +3,13 @@
     python train_cross_modal_retrieval_model.py W_SYM W_IMG W_TEXT [flags]
 
 L = L_i2t + W_SYM * L_sym + W_IMG * L_img + W_TEXT * L_text; `1 0.3 0.2` are the paper's
-weights, `1 0 0` the baseline without its constraints. Several GPUs: torchrun --nproc_per_node N.
+weights, `1 0 0` the baseline without its constraints. The objective is the release's by default
+(--loss angular, --negatives release: see losses/objective.py); all four terms are logged at every
+step. Several GPUs: torchrun --nproc_per_node N.
 """
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -15,15 +18,16 @@ from tqdm import tqdm
 
 import config
 from cli import check_flags, parser, real, run_main, whole
-from losses import cross_modal_loss
-from models import ARCHS, build_model
-from training import distributed
-from models.checkpoint import check_resume, load_resume, save_checkpoint
-from training.data import PairDataset, epoch_order, make_loader
 from data.image_cache import MODES
+from losses import LOSSES, NEGATIVES, CrossModalObjective, LossConfig
+from models import ARCHS, ModelConfig, Precision, build_model
+from models.checkpoint import check_resume, load_resume, save_checkpoint
+from models.precision import PRECISIONS
+from training import distributed
+from training.data import VALIDATION_SEED, PairDataset, epoch_order, make_loader, with_random_texts
 from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
-from training.step import LossConfig, StepLog, autocast, prep_images, train_step, use_bf16
+from training.step import StepLog, objective_inputs, train_step
 
 
 def parse_args(argv: list[str] | None = None):
@@ -51,12 +55,17 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--lr", type=real(0, above=True), default=config.LR)
     g.add_argument("--weight-decay", type=real(0), default=config.WEIGHT_DECAY)
     g.add_argument("--lr-patience", type=whole(0), default=config.LR_PATIENCE)
-    g.add_argument("--loss", choices=("angular", "triplet"), default=config.LOSS)
+    g.add_argument("--loss", choices=LOSSES, default=config.LOSS,
+                   help="angular: the N-pair form the release trains; angular-hinge: the hinge "
+                        "form the paper writes, one negative per anchor; triplet: VSE++'s hinge")
+    g.add_argument("--negatives", choices=NEGATIVES, default=config.NEGATIVES,
+                   help="release: the release's negative sets (random training texts, every batch "
+                        "image, each counted B times); clean: the batch's rows of other images")
     g.add_argument("--tan2-alpha", type=real(0, above=True), default=config.TAN2_ALPHA)
     g.add_argument("--margin", type=real(0), default=config.MARGIN)
     g.add_argument("--hardest-negative", action="store_true", default=config.HARDEST_NEGATIVE)
     g.add_argument("--neighbor-pool", type=whole(1), default=config.NEIGHBOR_POOL)
-    g.add_argument("--precision", choices=("bf16", "fp32"), default=config.PRECISION,
+    g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,
                    help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when present")
@@ -88,24 +97,25 @@ def parse_args(argv: list[str] | None = None):
     return args
 
 
-def validate(model, ds, args, ctx, amp, channels_last) -> float:
-    """Mean L_i2t over the validation documents (in-batch negatives), as the authors."""
+def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalObjective) -> float:
+    """Mean validation L_i2t, as the authors: against B random validation texts drawn under a
+    fixed seed (the same every epoch) with the release's negatives, in-batch ones with clean.
+    `objective` has zero weights: its total is L_i2t."""
     model.eval()
     # Every document once over all ranks: unequal shards are fine, as the unwrapped model runs here.
     order = list(range(ctx.rank, len(ds), ctx.world))
+    release = objective.config.negatives == "release"
+    if release:
+        order = with_random_texts(order, len(ds), args.batch_size, [VALIDATION_SEED, ctx.rank])
     total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0  # read once, at the end
-    with torch.no_grad():
+    # A fixed seed for what the objective draws (angular-hinge), kept apart from training's.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(VALIDATION_SEED)
         for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
-            if len(b["image_ids"]) < 2:
-                continue
-            with amp:
-                img, txt = model(prep_images(b["images"], ctx.device, False, channels_last),
-                                 b["tokens"].to(ctx.device), b["lengths"])
-            _, parts = cross_modal_loss(img, txt, img, txt, b["image_ids"].to(ctx.device),
-                                        b["image_ids"].to(ctx.device), b["has_nb"].to(ctx.device),
-                                        0, 0, 0, args.loss, args.tan2_alpha, args.margin,
-                                        args.hardest_negative)
-            total += parts["l_i2t"].double() * len(b["image_ids"])
+            if len(b["image_ids"]) < 2 and not release:
+                continue     # no in-batch negative
+            loss, _ = objective(*objective_inputs(model, b, precision, train=False))
+            total += loss.double() * len(b["image_ids"])
             count += len(b["image_ids"])
     total, count = distributed.all_sum([total.item(), count], ctx)
     return total / max(count, 1)
@@ -120,22 +130,19 @@ def main() -> None:
     folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
     resumed = (log_dir / "last.pt", load_resume(log_dir / "last.pt", ctx.device)) if args.resume else None
     data = prepare(args, ctx, resumed)
-    bf16 = use_bf16(ctx.device, args.precision)
-    amp = autocast(ctx.device, args.precision)
+    precision = Precision.resolve(ctx.device, args.precision)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
 
-    model = build_model({"arch": args.arch, "embed_dim": args.embed_dim, "word_dim": data.word_vectors.shape[1],
-                         "hidden": args.gru_hidden, "vocab_size": len(data.vocab)},
-                        data.word_vectors, pretrained=not args.no_pretrained,
-                        weights_file=args.image_weights).to(ctx.device)
-    if bf16:
-        model = model.to(memory_format=torch.channels_last)
+    model_config = ModelConfig(arch=args.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
+                               hidden=args.gru_hidden, vocab_size=len(data.vocab))
+    model = precision.prepare(build_model(model_config, data.word_vectors, pretrained=not args.no_pretrained,
+                                          weights_file=args.image_weights))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
     start, best, since_best, step, wrote_best = 0, math.inf, 0, 0, False
     if resumed is not None:
-        state = check_resume(resumed[1], resumed[0], model.config(), data.vocab.fingerprint())
+        state = check_resume(resumed[1], resumed[0], model_config, data.vocab.fingerprint())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -148,7 +155,11 @@ def main() -> None:
     log = StepLog(writer)
     if resumed is not None:   # named if the loss diverges: the last checkpoint with finite weights
         log.last_checkpoint = f"{resumed[0]} (epoch {start - 1})"
-    loss_cfg = LossConfig.from_args(args)
+    loss_config = LossConfig.from_args(args)
+    objective = CrossModalObjective(loss_config)
+    # The release's validation loss: L_i2t alone, not tiled.
+    val_objective = CrossModalObjective(replace(loss_config, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False))
+    release = loss_config.negatives == "release"
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
     val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
     config_record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
@@ -164,18 +175,20 @@ def main() -> None:
         torch.manual_seed(args.run_seed * 100_003 + epoch)  # the epoch's flips, same on resume
         train_ds.set_neighbors(data.sampler.sample(args.run_seed, epoch))
         order = epoch_order(len(train_ds), args.run_seed, epoch, ctx.rank, ctx.world)
+        if release:   # each batch's random training texts, drawn per epoch: the same on resume
+            order = with_random_texts(order, len(train_ds), args.batch_size, [args.run_seed, epoch, ctx.rank, 13])
         loader = make_loader(train_ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
                              drop_last=len(order) > args.batch_size)
         model.train()
         t0, seen, loss_sum = time.time(), 0, 0.0   # loss_sum stays on the device: no wait per step
         for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
-            loss, parts = train_step(net, optimizer, b, ctx.device, amp, bf16, loss_cfg)
+            loss, parts = train_step(net, optimizer, b, precision, objective)
             loss_sum = loss_sum + loss
             step += 1
             seen += len(b["image_ids"]) * ctx.world
             log.add(step, loss, parts, optimizer.param_groups[0]["lr"])
         log.flush()
-        val = validate(model, val_ds, args, ctx, amp, bf16)
+        val = validate(model, val_ds, args, ctx, precision, val_objective)
         log.check(step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
         scheduler.step(val)
         improved = val < best
@@ -183,7 +196,7 @@ def main() -> None:
         if ctx.main:
             writer.add_scalar("data/val_loss", val, epoch)
             writer.flush()
-            state = {"model": model.state_dict(), "model_config": model.config(), "vocab": data.vocab.to_state(),
+            state = {"model": model.state_dict(), "model_config": model_config.to_dict(), "vocab": data.vocab.to_state(),
                      "vocab_fingerprint": data.vocab.fingerprint(), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val": best,
                      "since_best": since_best, "val_loss": val, "config": config_record,

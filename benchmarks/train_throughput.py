@@ -41,12 +41,13 @@ from data.items import documents  # noqa: E402
 from data.readers import load_dataset  # noqa: E402
 from demo.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
 from evaluation.embed import embed_images, prepare_model  # noqa: E402
-from models import Vocabulary, build_model  # noqa: E402
-from training.data import PairDataset, epoch_order, make_loader  # noqa: E402
+from losses import CrossModalObjective, LossConfig  # noqa: E402
+from models import ModelConfig, Precision, Vocabulary, build_model  # noqa: E402
+from training.data import PairDataset, epoch_order, make_loader, with_random_texts  # noqa: E402
 from data.image_cache import cached_reader, ensure_cache, training_images  # noqa: E402
 from data.images import ImageFiles  # noqa: E402
 from training.neighbors import NeighborSampler  # noqa: E402
-from training.step import LossConfig, StepLog, autocast, train_step, use_bf16  # noqa: E402
+from training.step import StepLog, train_step  # noqa: E402
 
 PREFETCH = 4        # batches each loader worker keeps ready (training.data.make_loader)
 
@@ -174,6 +175,8 @@ def _batches(ds: PairDataset, batch_size: int, workers: int, seed: int, device: 
     epoch = 0
     while True:
         order = epoch_order(len(ds), seed, epoch)
+        if config.NEGATIVES == "release":   # the random training texts, as the trainer
+            order = with_random_texts(order, len(ds), batch_size, [seed, epoch, 0, 13])
         yield from make_loader(ds, order, batch_size, workers, device.type == "cuda", drop_last=True)
         epoch += 1
 
@@ -195,20 +198,22 @@ def time_steps(batches, step, warmup: int, steps: int, device: torch.device) -> 
 
 
 def new_model(args, vocab, vectors, device: torch.device, precision: str):
-    model = build_model({"arch": args.arch, "embed_dim": args.embed_dim, "word_dim": vectors.shape[1],
-                         "hidden": args.gru_hidden, "vocab_size": len(vocab)}, vectors).to(device)
-    if use_bf16(device, precision):
-        model = model.to(memory_format=torch.channels_last)
+    shape = ModelConfig(args.arch, args.embed_dim, vectors.shape[1], args.gru_hidden, len(vocab))
+    model = Precision.resolve(device, precision).prepare(build_model(shape, vectors))
     model.train()
     return model, torch.optim.Adam(model.parameters(), lr=config.LR, weight_decay=config.WEIGHT_DECAY)
 
 
 def stepper(model, optimizer, device: torch.device, precision: str):
-    cfg, amp, log = LossConfig(1.0, 0.3, 0.2), autocast(device, precision), StepLog(_Discard())
+    # The paper's weights with config.py's objective (the release's negatives by default).
+    objective = CrossModalObjective(LossConfig.for_training(
+        1.0, 0.3, 0.2, config.LOSS, config.TAN2_ALPHA, config.MARGIN, config.HARDEST_NEGATIVE,
+        config.NEGATIVES))
+    run, log = Precision.resolve(device, precision), StepLog(_Discard())
     count = [0]
 
     def step(batch: dict) -> None:
-        loss, parts = train_step(model, optimizer, batch, device, amp, use_bf16(device, precision), cfg)
+        loss, parts = train_step(model, optimizer, batch, run, objective)
         count[0] += 1
         log.add(count[0], loss, parts, config.LR)
     return step

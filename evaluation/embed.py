@@ -25,7 +25,7 @@ from data.images import try_read_image
 from data.items import SPLITS
 from models import CrossModalModel, Vocabulary, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
-from training.step import autocast, prep_images, use_bf16
+from models.precision import PRECISIONS, Precision
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
 FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
@@ -48,7 +48,7 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--batch-size", type=int, default=128, help="images or texts per forward pass")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when present")
-    g.add_argument("--precision", choices=("bf16", "fp32"), default=config.PRECISION,
+    g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,
                    help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
     # SUPPRESS leaves a flag that was not given out of the namespace, so the checkpoint's value
     # can take its place (a None default could not tell "not given" from --val-size's None).
@@ -73,11 +73,11 @@ def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder
 
 
 def device_and_precision(name: str | None, precision: str = "fp32") -> tuple[torch.device, str]:
-    """The one place where evaluation, retrieval and the benchmarks decide where and how a model
-    runs: the named device or CUDA when present, and the precision that runs there (bf16 only
-    on CUDA; the CPU always runs fp32)."""
-    device = torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return device, "bf16" if use_bf16(device, precision) else "fp32"
+    """Where and how a model runs for evaluation, retrieval and the benchmarks, as
+    models.precision decides it for training too: the named device or CUDA when present, and the
+    precision that runs there (bf16 only on CUDA; the CPU always runs fp32)."""
+    run = Precision.resolve(name, precision)
+    return run.device, "bf16" if run.bf16 else "fp32"
 
 
 def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.Namespace:
@@ -112,10 +112,7 @@ def load_model(path: str | Path, args: argparse.Namespace
 
 def prepare_model(model: CrossModalModel, device: torch.device, precision: str) -> CrossModalModel:
     """The model on the device in eval mode; channels_last where bf16 runs, as in training."""
-    model = model.to(device).eval()
-    if use_bf16(device, precision):
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return Precision.resolve(device, precision).prepare(model).eval()
 
 
 class ImageFileDataset(Dataset):
@@ -169,11 +166,11 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     # Kept on the device until the end: a copy per batch would make the GPU wait every batch.
     out = torch.empty(len(paths), model.image.embed_dim, device=device)
     failures: dict[int, str] = {}
-    channels_last = use_bf16(device, precision)
+    run = Precision.resolve(device, precision)
     for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
                                        disable=len(loader) < 2):
-        x = prep_images(images, device, False, channels_last)
-        with autocast(device, precision):
+        x = run.images(images, train=False)
+        with run.autocast():
             out[index.to(device)] = model.embed_images(x).float()
         failures.update({int(i): r for i, r in zip(index, reasons) if r})
     return out.cpu(), failures
@@ -193,10 +190,11 @@ def embed_texts(model: CrossModalModel, vocab: Vocabulary, tokens: Sequence[list
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     out = torch.empty(len(encoded), model.text.embed_dim, device=device)
     starts = range(0, len(order), batch_size)
+    run = Precision.resolve(device, precision)
     for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0, disable=len(starts) < 2):
         rows = order[s:s + batch_size]
         ids, lengths = pad_batch([encoded[i] for i in rows])
-        with autocast(device, precision):
+        with run.autocast():
             out[torch.tensor(rows, device=device)] = model.embed_texts(
                 ids.to(device, non_blocking=True), lengths).float()
     return out.cpu()

@@ -1,6 +1,8 @@
-"""Loss functions: pure tensor-in, tensor-out."""
-from losses.angular import angular_loss
-from losses.objective import cross_modal_loss, negative_mask
+"""The objective (a module built from its LossConfig) and its pure tensor-in, tensor-out losses."""
+from losses.angular import angular_hinge_loss, angular_loss
+from losses.objective import (LOSSES, NEGATIVES, TERMS, CrossModalObjective, LossConfig,
+                              negative_mask, pick_negative)
 from losses.triplet import triplet_loss
 
-__all__ = ["angular_loss", "triplet_loss", "cross_modal_loss", "negative_mask"]
+__all__ = ["angular_loss", "angular_hinge_loss", "triplet_loss", "LOSSES", "NEGATIVES", "TERMS",
+           "LossConfig", "CrossModalObjective", "negative_mask", "pick_negative"]

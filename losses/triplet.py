@@ -8,7 +8,7 @@ from losses.angular import check_inputs, masked_mean, sanitize_positive
 
 
 def triplet_loss(anchor: Tensor, positive: Tensor, candidates: Tensor, valid: Tensor,
-                 margin: float = 0.2, hardest: bool = False,
+                 margin: float, hardest: bool = False,
                  anchor_mask: Tensor | None = None) -> Tensor:
     """Mean over anchors of sum_{j valid} max(0, margin - a^T p + a^T n_j).
 

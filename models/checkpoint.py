@@ -9,7 +9,7 @@ import torch
 
 from data.items import InputError
 from data.workdir import atomic_write
-from models import CrossModalModel, Vocabulary, build_model
+from models import CrossModalModel, ModelConfig, Vocabulary, build_model
 
 
 def run_name(w_sym: float, w_img: float, w_text: float) -> str:
@@ -49,7 +49,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return state
 
 
-def load_for_resume(path: str | Path, model_config: dict, vocab_fingerprint: str,
+def load_for_resume(path: str | Path, model_config: ModelConfig, vocab_fingerprint: str,
                     device: str | torch.device = "cpu") -> dict:
     """The last.pt of the run to continue, checked to fit the model and vocabulary built now:
     another vocabulary of the same size would load without complaint and misread every word."""
@@ -65,10 +65,12 @@ def load_resume(path: str | Path, device: str | torch.device = "cpu") -> dict:
     return load_checkpoint(path, device)
 
 
-def check_resume(state: dict, path: str | Path, model_config: dict, vocab_fingerprint: str) -> dict:
+def check_resume(state: dict, path: str | Path, model_config: ModelConfig,
+                 vocab_fingerprint: str) -> dict:
     """`state` when it fits the model and vocabulary built now, else one line saying what differs."""
-    changed = [f"{k} {v} -> {model_config.get(k)}" for k, v in state["model_config"].items()
-               if model_config.get(k) != v]
+    now = model_config.to_dict()
+    changed = [f"{k} {v} -> {now.get(k)}" for k, v in state["model_config"].items()
+               if now.get(k) != v]
     if state.get("vocab_fingerprint") != vocab_fingerprint:
         changed.append("the Doc2Vec vocabulary")
     if changed:
@@ -80,6 +82,6 @@ def check_resume(state: dict, path: str | Path, model_config: dict, vocab_finger
 
 def rebuild(state: dict, device: str | torch.device = "cpu") -> tuple[CrossModalModel, Vocabulary]:
     """The trained model and its vocabulary, from the checkpoint alone (no pretrained weights)."""
-    model = build_model(state["model_config"])
+    model = build_model(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), Vocabulary.from_state(state["vocab"])

@@ -93,6 +93,15 @@ def load_imagenet_weights(backbone: nn.Module, arch: str) -> None:
     load_backbone_weights(backbone, path, arch)
 
 
+def projection_head(in_dim: int, out_dim: int) -> nn.Linear:
+    """The linear map into the joint space, initialised as the release does for both branches:
+    xavier-normal weight, bias 0.1."""
+    head = nn.Linear(in_dim, out_dim)
+    nn.init.xavier_normal_(head.weight)
+    nn.init.constant_(head.bias, 0.1)
+    return head
+
+
 class ImageEncoder(nn.Module):
     """ResNet (avgpool kept, fc removed) -> Linear(feat_dim, embed_dim) -> unit vector."""
 
@@ -110,10 +119,7 @@ class ImageEncoder(nn.Module):
             load_backbone_weights(self.backbone, Path(weights_file), arch)
         elif pretrained:
             load_imagenet_weights(self.backbone, arch)
-        self.head = nn.Linear(feat_dim, embed_dim)
-        # The authors' head initialisation.
-        nn.init.xavier_normal_(self.head.weight)
-        nn.init.constant_(self.head.bias, 0.1)
+        self.head = projection_head(feat_dim, embed_dim)
 
     def forward(self, images: Tensor) -> Tensor:
         """[B, 3, H, W] -> [B, embed_dim] float32 unit vectors."""

@@ -1,7 +1,8 @@
-"""The two branches together, and the dict that lets a checkpoint rebuild them."""
+"""The two branches together, and the ModelConfig that lets a checkpoint rebuild them."""
 from __future__ import annotations
 
 import os
+from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 from torch import Tensor, nn
@@ -9,7 +10,36 @@ from torch import Tensor, nn
 from models.image import ImageEncoder
 from models.text import TextEncoder
 
-CONFIG_KEYS = ("arch", "embed_dim", "word_dim", "hidden", "vocab_size")
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of the model: what build_model needs, and what a checkpoint stores (as a plain
+    dict, so that torch.load(weights_only=True) reads it)."""
+    arch: str
+    embed_dim: int
+    word_dim: int
+    hidden: int
+    vocab_size: int
+
+    def __post_init__(self) -> None:
+        # Checkpoints store builtins only: numpy integers (a vector's shape) become ints here.
+        for f in fields(self):
+            if f.name != "arch":
+                object.__setattr__(self, f.name, int(getattr(self, f.name)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, config: dict) -> "ModelConfig":
+        """From a checkpoint's "model_config" (the same five keys since the first checkpoints)."""
+        if not isinstance(config, dict):
+            raise ValueError(f"model config must be a dict, got {type(config).__name__}")
+        missing = [f.name for f in fields(cls) if f.name not in config]
+        if missing:
+            raise ValueError(f"model config lacks {', '.join(missing)}: the checkpoint was not "
+                             "written by this project's training")
+        return cls(**{f.name: config[f.name] for f in fields(cls)})
 
 
 class CrossModalModel(nn.Module):
@@ -33,31 +63,23 @@ class CrossModalModel(nn.Module):
         """Both branches in one call, so that DistributedDataParallel sees every parameter."""
         return self.image(images), self.text(tokens, lengths)
 
-    def config(self) -> dict:
-        return model_config(arch=self.image.arch, embed_dim=self.image.embed_dim,
-                            word_dim=self.text.embedding.embedding_dim,
-                            hidden=self.text.gru.hidden_size,
-                            vocab_size=self.text.embedding.num_embeddings)
+    def config(self) -> ModelConfig:
+        return ModelConfig(arch=self.image.arch, embed_dim=self.image.embed_dim,
+                           word_dim=self.text.embedding.embedding_dim,
+                           hidden=self.text.gru.hidden_size,
+                           vocab_size=self.text.embedding.num_embeddings)
 
 
-def model_config(arch: str, embed_dim: int, word_dim: int, hidden: int, vocab_size: int) -> dict:
-    """Plain dict (json- and torch.save-safe) that build_model turns back into the model."""
-    return {"arch": arch, "embed_dim": int(embed_dim), "word_dim": int(word_dim),
-            "hidden": int(hidden), "vocab_size": int(vocab_size)}
-
-
-def build_model(config: dict, word_vectors: np.ndarray | None = None, pretrained: bool = False,
+def build_model(config: ModelConfig, word_vectors: np.ndarray | None = None,
+                pretrained: bool = False,
                 weights_file: str | os.PathLike | None = None) -> CrossModalModel:
     """The model `config` describes. The defaults build it without any pretrained weights,
     which is what loading a checkpoint needs: its state dict overwrites every parameter."""
-    if not isinstance(config, dict):
-        raise ValueError(f"model config must be a dict, got {type(config).__name__}")
-    missing = [k for k in CONFIG_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"model config lacks {', '.join(missing)}: the checkpoint was not "
-                         "written by this project's training")
-    image = ImageEncoder(config["arch"], config["embed_dim"], pretrained=pretrained,
+    if not isinstance(config, ModelConfig):
+        raise ValueError(f"build_model needs a ModelConfig, got {type(config).__name__} (a "
+                         "checkpoint's dict goes through ModelConfig.from_dict)")
+    image = ImageEncoder(config.arch, config.embed_dim, pretrained=pretrained,
                          weights_file=weights_file)
-    text = TextEncoder(config["vocab_size"], config["word_dim"], config["hidden"],
-                       config["embed_dim"], word_vectors=word_vectors)
+    text = TextEncoder(config.vocab_size, config.word_dim, config.hidden, config.embed_dim,
+                       word_vectors=word_vectors)
     return CrossModalModel(image, text)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
+from models.image import projection_head
 from models.vocab import PAD, SPECIALS
 
 SPECIAL_STD = 0.1   # START/END rows: small next to Doc2Vec word vectors
@@ -14,6 +15,8 @@ SPECIAL_STD = 0.1   # START/END rows: small next to Doc2Vec word vectors
 
 class TextEncoder(nn.Module):
     """Embedding(vocab_size, word_dim) -> GRU(word_dim, hidden) final state -> Linear -> unit.
+
+    The Linear is initialised as the image branch's (xavier normal, bias 0.1), as in the release.
 
     Row layout follows models.vocab: PAD (kept zero), START, END, then the words.
     """
@@ -26,7 +29,7 @@ class TextEncoder(nn.Module):
                              "special rows: the Doc2Vec vocabulary is empty (lower --min-count)")
         self.embedding = nn.Embedding(vocab_size, word_dim, padding_idx=PAD)
         self.gru = nn.GRU(word_dim, hidden, num_layers=1, batch_first=True)
-        self.head = nn.Linear(hidden, embed_dim)
+        self.head = projection_head(hidden, embed_dim)
         self.embed_dim = embed_dim
         if word_vectors is not None:
             self._init_rows(np.asarray(word_vectors))

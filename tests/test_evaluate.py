@@ -20,7 +20,7 @@ from evaluation.neighborhood import knn_overlap
 from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
 from conftest import RUN, cli, one_line_error, train_tiny
-from models import Vocabulary, build_model, pad_batch
+from models import ModelConfig, Vocabulary, build_model, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
 from data.images import normalize, read_image
 
@@ -325,8 +325,8 @@ def test_device_and_precision_are_decided_together():
 
 def test_embedding_does_not_depend_on_batching_and_reports_bad_files(tmp_path):
     torch.manual_seed(0)
-    model = build_model({"arch": "resnet18", "embed_dim": 8, "word_dim": 6, "hidden": 5,
-                         "vocab_size": 13}).eval()
+    model = build_model(ModelConfig("resnet18", embed_dim=8, word_dim=6, hidden=5,
+                                    vocab_size=13)).eval()
     vocab = Vocabulary([f"w{i}" for i in range(10)])
     tokens = [[f"w{i % 10}" for i in range(n)] for n in (3, 9, 1, 5, 7, 2)]
     one = embed_texts(model, vocab, tokens, 50, torch.device("cpu"), batch_size=1)

@@ -1,11 +1,26 @@
-"""The losses against slow float64 python-loop references, plus the objective's negative sets."""
+"""The losses against slow float64 python-loop references, plus the objective's "clean" negative
+sets (the release's sets: test_objective.py)."""
 import math
+from functools import partial
 
 import pytest
 import torch
 
 import losses.objective as objective
-from losses import angular_loss, cross_modal_loss, negative_mask, triplet_loss
+from losses import CrossModalObjective, LossConfig, angular_loss, negative_mask, triplet_loss
+
+# Both pure losses with their hyper-parameter fixed, for the tests that apply to each.
+ANGULAR = partial(angular_loss, tan2_alpha=1.0)
+TRIPLET = partial(triplet_loss, margin=0.2)
+BOTH = pytest.mark.parametrize("fn", [ANGULAR, TRIPLET], ids=["angular", "triplet"])
+
+
+def cross_modal_loss(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, w_sym, w_img, w_text,
+                     loss="angular", tan2_alpha=1.0, margin=0.2, hardest=False):
+    """The objective under the clean negatives, called as one function."""
+    config = LossConfig.for_training(w_sym, w_img, w_text, loss, tan2_alpha, margin, hardest,
+                                     "clean")
+    return CrossModalObjective(config)(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb)
 
 
 def unit(*shape, seed=0, dtype=torch.float32):
@@ -108,12 +123,12 @@ def test_triplet_matches_reference(seed, hardest):
 def test_float64_inputs_stay_float64_and_pass_gradcheck():
     a, p, n = (unit(3, 4, seed=s, dtype=torch.float64).requires_grad_() for s in (0, 1, 2))
     valid = torch.tensor([[True, False, True], [False, False, False], [True, True, True]])
-    assert angular_loss(a, p, n, valid).dtype == torch.float64
+    assert angular_loss(a, p, n, valid, 1.0).dtype == torch.float64
     assert torch.autograd.gradcheck(lambda *x: angular_loss(*x, valid, 0.7), (a, p, n))
     assert torch.autograd.gradcheck(lambda *x: triplet_loss(*x, valid, 0.9), (a, p, n))
 
 
-@pytest.mark.parametrize("fn", [angular_loss, triplet_loss])
+@BOTH
 def test_gradients_finite(fn):
     a, p, n = (unit(6, 8, seed=s).requires_grad_() for s in (0, 1, 2))
     fn(a, p, n, random_mask(6, 6)).backward()
@@ -135,7 +150,7 @@ def test_angular_huge_logits_do_not_overflow(scale, t):
     assert all(torch.isfinite(x.grad).all() for x in leaves)
 
 
-@pytest.mark.parametrize("fn", [angular_loss, triplet_loss])
+@BOTH
 def test_anchor_without_valid_negatives_contributes_zero(fn):
     a, p, n = unit(3, 5, seed=0), unit(3, 5, seed=1), unit(4, 5, seed=2)
     valid = random_mask(3, 4)
@@ -146,7 +161,7 @@ def test_anchor_without_valid_negatives_contributes_zero(fn):
     assert fn(a, p, n, valid).item() == pytest.approx(sum(per_row) / 3, rel=1e-6)
 
 
-@pytest.mark.parametrize("fn", [angular_loss, triplet_loss])
+@BOTH
 def test_no_valid_anchor_gives_connected_zero(fn):
     a, p, n = (unit(3, 5, seed=s).requires_grad_() for s in (0, 1, 2))
     nobody = torch.zeros(3, dtype=torch.bool)
@@ -162,15 +177,15 @@ def test_angular_decreases_as_positive_moves_toward_anchor():
     values = []
     for s in (0.0, 0.25, 0.5, 0.75, 1.0):
         p = torch.nn.functional.normalize((1 - s) * p0 + s * a, dim=1)
-        values.append(angular_loss(a, p, n, valid).item())
+        values.append(angular_loss(a, p, n, valid, 1.0).item())
     assert all(x > y for x, y in zip(values, values[1:]))
     # The gradient at the positive points toward the anchor (descent pulls p to a).
     p = p0.clone().requires_grad_()
-    angular_loss(a, p, n, valid).backward()
+    angular_loss(a, p, n, valid, 1.0).backward()
     assert (-p.grad * (a - p0)).sum() > 0
 
 
-@pytest.mark.parametrize("fn", [angular_loss, triplet_loss])
+@BOTH
 def test_bf16_autocast_on_cpu_gives_finite_float32(fn):
     a, p, n = unit(6, 16, seed=0), unit(6, 16, seed=1), unit(6, 16, seed=2)
     layer = torch.nn.Linear(16, 16)
@@ -186,7 +201,7 @@ def test_bf16_autocast_on_cpu_gives_finite_float32(fn):
     assert torch.isfinite(layer.weight.grad).all()
 
 
-@pytest.mark.parametrize("fn", [angular_loss, triplet_loss])
+@BOTH
 def test_bad_inputs_raise(fn):
     a, p, n = unit(3, 5), unit(3, 5, seed=1), unit(4, 5, seed=2)
     ok = torch.ones(3, 4, dtype=torch.bool)
@@ -210,10 +225,10 @@ def test_own_positive_is_never_a_negative():
     mask = negative_mask(ids, ids, ids)
     assert not mask.diagonal().any()
     assert mask.sum() == 5 * 4
-    ours = angular_loss(img, txt, txt, mask)
+    ours = angular_loss(img, txt, txt, mask, 1.0)
     reference = ref_angular(img, txt, txt, [[j != i for j in range(5)] for i in range(5)])
     # The release put every batch row, the anchor's own positive included, in the negative set.
-    authors = angular_loss(img, txt, txt, torch.ones(5, 5, dtype=torch.bool))
+    authors = angular_loss(img, txt, txt, torch.ones(5, 5, dtype=torch.bool), 1.0)
     assert ours.item() == pytest.approx(reference, rel=1e-5)
     assert abs(authors.item() - reference) > 0.1
 
@@ -281,23 +296,30 @@ def test_rows_without_neighbour_contribute_nothing():
     assert none["l_img"].item() == 0.0 and none["l_text"].item() == 0.0
 
 
-def test_zero_weights_skip_their_terms(monkeypatch):
+def test_zero_weight_terms_are_computed_and_logged_without_a_graph(monkeypatch):
+    """Every term is computed at every step whatever its weight (the release logs all four); a
+    zero-weight one runs under no_grad, so it costs no backward."""
     img, txt, nb_img, nb_txt, ids, nb_ids, has_nb = batch(seed=6)
-    calls = []
+    grad_on = []
 
-    def counting(anchor, positive, *args):
-        calls.append(positive)
+    def recording(anchor, positive, *args):
+        grad_on.append((positive, torch.is_grad_enabled()))
         return angular_loss(anchor, positive, *args)
 
-    monkeypatch.setattr(objective, "angular_loss", counting)
-    nb_img, nb_txt = (x.clone().requires_grad_() for x in (nb_img, nb_txt))
+    monkeypatch.setattr(objective, "angular_loss", recording)
+    img, txt, nb_img, nb_txt = (x.clone().requires_grad_() for x in (img, txt, nb_img, nb_txt))
     total, parts = cross_modal_loss(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, 0.0, 0.0, 0.0)
-    assert len(calls) == 1 and calls[0] is txt
+    want_total, want = ref_objective(img.detach(), txt.detach(), nb_img.detach(), nb_txt.detach(),
+                                     ids, nb_ids, has_nb, 0.0, 0.0, 0.0)
+    assert [g for _, g in grad_on] == [True, False, False, False]
+    for name in want:
+        assert parts[name].item() == pytest.approx(want[name], rel=1e-5) and want[name] > 0
     assert total.item() == pytest.approx(parts["l_i2t"].item())
-    assert all(parts[k].item() == 0.0 for k in ("l_sym", "l_img", "l_text"))
-    calls.clear()
+    total.backward()
+    assert nb_img.grad is None and nb_txt.grad is None
+    grad_on.clear()
     total, parts = cross_modal_loss(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, 0.0, 0.5, 0.0)
-    assert len(calls) == 2 and calls[1] is nb_img
+    assert [g for _, g in grad_on] == [True, False, True, False] and grad_on[2][0] is nb_img
     total.backward()
     assert nb_img.grad is not None and nb_txt.grad is None
     want = parts["l_i2t"].item() + 0.5 * parts["l_img"].item()
@@ -319,6 +341,9 @@ def test_objective_bad_inputs_raise():
     with pytest.raises(ValueError, match="loss must be one of"):
         cross_modal_loss(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, 1, 0, 0,
                          loss="contrastive")
+    with pytest.raises(ValueError, match="neg_txt is given"):
+        CrossModalObjective(LossConfig.for_training(1, 0, 0, "angular", 1.0, 0.2, False, "clean"))(
+            img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, txt)
     with pytest.raises(ValueError, match="image_ids"):
         cross_modal_loss(img, txt, nb_img, nb_txt, ids.float(), nb_ids, has_nb, 1, 0, 0)
     with pytest.raises(ValueError, match="has_nb"):

@@ -7,8 +7,8 @@ import torch
 from torchvision import models as tvm
 
 import models.image as image_module
-from models import (END, PAD, START, ImageEncoder, TextEncoder, Vocabulary, build_model,
-                    imagenet_cache_path, model_config, pad_batch)
+from models import (END, PAD, START, ImageEncoder, ModelConfig, TextEncoder, Vocabulary,
+                    build_model, imagenet_cache_path, pad_batch)
 
 
 @pytest.fixture(autouse=True)
@@ -199,6 +199,15 @@ def test_embedding_rows_are_the_word_vectors():
     assert enc.embedding.weight.requires_grad
 
 
+def test_text_head_is_initialised_as_the_image_head():
+    enc = TextEncoder(10, word_dim=6, hidden=512, embed_dim=256)
+    expected_std = math.sqrt(2.0 / (512 + 256))
+    w = enc.head.weight.detach().double()
+    assert torch.all(enc.head.bias == 0.1)
+    assert abs(w.mean().item()) < 0.02 * expected_std
+    assert abs(w.std().item() / expected_std - 1) < 0.02
+
+
 def test_word_vectors_of_wrong_shape_are_refused():
     with pytest.raises(ValueError, match=r"shape \(8, 6\), expected \(7, 6\)"):
         small_text(10, np.zeros((8, 6)))
@@ -244,7 +253,7 @@ def test_text_encoder_rejects_bad_lengths():
 # --- Joint model -----------------------------------------------------------------------------
 
 def tiny_config():
-    return model_config(arch="resnet18", embed_dim=8, word_dim=6, hidden=8, vocab_size=10)
+    return ModelConfig(arch="resnet18", embed_dim=8, word_dim=6, hidden=8, vocab_size=10)
 
 
 def test_build_model_from_config_reproduces_outputs_exactly():
@@ -267,10 +276,26 @@ def test_build_model_from_config_reproduces_outputs_exactly():
 
 
 def test_build_model_rejects_incomplete_config():
-    config = tiny_config()
+    config = tiny_config().to_dict()
     del config["hidden"]
     with pytest.raises(ValueError, match="lacks hidden"):
-        build_model(config)
+        ModelConfig.from_dict(config)
+    with pytest.raises(ValueError, match="needs a ModelConfig"):
+        build_model(tiny_config().to_dict())
+
+
+def test_model_config_round_trips_as_plain_builtins(tmp_path):
+    config = ModelConfig("resnet18", np.int64(8), 6, 8, 10)   # a shape read off numpy stays int
+    stored = config.to_dict()
+    assert stored == {"arch": "resnet18", "embed_dim": 8, "word_dim": 6, "hidden": 8,
+                      "vocab_size": 10}
+    assert all(type(v) in (str, int) for v in stored.values())
+    torch.save({"model_config": stored}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)["model_config"]
+    assert ModelConfig.from_dict(loaded) == config
+    # The dict the first checkpoints wrote, with the same five keys, still reads.
+    old = {"arch": "resnet18", "embed_dim": 8, "word_dim": 6, "hidden": 8, "vocab_size": 10}
+    assert build_model(ModelConfig.from_dict(old)).config() == config
 
 
 def test_gradients_reach_both_branches_but_not_the_pad_row():

@@ -1,16 +1,23 @@
 """The training script end to end on the CPU: loss, TensorBoard, checkpoints, resume, DDP, bad images."""
+import json
 import shutil
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from demo.synthetic import generate_synthetic
 from pipeline import TINY_TRAIN, run, text_side
-from data.items import InputError
+from data.items import Document, InputError
+from models import ModelConfig
 from models.checkpoint import load_checkpoint, load_for_resume, rebuild, save_checkpoint
+from training.distributed import Context
+from training.neighbors import NeighborSampler
+from training.prepare import drop_unknown
 
 TAGS = {"data/train_loss", "data/l_i2t", "data/l_sym", "data/l_img", "data/l_text", "data/lr",
         "data/val_loss"}
@@ -81,13 +88,39 @@ def test_resume_after_interruption_matches_uninterrupted_run(prepared, tmp_path)
     assert len(steps_b) == sa["step"]   # no duplicated or lost iterations in the log
 
 
-def test_baseline_weights_skip_the_neighbour_terms(prepared, tmp_path):
+def test_baseline_weights_still_log_every_term(prepared, tmp_path):
+    # As the release: all four terms at every step whatever their weights, so that the baseline's
+    # l_img and l_text curves exist; a zero weight keeps its term out of the loss only.
     manifest, work = prepared
     work = shutil.copytree(work, tmp_path / "w")
     train(manifest, work, "--epochs", "1", weights=("1", "0", "0"))
     logs = scalars(work / "models" / "l_i2t_l_sym_1_l_img_0_l_text_0")
-    assert set(logs["data/l_img"]) == {0.0} and set(logs["data/l_text"]) == {0.0}
-    assert all(v > 0 for v in logs["data/l_sym"])
+    for tag in ("data/l_i2t", "data/l_sym", "data/l_img", "data/l_text"):
+        assert len(logs[tag]) == len(logs["data/train_loss"]) and all(v > 0 for v in logs[tag])
+    for total, i2t, sym in zip(logs["data/train_loss"], logs["data/l_i2t"], logs["data/l_sym"]):
+        assert total == pytest.approx(i2t + sym, rel=1e-5)
+
+
+@pytest.mark.slow
+def test_unknown_word_documents_are_dropped_and_clean_hinge_trains(tmp_path):
+    """Documents without a Doc2Vec word are dropped and reported, never trained as [START, END]
+    nor drawn as neighbours; --negatives clean and --loss angular-hinge train end to end."""
+    manifest = generate_synthetic(tmp_path / "data", n_items=60, image_size=32, seed=2)
+    lines = manifest.read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    odd = [r for r in rows if r["split"] == "train"][:2]
+    for k, r in enumerate(odd):     # words of their own: below Doc2Vec's --min-count 2
+        r["texts"] = [f"Quixotic{k} zephyrs{k} waltzing{k}."]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text_side(manifest, tmp_path / "work")
+    proc = train(manifest, tmp_path / "work", "--epochs", "1", "--negatives", "clean",
+                 "--loss", "angular-hinge")
+    line = next(x for x in proc.stdout.splitlines() if "no word in the Doc2Vec vocabulary" in x)
+    assert line.startswith("dropped 2 ") and all(r["id"] in line for r in odd)
+    logs = scalars(tmp_path / "work" / "models" / RUN)
+    assert TAGS <= set(logs) and all(v >= 0 for v in logs["data/train_loss"])
+    state = load_checkpoint(tmp_path / "work" / "models" / RUN / "last.pt")
+    assert state["config"]["negatives"] == "clean" and state["config"]["loss"] == "angular-hinge"
 
 
 def test_ddp_over_two_cpu_processes_trains(prepared, tmp_path):
@@ -128,13 +161,32 @@ def test_missing_work_files_name_the_script_to_run(prepared, tmp_path):
 
 
 def test_resume_refuses_another_model_or_vocabulary(tmp_path):
-    config = {"arch": "resnet18", "embed_dim": 32, "word_dim": 8, "hidden": 16, "vocab_size": 10}
+    config = ModelConfig("resnet18", embed_dim=32, word_dim=8, hidden=16, vocab_size=10)
     last = tmp_path / "last.pt"
     with pytest.raises(InputError, match="no run to resume"):
         load_for_resume(last, config, "abc")
-    save_checkpoint({"model": {}, "model_config": config, "vocab": [], "vocab_fingerprint": "abc"}, last)
+    save_checkpoint({"model": {}, "model_config": config.to_dict(), "vocab": [],
+                     "vocab_fingerprint": "abc"}, last)
     assert load_for_resume(last, config, "abc")["vocab_fingerprint"] == "abc"
     with pytest.raises(InputError, match="embed_dim 32 -> 64"):
-        load_for_resume(last, {**config, "embed_dim": 64}, "abc")
+        load_for_resume(last, replace(config, embed_dim=64), "abc")
     with pytest.raises(InputError, match="Doc2Vec vocabulary"):
         load_for_resume(last, config, "other")
+
+
+def test_documents_without_a_vocabulary_word_are_dropped_counted_and_never_neighbours(capsys):
+    docs = [Document(f"d{i}", i, 0) for i in range(5)]
+    encoded = [[1, 5, 2], [1, 2], [1, 6, 7, 2], [1, 2], [1, 8, 2]]
+    kept, kept_encoded = drop_unknown(docs, encoded, Context())
+    assert [d.id for d in kept] == ["d0", "d2", "d4"]
+    assert kept_encoded == [[1, 5, 2], [1, 6, 7, 2], [1, 8, 2]]
+    assert ("dropped 2 train/val documents with no word in the Doc2Vec vocabulary (first: d1, d3)"
+            in capsys.readouterr().out)
+    # The kNN file still lists them (it was built from the tokens, before the vocabulary).
+    knn = {"ids": [d.id for d in docs],
+           "neighbors": np.array([[i] + [j for j in range(5) if j != i] for i in range(5)]),
+           "distances": np.array([[0, .1, .2, .3, .4]] * 5, dtype=np.float32)}
+    sampler = NeighborSampler(knn, kept, pool=10)
+    for row, others in enumerate(({1, 2}, {0, 2}, {0, 1})):
+        start = sampler.offsets[row]
+        assert set(sampler.candidates[start:start + sampler.counts[row]].tolist()) == others

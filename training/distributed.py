@@ -8,6 +8,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from models.precision import pick_device
+
 # The other ranks wait in broadcast() while rank 0 decodes every image once (training.prepare):
 # on a large dataset without the image cache that outlasts NCCL's 10-minute collective timeout.
 OBJECT_TIMEOUT = timedelta(hours=12)
@@ -27,7 +29,7 @@ class Context:
 
 def setup(device: str | None) -> Context:
     """Read torchrun's environment; NCCL on CUDA, gloo on the CPU."""
-    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    want = pick_device(device).type
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Context(device=torch.device(want))

@@ -16,7 +16,7 @@ from data.corpus import drop_empty, tokenized_documents
 from data.items import InputError, Document, Item
 from data.doc2vec import load_model
 from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
-from models import Vocabulary
+from models import END, START, Vocabulary
 
 from .distributed import Context, broadcast
 from data.image_cache import training_images
@@ -36,6 +36,19 @@ class TrainingData:
     sampler: NeighborSampler
     read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s]
     provenance: dict                       # what the run is made from, saved in its checkpoints
+
+
+def drop_unknown(docs: list[Document], encoded: list[list[int]], ctx: Context
+                 ) -> tuple[list[Document], list[list[int]]]:
+    """Documents without a word of the Doc2Vec vocabulary (only START and END left) are dropped,
+    as the release dropped them, and counted. The neighbour sampler then never draws them:
+    it only knows the documents kept."""
+    empty = [d.id for d, e in zip(docs, encoded) if e == [START, END]]
+    if empty and ctx.main:
+        print(f"dropped {len(empty)} train/val documents with no word in the Doc2Vec vocabulary "
+              f"(first: {', '.join(empty[:3])})")
+    keep = [i for i, e in enumerate(encoded) if e != [START, END]]
+    return [docs[i] for i in keep], [encoded[i] for i in keep]
 
 
 def check_provenance(items: list[Item], args: argparse.Namespace, d2v: Doc2Vec, knn: dict,
@@ -89,6 +102,7 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     docs, tokens = [docs[i] for i in keep], [tokens[i] for i in keep]
 
     encoded = [vocab.encode(t, args.max_tokens) for t in tokens]
+    docs, encoded = drop_unknown(docs, encoded, ctx)
     train = [i for i, d in enumerate(docs) if items[d.item].split == "train"]
     val = [i for i, d in enumerate(docs) if items[d.item].split == "val"]
     if len(train) < 2:

@@ -6,76 +6,48 @@ one step late (StepLog) for the same reason.
 """
 from __future__ import annotations
 
-import argparse
 import math
-from contextlib import nullcontext
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from data.items import InputError
-from losses import cross_modal_loss
-
-from data.images import normalize
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    w_sym: float
-    w_img: float
-    w_text: float
-    loss: str = "angular"
-    tan2_alpha: float = 1.0
-    margin: float = 0.2
-    hardest_negative: bool = False
-
-    @classmethod
-    def from_args(cls, args: argparse.Namespace) -> "LossConfig":
-        return cls(args.w_sym, args.w_img, args.w_text, args.loss, args.tan2_alpha, args.margin,
-                   args.hardest_negative)
+from losses import CrossModalObjective
+from models.precision import Precision
 
 
-def use_bf16(device: torch.device, precision: str) -> bool:
-    """bf16 autocast + channels_last run on CUDA only; the CPU always runs fp32."""
-    return device.type == "cuda" and precision == "bf16"
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16(device, precision) else nullcontext()
-
-
-def prep_images(images: Tensor, device: torch.device, train: bool, channels_last: bool) -> Tensor:
-    """uint8 [B, 3, H, W] (pinned CPU or device) -> normalised float on the device, each image
-    mirrored with probability 1/2 when training (drawn from the CPU generator, so a seed fixes it)."""
-    images = images.to(device, non_blocking=True)
-    flip = (torch.rand(len(images)) < 0.5).to(device, non_blocking=True) if train else None
-    x = normalize(images, flip)
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: dict, device: torch.device,
-               amp, channels_last: bool, cfg: LossConfig) -> tuple[Tensor, dict[str, Tensor]]:
-    """Forward both branches on the batch and its neighbours, the loss, backward, optimizer step.
+def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: bool) -> tuple:
+    """Forward both branches on the batch, its neighbours and its random texts; the objective's
+    arguments (img, txt, nb_img, nb_txt, image_ids, nb_image_ids, has_nb, neg_txt).
 
     `batch` is what training.data.collate returns; its images and tokens may already be on the
-    device. Returns the detached loss and its parts, still on the device.
+    device. Images are mirrored at random when `train`.
     """
+    device = precision.device
     n = len(batch["image_ids"])
+    n_nb = len(batch["images"]) - n      # only real neighbours are stacked: as many images
     has_nb_cpu = batch["has_nb"].cpu()
     # Rows of the neighbours, found on the CPU: nonzero() on a device tensor waits for the GPU.
     rows = has_nb_cpu.nonzero().squeeze(1).to(device, non_blocking=True)
     has_nb = has_nb_cpu.to(device, non_blocking=True)
-    with amp:
-        img_all, txt_all = net(prep_images(batch["images"], device, True, channels_last),
+    with precision.autocast():
+        img_all, txt_all = net(precision.images(batch["images"], train),
                                batch["tokens"].to(device, non_blocking=True), batch["lengths"])
     nb_img = img_all.new_zeros(n, img_all.shape[1]).index_copy(0, rows, img_all[n:])
-    nb_txt = txt_all.new_zeros(n, txt_all.shape[1]).index_copy(0, rows, txt_all[n:])
-    loss, parts = cross_modal_loss(img_all[:n], txt_all[:n], nb_img, nb_txt,
-                                   batch["image_ids"].to(device, non_blocking=True),
-                                   batch["nb_image_ids"].to(device, non_blocking=True), has_nb,
-                                   cfg.w_sym, cfg.w_img, cfg.w_text, cfg.loss, cfg.tan2_alpha,
-                                   cfg.margin, cfg.hardest_negative)
+    nb_txt = txt_all.new_zeros(n, txt_all.shape[1]).index_copy(0, rows, txt_all[n:n + n_nb])
+    # The release's random texts, when the batch carries them, follow the neighbours' texts.
+    neg_txt = txt_all[n + n_nb:] if batch["random_texts"] else None
+    return (img_all[:n], txt_all[:n], nb_img, nb_txt,
+            batch["image_ids"].to(device, non_blocking=True),
+            batch["nb_image_ids"].to(device, non_blocking=True), has_nb, neg_txt)
+
+
+def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
+               precision: Precision, objective: CrossModalObjective
+               ) -> tuple[Tensor, dict[str, Tensor]]:
+    """One step on one batch: forward, the objective, backward, optimizer step. Returns the
+    detached loss and its parts, still on the device."""
+    loss, parts = objective(*objective_inputs(net, batch, precision, train=True))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
