@@ -1,12 +1,13 @@
 # `make demo`: set up .venv and run the whole pipeline on the built-in data.
 # `make test`: set up .venv and run the tests; `make test-fast`: all but the slow ones.
+# `make experiment` (after `make demo`): the demo's comparison over seeds, with error bars.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DATA ?= openclipart
 
-.PHONY: setup test test-fast demo
+.PHONY: setup test test-fast demo experiment
 
 # The venv is (re)made when missing or older than requirements.txt.
 $(STAMP): requirements.txt
@@ -25,3 +26,6 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(PY) -m demo --data $(DATA) $(DEMO_ARGS)
+
+experiment: $(STAMP)
+	$(PY) -m demo.experiment --data $(DATA) $(EXPERIMENT_ARGS)

@@ -9,7 +9,10 @@ are reported and left out with their texts, and texts that leave no token are dr
 
 Reported, image->text and text->image: Recall@1/5/10 (percent), median and mean rank, rsum (the
 six recalls summed). With several texts per image an image query is a hit when ANY of its texts
-is in the top K; each text has one correct image. With at least 2,000 images the same numbers
+is in the top K; each text has one correct image. Median rank is VSE++'s and open_clip's,
+floor(median of the 0-based ranks) + 1. An incorrect candidate scoring exactly as the correct
+one is ahead of it when its index is lower (--ties stable, as open_clip), or always (--ties
+worst); how many queries had such a tie is printed. With at least 2,000 images the same numbers
 are also averaged over folds of 1,000 images (the COCO 1K protocol, key folds_1k).
 
 Neighbourhood preservation (the paper's claim): for each image, the share of its 10 nearest
@@ -27,6 +30,8 @@ Output: one table, one column per checkpoint (named by its run folder). Without 
 metrics.json is written beside each checkpoint (metrics_<file>_<split>.json for a file other
 than best.pt or a split other than test). With --out and one checkpoint, that file holds its
 metrics; with --out and several checkpoints, it holds one dict keyed by run name.
+--save-ranks also writes each query's rank and neighbourhood hits (per_query_<split>.npz
+beside each checkpoint), from which tune_weights.py bootstraps confidence intervals.
 """
 import argparse
 import time
@@ -44,8 +49,10 @@ from data.workdir import check_writable
 from data.image_cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
 from evaluation.export import save_embeddings, write_projector
+from evaluation.metrics import TIES
 from evaluation.neighborhood import doc2vec_model_path
-from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names, write_json
+from evaluation.report import (evaluate_embeddings, format_table, metrics_path, per_query_path,
+                               run_names, write_json, write_per_query)
 from evaluation.split import (EvalSplit, integer_labels, load_split, reference_tokens,
                               without_unreadable)
 
@@ -61,6 +68,12 @@ def parse_args() -> argparse.Namespace:
     g.add_argument("--out", default=None,
                    help="metrics file (default: metrics.json beside each checkpoint); with several "
                         "checkpoints it holds a dict keyed by run name")
+    g.add_argument("--ties", choices=TIES, default="stable",
+                   help="an incorrect candidate scoring exactly as the correct one is ahead of it "
+                        "when its index is lower (stable, as open_clip) or always (worst)")
+    g.add_argument("--save-ranks", action="store_true",
+                   help="also write each query's rank and neighbourhood hits to "
+                        "per_query_<split>.npz beside each checkpoint")
     g.add_argument("--block", type=int, default=1024,
                    help="queries scored at once: bounds the similarity matrix held in memory")
     g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
@@ -159,17 +172,24 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     if labels is None and any(lab is not None for lab in split.image_labels):
         print("label precision: skipped, some items of the split have no label")
     device = run.device
+    per_query: dict = {}
     metrics, notes = evaluate_embeddings(
         images.to(device), texts.to(device), torch.from_numpy(split.text_image).to(device),
         torch.from_numpy(split.first_texts()).to(device), reference,
         None if labels is None else torch.from_numpy(labels[0]),
-        None if labels is None else torch.from_numpy(labels[1]), run.block)
+        None if labels is None else torch.from_numpy(labels[1]), run.block, run.ties, per_query)
     for note in notes:
         print(note)
-    if out_dir is None:
+    if out_dir is None and not run.save_ranks:
         return metrics, None
 
     def save() -> None:
+        if run.save_ranks:
+            target = per_query_path(path, run.split)
+            write_per_query(per_query, target)
+            print(f"wrote each query's values to {target}")
+        if out_dir is None:
+            return
         save_embeddings(out_dir, split, images, texts)
         print(f"wrote embeddings to {out_dir}")
         if run.projector:
@@ -187,6 +207,9 @@ def check_outputs(args: argparse.Namespace, names: list[str]) -> None:
     for name, path in zip(names, args.checkpoint):
         if args.out is None:
             check_writable(metrics_path(path, args.split), fix=away)
+        if args.save_ranks:
+            check_writable(per_query_path(path, args.split),
+                           fix="drop --save-ranks, or copy the checkpoint somewhere writable")
         if args.save_embeddings is not None:
             check_writable(embeddings_dir(args, path, name, len(names) > 1), folder=True,
                            fix="pass --save-embeddings DIR somewhere writable")

@@ -30,7 +30,7 @@ from training.run_folder import LogWriter, check_run_name, claim, log_folder
 from training.step import StepLog, objective_inputs, train_step
 
 
-def parse_args():
+def parse_args(argv: list[str] | None = None):
     p = parser(__doc__)
     p.add_argument("w_sym", type=real(0), help="weight of L_sym (text -> its image)")
     p.add_argument("w_img", type=real(0), help="weight of L_img (image -> a text-neighbour's image)")
@@ -48,6 +48,10 @@ def parse_args():
     g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
     g.add_argument("--patience", type=whole(1), default=config.PATIENCE,
                    help="stop after this many epochs without a better validation loss")
+    g.add_argument("--run-seed", type=whole(0), default=None,
+                   help="seed of the initial weights, the epoch order, the neighbour draws and the "
+                        "flips (default: --seed); --seed also fixes the validation slice, which "
+                        "Doc2Vec and the kNN were built without, so repeat a run with this one")
     g.add_argument("--lr", type=real(0, above=True), default=config.LR)
     g.add_argument("--weight-decay", type=real(0), default=config.WEIGHT_DECAY)
     g.add_argument("--lr-patience", type=whole(0), default=config.LR_PATIENCE)
@@ -78,7 +82,9 @@ def parse_args():
     g.add_argument("--overwrite", action="store_true",
                    help="remove an earlier run's checkpoints and logs from the log folder first "
                         "(without it, or --resume, a used folder is refused)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if args.run_seed is None:
+        args.run_seed = args.seed
     check_flags(p, args, "image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool")
     if args.resume and args.overwrite:
         p.error("--resume continues the folder's run and --overwrite replaces it: pass one")
@@ -118,7 +124,7 @@ def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalOb
 def main() -> None:
     args = parse_args()
     ctx = distributed.setup(args.device)
-    torch.manual_seed(args.seed)
+    torch.manual_seed(args.run_seed)
     # The folder first: a used or locked one stops the run before any data is read.
     log_dir = log_folder(args)
     folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
@@ -166,11 +172,11 @@ def main() -> None:
     for epoch in epochs:
         if since_best >= args.patience:
             break
-        torch.manual_seed(args.seed * 100_003 + epoch)  # the epoch's flips, same on resume
-        train_ds.set_neighbors(data.sampler.sample(args.seed, epoch))
-        order = epoch_order(len(train_ds), args.seed, epoch, ctx.rank, ctx.world)
+        torch.manual_seed(args.run_seed * 100_003 + epoch)  # the epoch's flips, same on resume
+        train_ds.set_neighbors(data.sampler.sample(args.run_seed, epoch))
+        order = epoch_order(len(train_ds), args.run_seed, epoch, ctx.rank, ctx.world)
         if release:   # each batch's random training texts, drawn per epoch: the same on resume
-            order = with_random_texts(order, len(train_ds), args.batch_size, [args.seed, epoch, ctx.rank, 13])
+            order = with_random_texts(order, len(train_ds), args.batch_size, [args.run_seed, epoch, ctx.rank, 13])
         loader = make_loader(train_ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
                              drop_last=len(order) > args.batch_size)
         model.train()

@@ -126,6 +126,8 @@ def main() -> None:
         checkpoints.append(best)
     steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
                            "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)
+    print("   (a single run of each, one seed: the difference between the columns includes the "
+          "seed's noise; `make experiment` repeats them over seeds with error bars)")
     page = args.run_dir / "retrieval"
     steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[-1], "--out", page,
                            *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")

@@ -62,11 +62,18 @@ def _unit_rows(x: torch.Tensor, name: str) -> torch.Tensor:
 
 def knn_overlap(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
                 block: int = 1024) -> float:
-    """Mean over rows of |A ∩ B| / k, a fraction in [0, 1].
+    """Mean over rows of |A ∩ B| / k, a fraction in [0, 1]: 1.0 when the spaces agree, about
+    k / (N - 1) for unrelated ones; invariant to rescaling either space's rows."""
+    hits = knn_overlap_hits(reference, learned, k, block)
+    return int(hits.sum()) / (hits.numel() * k)
+
+
+def knn_overlap_hits(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
+                     block: int = 1024) -> torch.Tensor:
+    """|A ∩ B| of each row, a CPU LongTensor [N] (the per-query values behind knn_overlap).
 
     A and B are the row's k nearest OTHER rows by cosine similarity in `reference` [N, Dr] and
-    `learned` [N, Dl]. 1.0 when the spaces agree, about k / (N - 1) for unrelated ones;
-    invariant to rescaling either space's rows.
+    `learned` [N, Dl].
     """
     _check_block(block)
     reference, learned = _two_spaces(reference, learned, "reference", "learned", same_dim=False)
@@ -82,16 +89,26 @@ def knn_overlap(reference: torch.Tensor, learned: torch.Tensor, k: int = 10,
     b = top_k(learned, learned, k, block, exclude_self=True)[1]
     # A row's k indices are distinct, so the equal pairs of its two lists are |A ∩ B|; compared
     # `block` rows at a time to bound the [rows, k, k] comparison.
-    hits = 0
+    hits = torch.empty(n, dtype=torch.long)
     for s in range(0, n, block):
-        hits += int((a[s:s + block, :, None] == b[s:s + block, None, :]).sum())
-    return hits / (n * k)
+        hits[s:s + block] = (a[s:s + block, :, None] == b[s:s + block, None, :]).sum((1, 2)).cpu()
+    return hits
 
 
 def label_precision(queries: torch.Tensor, gallery: torch.Tensor, query_labels: torch.Tensor,
                     gallery_labels: torch.Tensor, k: int = 10, exclude_self: bool = False,
                     block: int = 1024) -> float:
-    """Mean over queries of the FRACTION (0..1) of the top-k gallery items sharing its label.
+    """Mean over queries of the FRACTION (0..1) of the top-k gallery items sharing its label
+    (see label_precision_hits)."""
+    hits = label_precision_hits(queries, gallery, query_labels, gallery_labels, k, exclude_self,
+                                block)
+    return int(hits.sum()) / (hits.numel() * k)
+
+
+def label_precision_hits(queries: torch.Tensor, gallery: torch.Tensor,
+                         query_labels: torch.Tensor, gallery_labels: torch.Tensor, k: int = 10,
+                         exclude_self: bool = False, block: int = 1024) -> torch.Tensor:
+    """How many of each query's top-k gallery items share its label: a CPU LongTensor [Nq].
 
     Similarity is the dot product (cosine for the unit embeddings of the joint space).
     exclude_self=True is for image->image or text->text, where query i is gallery item i and
@@ -115,7 +132,7 @@ def label_precision(queries: torch.Tensor, gallery: torch.Tensor, query_labels: 
     top = top_k(queries, gallery, k, block, exclude_self)[1]
     gallery_labels = gallery_labels.to(queries.device)
     query_labels = query_labels.to(queries.device)
-    return int((gallery_labels[top] == query_labels[:, None]).sum()) / (queries.shape[0] * k)
+    return (gallery_labels[top] == query_labels[:, None]).sum(1).cpu()
 
 
 def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Vocabulary

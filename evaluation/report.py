@@ -6,11 +6,12 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from data.workdir import atomic_write
-from evaluation.metrics import fold_metrics, retrieval_metrics
-from evaluation.neighborhood import knn_overlap, label_precision
+from evaluation.metrics import fold_metrics, rank_parts, summarize
+from evaluation.neighborhood import knn_overlap_hits, label_precision_hits
 
 K = 10             # neighbourhood and label precision depth
 FOLD_SIZE = 1000   # the COCO "1K" protocol
@@ -19,24 +20,42 @@ FOLD_SIZE = 1000   # the COCO "1K" protocol
 def evaluate_embeddings(images: torch.Tensor, texts: torch.Tensor, text_image: torch.Tensor,
                         first_text: torch.Tensor, reference: torch.Tensor | None = None,
                         image_labels: torch.Tensor | None = None,
-                        text_labels: torch.Tensor | None = None, block: int = 1024
+                        text_labels: torch.Tensor | None = None, block: int = 1024,
+                        ties: str = "stable", per_query: dict | None = None
                         ) -> tuple[dict, list[str]]:
-    """(metrics, notes on what was skipped and why).
+    """(metrics, notes on what was skipped and why, and how many queries had a tie).
 
     images [Ni, D] and texts [Nt, D] are joint-space embeddings, text_image [Nt] each text's
     image. first_text [Ni] picks one text per image: the neighbourhood metric compares the
     images' (and those texts') 10 nearest neighbours with those of the texts' Doc2Vec vectors
-    `reference` [Ni, d]. Labels are ints, one per image and per text.
+    `reference` [Ni, d]. Labels are ints, one per image and per text. `ties` is the tie rule
+    of the ranks (evaluation.metrics).
 
-    Keys: i2t, t2i (r1, r5, r10, medr, meanr), rsum, n_images, n_texts; folds_1k (same keys as
-    the full split) with at least two folds of 1,000 images; neighborhood (image_overlap@10,
-    text_overlap@10) with a reference; label_precision@10 (i2t, t2i, i2i, t2t) with labels.
+    Keys: i2t, t2i (r1, r5, r10, medr, meanr), rsum, n_images, n_texts, ties (rule, and the
+    queries of each direction with an incorrect candidate tied with the correct one); folds_1k
+    (same keys as the full split) with at least two folds of 1,000 images; neighborhood
+    (image_overlap@10, text_overlap@10) with a reference; label_precision@10 (i2t, t2i, i2i,
+    t2t) with labels.
+
+    A dict passed as `per_query` receives each query's values as int64 arrays, the numbers
+    every metric above averages (tuning.stats resamples them): rank_i2t [Ni] and
+    rank_t2i [Nt] (0-based, under `ties`), text_image [Nt], and with those metrics
+    image_overlap_hits / text_overlap_hits [Ni] and label_hits_i2t [Ni], label_hits_t2i [Nt],
+    label_hits_i2i [Ni], label_hits_t2t [Nt] (hits among the top K).
     """
     n_images, n_texts = images.shape[0], texts.shape[0]
-    metrics = retrieval_metrics(images, texts, text_image, block)
+    parts = rank_parts(images, texts, text_image, block)
+    i2t, t2i = parts.under(ties)
+    metrics = summarize(i2t, t2i)
     metrics["n_images"], metrics["n_texts"] = n_images, n_texts
-    notes = []
-    folds = fold_metrics(images, texts, text_image, FOLD_SIZE, block)
+    tied = parts.tie_counts()
+    metrics["ties"] = {"rule": ties, **tied}
+    notes = [f"ties (--ties {ties}): {tied['i2t']} of {n_images} image queries and {tied['t2i']} "
+             f"of {n_texts} text queries had an incorrect candidate scoring exactly as the "
+             "correct one"]
+    hits: dict[str, torch.Tensor] = {"rank_i2t": i2t, "rank_t2i": t2i,
+                                     "text_image": text_image.detach().cpu()}
+    folds = fold_metrics(images, texts, text_image, FOLD_SIZE, block, ties)
     if folds is not None:
         metrics["folds_1k"] = folds
     elif n_images >= FOLD_SIZE:
@@ -46,20 +65,26 @@ def evaluate_embeddings(images: torch.Tensor, texts: torch.Tensor, text_image: t
         notes.append(f"neighbourhood: skipped, {n_images} images leave fewer than {K} neighbours")
     elif reference is not None:
         reference = reference.to(images.device)
-        metrics["neighborhood"] = {
-            f"image_overlap@{K}": knn_overlap(reference, images, K, block),
-            f"text_overlap@{K}": knn_overlap(reference, texts[first_text], K, block)}
+        hits["image_overlap_hits"] = knn_overlap_hits(reference, images, K, block)
+        hits["text_overlap_hits"] = knn_overlap_hits(reference, texts[first_text], K, block)
+        metrics["neighborhood"] = {f"{name}@{K}": int(hits[f"{name}_hits"].sum()) / (n_images * K)
+                                   for name in ("image_overlap", "text_overlap")}
 
     if image_labels is not None and text_labels is not None:
         if min(n_images, n_texts) <= K:
             notes.append(f"label precision: skipped, fewer than {K + 1} images or texts")
         else:
             il, tl = image_labels.to(images.device), text_labels.to(images.device)
+            for name, q, g, ql, gl, same in (("i2t", images, texts, il, tl, False),
+                                             ("t2i", texts, images, tl, il, False),
+                                             ("i2i", images, images, il, il, True),
+                                             ("t2t", texts, texts, tl, tl, True)):
+                hits[f"label_hits_{name}"] = label_precision_hits(q, g, ql, gl, K, same, block)
             metrics[f"label_precision@{K}"] = {
-                "i2t": label_precision(images, texts, il, tl, K, block=block),
-                "t2i": label_precision(texts, images, tl, il, K, block=block),
-                "i2i": label_precision(images, images, il, il, K, exclude_self=True, block=block),
-                "t2t": label_precision(texts, texts, tl, tl, K, exclude_self=True, block=block)}
+                name: int(hits[f"label_hits_{name}"].sum()) / (hits[f"label_hits_{name}"].numel() * K)
+                for name in ("i2t", "t2i", "i2i", "t2t")}
+    if per_query is not None:
+        per_query.update({key: value.numpy().astype(np.int64) for key, value in hits.items()})
     return metrics, notes
 
 
@@ -129,4 +154,19 @@ def write_json(obj: dict, path: str | Path) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
+    atomic_write(path, write)
+
+
+def per_query_path(checkpoint: str | Path, split: str) -> Path:
+    """per_query_<split>.npz beside the checkpoint (per_query_<file>_<split>.npz for a file other
+    than best.pt), as metrics_path."""
+    checkpoint = Path(checkpoint)
+    stem = "" if checkpoint.stem == "best" else f"_{checkpoint.stem}"
+    return checkpoint.parent / f"per_query{stem}_{split}.npz"
+
+
+def write_per_query(arrays: dict[str, np.ndarray], path: str | Path) -> None:
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:   # a file object: np.savez would add .npz to a name
+            np.savez(f, **arrays)
     atomic_write(path, write)

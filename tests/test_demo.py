@@ -31,6 +31,7 @@ def test_demo_runs_every_step_and_prints_the_side_by_side_table(demo):
         assert {"i2t", "t2i", "rsum", "neighborhood", "label_precision@10"} <= set(m)
     page = (run_dir / "retrieval" / "index.html").read_text()
     assert "rocket orbit astronaut" in page
+    assert "a single run of each, one seed" in out and "make experiment" in out
     assert "demo finished" in out
 
 
@@ -67,3 +68,24 @@ def test_a_step_after_the_evaluation_reruns_when_an_earlier_step_reran(tmp_path,
     steps("pass")
     assert "== retrieve: already done" in steps("pass")
     assert "== retrieve: already done" not in steps("x = 1")   # the checkpoint it reads changed
+
+
+@pytest.mark.slow
+def test_experiment_sweeps_the_demos_data(demo):
+    run_dir, _ = demo
+    out = run("-m", "demo.experiment", "--data", "synthetic", "--run-dir", run_dir, "--grid",
+              "1 0 0; 1 0.3 0.2", "--seeds", "1", "--epochs", "1", "--bootstrap", "200",
+              "--devices", "cpu", "--objectives", "none", "--image-size", "32").stdout
+    folder = run_dir / "experiment"
+    summary = json.loads((folder / "summary.json").read_text())
+    (objective,) = summary["validation"]     # the trainer's default objective
+    assert [t["weights"] for t in summary["validation"][objective]] == [[1, 0, 0], [1, 0.3, 0.2]]
+    assert {"rsum", "image_overlap", "label_p10_t2i"} <= set(summary["test"][objective])
+    for name in ("sweep.csv", "validation.png", "test.png"):
+        assert (folder / name).is_file()
+    assert "experiment finished" in out and "95% CI seeds (t)" in out
+
+
+def test_experiment_without_the_demos_data_says_what_to_run(tmp_path):
+    proc = run("-m", "demo.experiment", "--data", "synthetic", "--run-dir", tmp_path, check=False)
+    assert proc.returncode == 1 and "run make demo DATA=synthetic first" in proc.stderr

@@ -15,7 +15,7 @@ from data.items import InputError, Item
 from data.text import preprocess
 from evaluation.embed import (device_and_precision, embed_images, embed_texts,
                              with_checkpoint_defaults)
-from evaluation.metrics import retrieval_metrics
+from evaluation.metrics import retrieval_metrics, summarize
 from evaluation.neighborhood import knn_overlap
 from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
@@ -24,7 +24,8 @@ from models import ModelConfig, Vocabulary, build_model, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
 from data.images import normalize, read_image
 
-TOP_KEYS = {"i2t", "t2i", "rsum", "n_images", "n_texts", "neighborhood", "label_precision@10"}
+TOP_KEYS = {"i2t", "t2i", "rsum", "n_images", "n_texts", "ties", "neighborhood",
+            "label_precision@10"}
 DIRECTION_KEYS = {"r1", "r5", "r10", "medr", "meanr"}
 TEXTS_PER_ITEM = 2
 
@@ -122,6 +123,38 @@ def test_two_checkpoints_side_by_side_in_one_file(trained, tmp_path):
     assert header.split() == ["metric", RUN, "l_i2t_l_sym_1_l_img_0_l_text_0"]
     r1 = next(line for line in lines if line.startswith("i2t R@1 "))
     assert r1.split()[-2] == r1.split()[-1] == f"{both[RUN]['i2t']['r1']:.1f}"
+
+
+def test_saved_per_query_values_give_back_every_metric(trained, tmp_path):
+    manifest, _, best = trained
+    out = {}
+    for ties in ("stable", "worst"):
+        out[ties] = tmp_path / f"{ties}.json"
+        result = cli("evaluate_retrieval.py", "--checkpoint", best, "--split", "val",
+                     "--ties", ties, "--save-ranks", "--out", out[ties], "--workers", "0")
+        assert f"ties (--ties {ties}): " in result.out
+        assert (best.parent / "per_query_val.npz").is_file()
+        per = dict(np.load(best.parent / "per_query_val.npz"))
+        metrics = json.loads(out[ties].read_text())
+        val = [r for r in manifest_records(manifest) if r["split"] == "val"]
+        assert metrics["n_images"] == len(val) == len(per["rank_i2t"])
+        assert metrics["ties"]["rule"] == ties
+        again = summarize(torch.from_numpy(per["rank_i2t"]), torch.from_numpy(per["rank_t2i"]))
+        for d in ("i2t", "t2i"):
+            assert again[d] == pytest.approx(metrics[d])
+        assert per["text_image"].tolist() == [i for i in range(len(val))
+                                              for _ in range(TEXTS_PER_ITEM)]
+        n = len(val)
+        assert per["image_overlap_hits"].sum() / (10 * n) == pytest.approx(
+            metrics["neighborhood"]["image_overlap@10"])
+        for d, rows in (("i2t", n), ("t2i", TEXTS_PER_ITEM * n), ("t2t", TEXTS_PER_ITEM * n)):
+            assert per[f"label_hits_{d}"].shape == (rows,)
+            assert per[f"label_hits_{d}"].mean() / 10 == pytest.approx(
+                metrics["label_precision@10"][d])
+        out[ties] = per
+    # The rules differ only where an incorrect candidate ties the correct one.
+    assert (out["stable"]["rank_i2t"] <= out["worst"]["rank_i2t"]).all()
+    assert (out["stable"]["rank_t2i"] <= out["worst"]["rank_t2i"]).all()
 
 
 def test_unreadable_images_are_left_out_with_their_texts(trained, tmp_path):
@@ -237,7 +270,11 @@ def test_evaluate_embeddings_on_perfect_and_random_spaces():
     metrics, notes = evaluate_embeddings(images, texts, text_image, torch.arange(n) * 2,
                                          reference=images, image_labels=labels,
                                          text_labels=labels[text_image], block=300)
-    assert set(metrics) == TOP_KEYS | {"folds_1k"} and notes == []
+    assert set(metrics) == TOP_KEYS | {"folds_1k"}
+    # Each image's two texts are identical: a tie between two correct texts is no tie.
+    assert metrics["ties"] == {"rule": "stable", "i2t": 0, "t2i": 0}
+    assert notes == [f"ties (--ties stable): 0 of {n} image queries and 0 of {2 * n} text "
+                     "queries had an incorrect candidate scoring exactly as the correct one"]
     assert metrics["rsum"] == pytest.approx(600.0) and metrics["folds_1k"]["rsum"] == 600.0
     assert metrics["neighborhood"] == {"image_overlap@10": 1.0, "text_overlap@10": 1.0}
     assert set(metrics["label_precision@10"]) == {"i2t", "t2i", "i2i", "t2t"}

@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from evaluation.metrics import fold_metrics, recall_summary, retrieval_metrics, retrieval_ranks
+from evaluation.metrics import (fold_metrics, rank_parts, recall_summary, retrieval_metrics,
+                                retrieval_ranks)
 from evaluation.neighborhood import knn_overlap, label_precision
 
 BLOCKS = (1, 3, 10_000)
@@ -16,45 +17,71 @@ def dot(a, b):
     return sum(x * y for x, y in zip(a, b))
 
 
-def ref_ranks(images, texts, text_image):
+def ref_ranks(images, texts, text_image, ties="stable"):
+    """Worst: count the incorrect candidates scoring >= the correct one. Stable: sort every
+    candidate by (score descending, index ascending) and take the first correct one's place."""
     imgs, txts, owner = images.tolist(), texts.tolist(), text_image.tolist()
     i2t = []
     for i, im in enumerate(imgs):
         scores = [dot(im, t) for t in txts]
-        best = max(s for s, o in zip(scores, owner) if o == i)
-        i2t.append(sum(1 for s, o in zip(scores, owner) if o != i and s >= best))
+        if ties == "worst":
+            best = max(s for s, o in zip(scores, owner) if o == i)
+            i2t.append(sum(1 for s, o in zip(scores, owner) if o != i and s >= best))
+        else:
+            ordered = sorted(range(len(txts)), key=lambda j: (-scores[j], j))
+            i2t.append(next(p for p, j in enumerate(ordered) if owner[j] == i))
     t2i = []
     for t, tx in enumerate(txts):
         scores = [dot(tx, im) for im in imgs]
         right = scores[owner[t]]
-        t2i.append(sum(1 for j, s in enumerate(scores) if j != owner[t] and s >= right))
+        if ties == "worst":
+            t2i.append(sum(1 for j, s in enumerate(scores) if j != owner[t] and s >= right))
+        else:
+            ordered = sorted(range(len(imgs)), key=lambda j: (-scores[j], j))
+            t2i.append(ordered.index(owner[t]))
     return i2t, t2i
 
 
+def ref_ties(images, texts, text_image):
+    """Queries with an incorrect candidate scoring exactly as the (best) correct one."""
+    imgs, txts, owner = images.tolist(), texts.tolist(), text_image.tolist()
+    i2t = 0
+    for i, im in enumerate(imgs):
+        scores = [dot(im, t) for t in txts]
+        best = max(s for s, o in zip(scores, owner) if o == i)
+        i2t += any(s == best and o != i for s, o in zip(scores, owner))
+    t2i = 0
+    for t, tx in enumerate(txts):
+        scores = [dot(tx, im) for im in imgs]
+        t2i += any(s == scores[owner[t]] and j != owner[t] for j, s in enumerate(scores))
+    return {"i2t": i2t, "t2i": t2i}
+
+
 def ref_summary(ranks):
+    """VSE++: medr = floor(median of the 0-based ranks) + 1."""
     n = len(ranks)
-    ordered = sorted(r + 1 for r in ranks)
+    ordered = sorted(ranks)
     mid = n // 2
-    medr = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+    median = ordered[mid] if n % 2 else (ordered[mid - 1] + ordered[mid]) / 2
     out = {f"r{k}": 100.0 * sum(1 for r in ranks if r < k) / n for k in (1, 5, 10)}
-    out.update(medr=float(medr), meanr=sum(ordered) / n)
+    out.update(medr=float(math.floor(median) + 1), meanr=sum(r + 1 for r in ranks) / n)
     return out
 
 
-def ref_metrics(images, texts, text_image):
-    i2t, t2i = ref_ranks(images, texts, text_image)
+def ref_metrics(images, texts, text_image, ties="stable"):
+    i2t, t2i = ref_ranks(images, texts, text_image, ties)
     out = {"i2t": ref_summary(i2t), "t2i": ref_summary(t2i)}
     out["rsum"] = sum(out[d][f"r{k}"] for d in ("i2t", "t2i") for k in (1, 5, 10))
     return out
 
 
-def ref_folds(images, texts, text_image, fold_size):
+def ref_folds(images, texts, text_image, fold_size, ties="stable"):
     per_fold = []
     for f in range(images.shape[0] // fold_size):
         lo, hi = f * fold_size, (f + 1) * fold_size
         keep = [t for t, o in enumerate(text_image.tolist()) if lo <= o < hi]
         sub_owner = torch.tensor([text_image[t].item() - lo for t in keep])
-        per_fold.append(ref_metrics(images[lo:hi], texts[keep], sub_owner))
+        per_fold.append(ref_metrics(images[lo:hi], texts[keep], sub_owner, ties))
     out = {d: {key: sum(m[d][key] for m in per_fold) / len(per_fold) for key in per_fold[0][d]}
            for d in ("i2t", "t2i")}
     out["rsum"] = sum(m["rsum"] for m in per_fold) / len(per_fold)
@@ -124,9 +151,10 @@ def assert_close_dicts(got, want):
 
 # --- retrieval ranks --------------------------------------------------------------------------
 
+@pytest.mark.parametrize("ties", ["stable", "worst"])
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("case", ["five", "ragged", "quantised", "one_each"])
-def test_ranks_match_reference(case, block):
+def test_ranks_match_reference(case, block, ties):
     if case == "five":
         images, texts, owner = paired(20, 5, seed=1)
     elif case == "ragged":
@@ -135,30 +163,82 @@ def test_ranks_match_reference(case, block):
         images, texts, owner = paired(15, [1, 2, 3] * 5, seed=3, quantised=True)
     else:
         images, texts, owner = paired(25, 1, seed=4)
-    i2t, t2i = retrieval_ranks(images, texts, owner, block=block)
-    want_i2t, want_t2i = ref_ranks(images, texts, owner)
+    i2t, t2i = retrieval_ranks(images, texts, owner, block=block, ties=ties)
+    want_i2t, want_t2i = ref_ranks(images, texts, owner, ties)
     assert i2t.dtype == torch.long and t2i.dtype == torch.long
     assert i2t.tolist() == want_i2t
     assert t2i.tolist() == want_t2i
+    assert rank_parts(images, texts, owner, block=block).tie_counts() == ref_ties(images, texts, owner)
 
 
 def test_quantised_case_really_has_ties():
     images, texts, owner = paired(15, [1, 2, 3] * 5, seed=3, quantised=True)
     scores = (images @ texts.T).flatten()
     assert scores.unique().numel() <= 9
+    # ... ties that matter: the two rules disagree on some queries of each direction.
+    stable, worst = (retrieval_ranks(images, texts, owner, ties=t) for t in ("stable", "worst"))
+    for a, b in zip(stable, worst):
+        assert (a <= b).all() and (a < b).any()
+    counts = rank_parts(images, texts, owner).tie_counts()
+    assert 0 < counts["i2t"] <= 15 and 0 < counts["t2i"] <= 30
 
 
-def test_constant_embeddings_give_the_worst_rank():
+def test_constant_embeddings_give_the_worst_rank_under_worst():
     counts = [5, 1, 3] * 4
     owner = torch.repeat_interleave(torch.arange(12), torch.tensor(counts))
     images = unit(torch.ones(12, 6))
     texts = unit(torch.ones(len(owner), 6))
-    i2t, t2i = retrieval_ranks(images, texts, owner, block=5)
+    i2t, t2i = retrieval_ranks(images, texts, owner, block=5, ties="worst")
     assert i2t.tolist() == [len(owner) - c for c in counts]
     assert t2i.tolist() == [11] * len(owner)
-    m = retrieval_metrics(images, texts, owner)
+    m = retrieval_metrics(images, texts, owner, ties="worst")
     assert m["rsum"] == 0.0
     assert m["t2i"]["medr"] == 12.0 and m["t2i"]["meanr"] == 12.0
+    assert rank_parts(images, texts, owner).tie_counts() == {"i2t": 12, "t2i": len(owner)}
+
+
+@pytest.mark.parametrize("n", [40, 41])
+def test_constant_embeddings_score_like_chance_under_stable(n):
+    # Every candidate ties, so each query's rank is its answer's place in the index order: over
+    # the queries, exactly the ranks a random model has on average, never a perfect score.
+    owner = torch.randperm(n, generator=torch.Generator().manual_seed(n))
+    images, texts = unit(torch.ones(n, 6)), unit(torch.ones(n, 6))
+    i2t, t2i = retrieval_ranks(images, texts, owner, block=7)
+    assert sorted(t2i.tolist()) == sorted(i2t.tolist()) == list(range(n))
+    m = retrieval_metrics(images, texts, owner)
+    for d in ("i2t", "t2i"):
+        assert m[d]["r1"] == pytest.approx(100 / n) and m[d]["r10"] == pytest.approx(1000 / n)
+        assert m[d]["meanr"] == pytest.approx((n + 1) / 2)
+        assert m[d]["medr"] == (n - 1) // 2 + 1
+    assert m["rsum"] == pytest.approx(2 * 100 * (1 + 5 + 10) / n)
+
+
+def test_constant_embeddings_with_several_texts_rank_each_image_after_earlier_texts():
+    counts = [5, 1, 3] * 4
+    owner = torch.repeat_interleave(torch.arange(12), torch.tensor(counts))
+    images, texts = unit(torch.ones(12, 6)), unit(torch.ones(len(owner), 6))
+    i2t, t2i = retrieval_ranks(images, texts, owner)
+    # Image i's first text comes after every text of images 0..i-1.
+    assert i2t.tolist() == torch.cumsum(torch.tensor([0] + counts[:-1]), 0).tolist()
+    assert t2i.tolist() == owner.tolist()
+
+
+def test_a_correct_text_with_an_identical_twin_counts_under_stable_only():
+    # Items 1 and 2 share one text (so one embedding); image 2 sits between e1 and e2.
+    images = torch.eye(4, dtype=torch.float64)
+    images[2] = unit(images[1:2] + images[2:3])[0]
+    texts = torch.eye(4, dtype=torch.float64)
+    texts[2] = texts[1]
+    owner = torch.arange(4)
+    stable = retrieval_ranks(images, texts, owner)
+    worst = retrieval_ranks(images, texts, owner, ties="worst")
+    # Image 1's query ties its own text 1 with text 2: under stable text 1 (lower) comes first.
+    # Image 2's query ties its own text 2 with text 1, which comes first under either rule.
+    assert worst[0].tolist() == [0, 1, 1, 0] and stable[0].tolist() == [0, 0, 1, 0]
+    assert worst[1].tolist() == stable[1].tolist() == [0, 0, 1, 0]
+    assert retrieval_metrics(images, texts, owner)["i2t"]["r1"] == 75.0
+    assert retrieval_metrics(images, texts, owner, ties="worst")["i2t"]["r1"] == 50.0
+    assert rank_parts(images, texts, owner).tie_counts() == {"i2t": 2, "t2i": 0}
 
 
 def test_perfect_embeddings_give_rank_zero():
@@ -196,27 +276,31 @@ def test_recall_summary_matches_reference(n):
 
 def test_recall_summary_known_values():
     s = recall_summary(torch.tensor([0, 1, 2, 3]))
-    assert s == {"r1": 25.0, "r5": 100.0, "r10": 100.0, "medr": 2.5, "meanr": 2.5}
+    # The median of the 0-based ranks is 1.5: VSE++ and open_clip report floor(1.5) + 1 = 2.
+    assert s == {"r1": 25.0, "r5": 100.0, "r10": 100.0, "medr": 2.0, "meanr": 2.5}
     s = recall_summary(torch.tensor([0, 4, 9, 10, 30]))
     assert s == {"r1": 20.0, "r5": 40.0, "r10": 60.0, "medr": 10.0, "meanr": pytest.approx(11.6)}
+    assert recall_summary(torch.tensor([3, 8]))["medr"] == 6.0
 
 
+@pytest.mark.parametrize("ties", ["stable", "worst"])
 @pytest.mark.parametrize("block", BLOCKS)
-def test_retrieval_metrics_match_reference(block):
-    images, texts, owner = paired(30, [1, 5, 2] * 10, seed=7)
-    assert_close_dicts(retrieval_metrics(images, texts, owner, block=block),
-                       ref_metrics(images, texts, owner))
+def test_retrieval_metrics_match_reference(block, ties):
+    images, texts, owner = paired(30, [1, 5, 2] * 10, seed=7, quantised=ties == "stable")
+    assert_close_dicts(retrieval_metrics(images, texts, owner, block=block, ties=ties),
+                       ref_metrics(images, texts, owner, ties))
 
 
 # --- 1K folds ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("ties", ["stable", "worst"])
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("n_images", [20, 25, 39])
-def test_folds_match_reference(n_images, block):
+def test_folds_match_reference(n_images, block, ties):
     counts = [(i * 7) % 4 + 1 for i in range(n_images)]
-    images, texts, owner = paired(n_images, counts, seed=n_images)
-    got = fold_metrics(images, texts, owner, fold_size=10, block=block)
-    assert_close_dicts(got, ref_folds(images, texts, owner, 10))
+    images, texts, owner = paired(n_images, counts, seed=n_images, quantised=n_images == 25)
+    got = fold_metrics(images, texts, owner, fold_size=10, block=block, ties=ties)
+    assert_close_dicts(got, ref_folds(images, texts, owner, 10, ties))
 
 
 def test_folds_differ_from_full_split():
@@ -251,6 +335,8 @@ def test_bad_inputs_raise_clear_errors():
         retrieval_ranks(images * float("nan"), texts, owner)
     with pytest.raises(ValueError, match="non-negative"):
         recall_summary(torch.tensor([-1, 2]))
+    with pytest.raises(ValueError, match="ties must be one of"):
+        retrieval_ranks(images, texts, owner, ties="best")
     with pytest.raises(ValueError, match="k must be"):
         knn_overlap(images, images, k=6)
     with pytest.raises(ValueError, match="all zeros"):

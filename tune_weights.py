@@ -1,0 +1,304 @@
+"""Tune the three weights: train weight triples x seeds, choose on validation, then compare the
+chosen triple with the baseline 1 0 0 on test, with confidence intervals.
+
+    python tune_weights.py --grid "1 0 0; 1 0.3 0.2; 1 1 1" --seeds 3 [--objectives release,clean]
+        [--select rsum] [--devices cuda:0,cuda:1] [--out DIR] -- [trainer flags]
+
+Every flag after `--` goes to train_cross_modal_retrieval_model.py unchanged (dataset, work
+folder, model, epochs, ...). Each run trains in its own folder, OUT/<objective>/<run
+name>/seed_<s>/ (`--log-dir`), with `--run-seed s`, so the seeds vary the initial weights, the
+data order, the neighbour draws and the flips while the data split stays that of --seed. Each
+run is then evaluated on the VALIDATION split (evaluate_retrieval.py --split val); the test
+split is not looked at while choosing. Per objective, the triple with the best mean over seeds
+of --select is chosen, and only then are its runs and the baseline's evaluated on test.
+
+Written to OUT: sweep.csv (one row per run: objective, weights, seed, every validation metric),
+summary.json (means and standard deviations over seeds per triple, the choice, and the test
+comparison), validation.png (each metric against each weight) and test.png (the differences
+with their intervals). The test comparison gives, for every metric, the difference chosen -
+baseline of the means over seeds, a 95% paired t interval over seeds (seed s of one against
+seed s of the other), and a 95% bootstrap interval over the test queries (images resampled
+with their texts, every metric recomputed from each query's saved rank and hits).
+
+A run counts as finished when its marker (done_val.json, written after its metrics) holds the
+same settings; run the same command again after a stop and only unfinished runs run, a killed
+one continuing from its last.pt. Runs go one per device at a time over --devices.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cli import HelpFormatter, load_items, run_main
+from data.items import InputError
+from data.workdir import DOC2VEC_MODEL
+from evaluation.report import K
+from evaluation.metrics import TIES
+from tuning.grid import BASELINE, format_triple, parse_grid, parse_values, product_grid
+from tuning.metrics import METRICS, flatten
+from tuning.plots import test_plot, validation_plot
+from tuning.report import aggregate, choose, csv_text, test_table, validation_table
+from tuning.stats import available, bootstrap_difference, seed_interval
+from tuning.sweep import (NO_FLAG, Settings, execute, parse_devices, plan, run_all,
+                          write_json_atomic, write_text_atomic)
+
+# Flags the sweep sets for every run; given after `--` they would be overridden.
+RESERVED = {"log_dir": "--log-dir", "run_name": "--run-name", "resume": "--resume",
+            "overwrite": "--overwrite", "device": "--device"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = sys.argv[1:] if argv is None else argv
+    own, trainer_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv \
+        else (argv, [])
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    g = p.add_argument_group("weights (W_SYM W_IMG W_TEXT) and seeds")
+    g.add_argument("--grid", help="triples separated by ';', e.g. \"1 0 0; 1 0.3 0.2; 1 1 1\"")
+    for name in ("w-sym", "w-img", "w-text"):
+        g.add_argument(f"--{name}", help="instead of --grid, values of this weight, a list "
+                                         "(0,0.1,0.2) or START:STOP:STEP; the grid is the product")
+    g.add_argument("--seeds", type=int, default=3, help="runs per triple, --run-seed 0..N-1")
+    g.add_argument("--objectives", default=None,
+                   help="--negatives values to sweep, e.g. release,clean (default: the trainer's "
+                        "default objective)")
+    g = p.add_argument_group("choice and comparison")
+    g.add_argument("--select", choices=list(METRICS), default="rsum",
+                   help="validation metric whose mean over seeds chooses the triple")
+    g.add_argument("--ties", choices=TIES, default="stable", help="evaluate_retrieval.py --ties")
+    g.add_argument("--bootstrap", type=int, default=2000, help="resamples of the test queries")
+    g = p.add_argument_group("where")
+    g.add_argument("--devices", default="auto",
+                   help="one run at a time on each: cpu, cuda, cuda:0,cuda:1, cpu,cpu; auto: "
+                        "every visible GPU, else the CPU")
+    g.add_argument("--out", default=None, help="the sweep's folder (default: WORK_DIR/sweep)")
+    g.add_argument("--eval-workers", type=int, default=None,
+                   help="evaluate_retrieval.py --workers (default: the trainer's --workers)")
+    args = p.parse_args(own)
+
+    if args.grid is not None and any((args.w_sym, args.w_img, args.w_text)):
+        p.error("give either --grid or --w-sym/--w-img/--w-text, not both")
+    try:
+        if args.grid is not None:
+            args.triples = parse_grid(args.grid)
+        elif all((args.w_sym, args.w_img, args.w_text)):
+            args.triples = product_grid(parse_values(args.w_sym, "--w-sym"),
+                                        parse_values(args.w_img, "--w-img"),
+                                        parse_values(args.w_text, "--w-text"))
+        else:
+            p.error("give the weights: --grid \"1 0 0; 1 0.3 0.2\" or all of --w-sym, --w-img "
+                    "and --w-text")
+    except ValueError as e:
+        p.error(str(e))
+    if args.seeds < 1:
+        p.error("--seeds must be at least 1")
+    if args.bootstrap < 100:
+        p.error("--bootstrap must be at least 100 resamples")
+    if args.eval_workers is not None and args.eval_workers < 0:
+        p.error("--eval-workers must be 0 or more")
+
+    args.trainer_args = trainer_args
+    args.trainer = trainer_flags(p, args.triples[0], trainer_args)
+    args.negatives = hasattr(args.trainer, "negatives")
+    if args.objectives is None:
+        args.objectives = [args.trainer.negatives if args.negatives else NO_FLAG]
+    else:
+        if not args.negatives:
+            p.error("--objectives: this trainer has no --negatives flag, so it trains one "
+                    "objective: leave --objectives out")
+        if any(a.split("=")[0] == "--negatives" for a in trainer_args):
+            p.error("--negatives after -- and --objectives: give the objectives once, with "
+                    "--objectives")
+        args.objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+        if not args.objectives or len(set(args.objectives)) < len(args.objectives):
+            p.error(f"--objectives {','.join(args.objectives) or '(empty)'}: list each "
+                    "objective once, e.g. release,clean")
+        for objective in args.objectives:   # the trainer's parse says which values it takes
+            trainer_flags(p, args.triples[0], [*trainer_args, "--negatives", objective])
+    import torch   # here only: the flag checks above need no torch
+    try:
+        args.devices = parse_devices(args.devices, torch.cuda.device_count(), os.cpu_count() or 1)
+    except ValueError as e:
+        p.error(str(e))
+    return args
+
+
+def trainer_flags(p: argparse.ArgumentParser, triple, trainer_args: list[str]) -> argparse.Namespace:
+    """The trainer's own parse of the flags after `--`: a mistake there stops the sweep now,
+    not after the first run."""
+    import train_cross_modal_retrieval_model as trainer
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            parsed = trainer.parse_args([*map(str, triple), *trainer_args])
+    except SystemExit:
+        message = next((line for line in reversed(err.getvalue().splitlines()) if line.strip()), "")
+        p.error(f"the trainer's flags (after --): {message.split('error: ', 1)[-1]}")
+    for dest, flag in RESERVED.items():
+        if getattr(parsed, dest) not in (None, False):
+            p.error(f"{flag} after --: the sweep sets it for every run (--devices for the device)")
+    if any(a.split("=")[0] == "--run-seed" for a in trainer_args):
+        p.error("--run-seed after --: the sweep sets it for every run (--seeds N gives 0..N-1)")
+    return parsed
+
+
+def check_data(args: argparse.Namespace) -> None:
+    """What the sweep needs from the dataset, checked before any training."""
+    items = load_items(args.trainer)
+    dataset = args.trainer.dataset
+    for split in ("val", "test"):
+        if not any(it.split == split for it in items):
+            raise InputError(f"{dataset}: the {split} split is empty: the sweep chooses on "
+                             "validation and compares on test")
+    need = METRICS[args.select].needs
+    if need == "labels":
+        for split in ("val", "test"):
+            missing = [it.id for it in items if it.split == split and it.label is None]
+            if missing:
+                raise InputError(f"--select {args.select} needs a label on every validation and "
+                                 f"test item, but {len(missing)} {split} items of {dataset} have "
+                                 f"none (first: {missing[0]}): choose another --select")
+    if need == "doc2vec":
+        model = Path(args.trainer.work_dir) / DOC2VEC_MODEL
+        if not model.is_file():
+            raise InputError(f"--select {args.select} needs the Doc2Vec model {model}: run "
+                             "train_doc2vec.py first, or choose another --select")
+    if need is not None:
+        n_val = sum(it.split == "val" for it in items)
+        if n_val <= K:
+            raise InputError(f"--select {args.select} needs more than {K} validation items, "
+                             f"{dataset} has {n_val}: pass a larger --val-size after --")
+
+
+class Progress:
+    """One line per finished run: which, where, what happened, and the selected metric."""
+
+    def __init__(self, total: int, phase: str, select: str):
+        self.total, self.count, self.phase, self.select = total, 0, phase, select
+        self.t0 = time.time()
+
+    def __call__(self, i, run, device, outcome) -> None:
+        self.count += 1
+        width = len(str(self.total))
+        if outcome.status == "failed":
+            what = f"FAILED ({outcome.error})"
+        else:
+            value = flatten(outcome.metrics or {}).get(self.select)
+            shown = "-" if value is None else f"{value:.4g}"
+            what = (f"{'reused' if outcome.status == 'reused' else f'{outcome.seconds:.0f}s'}, "
+                    f"{self.phase} {self.select} {shown}")
+        print(f"[{self.count:>{width}}/{self.total}] {run.label} on {device.name}: {what} "
+              f"({time.time() - self.t0:.0f}s in)", flush=True)
+
+
+def run_phase(runs, split: str, args, settings: Settings) -> list[dict]:
+    progress = Progress(len(runs), split, args.select)
+    outcomes = run_all(runs, args.devices, lambda r, d: execute(r, split, d, settings), progress)
+    failed = [(r, o) for r, o in zip(runs, outcomes) if o.status == "failed"]
+    if failed:
+        print(f"error: {len(failed)} of {len(runs)} runs failed ({split}); the first, "
+              f"{failed[0][0].label}: {failed[0][1].error}. Fix it and run the same command "
+              "again: finished runs are reused", file=sys.stderr)
+        sys.exit(1)
+    return [o.metrics for o in outcomes]
+
+
+def compare(chosen_runs, baseline_runs, chosen_metrics, baseline_metrics, samples: int) -> dict:
+    """{metric: baseline and chosen means, their difference, the seeds' and the queries' 95%
+    intervals} on test."""
+    per_query = {r: dict(np.load(r.folder / "per_query_test.npz")) for r in [*chosen_runs, *baseline_runs]}
+    a = [flatten(m) for m in chosen_metrics]
+    b = [flatten(m) for m in baseline_metrics]
+    names = [n for n in METRICS if n in available(per_query[chosen_runs[0]]) and n in a[0]]
+    boot = bootstrap_difference([per_query[r] for r in chosen_runs],
+                                [per_query[r] for r in baseline_runs], names, samples)
+    by_seed_b = {r.seed: m for r, m in zip(baseline_runs, b)}
+    out = {}
+    for name in names:
+        pairs = [(m[name], by_seed_b[r.seed][name]) for r, m in zip(chosen_runs, a) if r.seed in by_seed_b]
+        mean_a, mean_b = np.mean([m[name] for m in a]), np.mean([m[name] for m in b])
+        ci = seed_interval([x - y for x, y in pairs])
+        out[name] = {"baseline": float(mean_b), "chosen": float(mean_a),
+                     "difference": float(mean_a - mean_b), "seed_ci": ci,
+                     "bootstrap_ci": boot[name], "seeds": len(pairs)}
+    return out
+
+
+def main() -> None:
+    args = parse_args()
+    check_data(args)
+    out = Path(args.out or Path(args.trainer.work_dir) / "sweep").resolve()
+    triples = list(args.triples)
+    if BASELINE not in triples:
+        triples.insert(0, BASELINE)
+        print(f"adding the baseline {format_triple(BASELINE)} to the grid: the chosen triple is "
+              "compared with it")
+    workers = args.eval_workers if args.eval_workers is not None else args.trainer.workers
+    settings = Settings(args.trainer_args, args.negatives, args.ties, workers)
+    runs = plan(out, args.objectives, triples, args.seeds)
+    print(f"{len(runs)} runs: {len(triples)} triples x {args.seeds} seeds x "
+          f"{len(args.objectives)} objective{'s' if len(args.objectives) > 1 else ''} "
+          f"({', '.join(args.objectives)}), on {', '.join(d.name for d in args.devices)}; "
+          f"folder {out}", flush=True)
+    val = run_phase(runs, "val", args, settings)
+
+    rows = []
+    for run, metrics in zip(runs, val):
+        rows.append({"objective": run.objective, "w_sym": run.weights[0], "w_img": run.weights[1],
+                     "w_text": run.weights[2], "seed": run.seed,
+                     "folder": str(run.folder.relative_to(out)), **flatten(metrics)})
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(csv_text(rows), out / "sweep.csv")
+    aggregated = aggregate(rows)
+    try:
+        chosen = {obj: choose(aggregated[obj], args.select) for obj in args.objectives}
+    except ValueError as e:
+        raise InputError(f"{e}: see the runs' evaluate_val.log for why it was skipped") from None
+    for obj in args.objectives:
+        print(f"\nvalidation, objective {obj} (mean ± std over seeds; * the best mean "
+              f"{args.select}):")
+        print(validation_table(aggregated[obj], args.select, chosen[obj]))
+
+    tested = [r for r in runs if r.weights in (chosen[r.objective], BASELINE)]
+    print(f"\ntest: the chosen triple{'s' if len(args.objectives) > 1 else ''} and the baseline, "
+          f"{len(tested)} runs", flush=True)
+    test = dict(zip(tested, run_phase(tested, "test", args, settings)))
+    comparisons = {}
+    for obj in args.objectives:
+        ours = [r for r in tested if r.objective == obj and r.weights == chosen[obj]]
+        base = [r for r in tested if r.objective == obj and r.weights == BASELINE]
+        comparisons[obj] = compare(ours, base, [test[r] for r in ours], [test[r] for r in base],
+                                   args.bootstrap)
+        same = " (the baseline itself was chosen)" if chosen[obj] == BASELINE else ""
+        print(f"\ntest, objective {obj}: chosen {format_triple(chosen[obj])}{same} against the "
+              f"baseline {format_triple(BASELINE)}, {args.seeds} seeds each:")
+        print(test_table(comparisons[obj]))
+
+    names = [n for n in dict.fromkeys([args.select, "rsum", "image_overlap", "text_overlap",
+                                        "label_p10_t2i"]) if n in rows[0]]
+    plots = [validation_plot(aggregated, names, out / "validation.png"),
+             test_plot(comparisons, out / "test.png")]
+    summary = {
+        "select": args.select, "higher_is_better": METRICS[args.select].higher_is_better,
+        "seeds": args.seeds, "objectives": args.objectives, "ties": args.ties,
+        "bootstrap_samples": args.bootstrap, "trainer_args": args.trainer_args,
+        "validation": {obj: [{"weights": list(t), **cells} for t, cells in aggregated[obj].items()]
+                       for obj in args.objectives},
+        "chosen": {obj: list(chosen[obj]) for obj in args.objectives},
+        "baseline": list(BASELINE),
+        "test": comparisons,
+    }
+    write_json_atomic(summary, out / "summary.json")
+    print(f"\nwrote {out / 'sweep.csv'}, {out / 'summary.json'}, "
+          f"{', '.join(str(p) for p in plots)}")
+
+
+if __name__ == "__main__":
+    run_main(main)

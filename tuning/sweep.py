@@ -1,0 +1,238 @@
+"""The runs of a sweep: their folders and commands, what counts as finished, and running them
+over a set of devices, one run per device at a time.
+
+Each run is the real scripts as subprocesses: train_cross_modal_retrieval_model.py with the
+sweep's trainer flags, then evaluate_retrieval.py on the validation split (later, for the chosen
+weights and the baseline, on test). Subprocesses because the scripts are the interface a user
+runs by hand, a run's device is then set by its environment (CUDA_VISIBLE_DEVICES), several
+devices train at once without sharing one interpreter, and a crash or out-of-memory in one run
+leaves the others and the sweep itself standing.
+
+Finished means a marker file written atomically AFTER the evaluation's metrics: done_val.json or
+done_test.json holding the run's key (its trainer command without the device, and the
+evaluation's settings) and the metrics. A run whose marker is missing, or holds another key
+(the flags changed), is run again: continued from its last.pt (--resume) when the trainer
+started it with the same key, from scratch otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from data.workdir import atomic_write
+from models.checkpoint import run_name
+from tuning.grid import Triple, format_triple
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAINER = ROOT / "train_cross_modal_retrieval_model.py"
+EVALUATOR = ROOT / "evaluate_retrieval.py"
+NO_FLAG = "default"   # the objective's name when the trainer has no --negatives flag
+
+
+@dataclass(frozen=True)
+class Device:
+    name: str                                    # "cpu", "cuda:1" (or anything, in tests)
+    flag: str = "cpu"                            # the scripts' --device
+    env: tuple[tuple[str, str], ...] = ()        # added to the run's environment
+
+
+def parse_devices(text: str, cuda_count: int, cpu_count: int) -> list[Device]:
+    """'cpu', 'cuda', 'cuda:0,cuda:1', 'cpu,cpu' or 'auto' (every CUDA device, else the CPU)."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if names == ["auto"]:
+        names = [f"cuda:{i}" for i in range(cuda_count)] or ["cpu"]
+    if not names:
+        raise ValueError("--devices is empty: give e.g. cpu, cuda:0 or cuda:0,cuda:1")
+    n_cpu = names.count("cpu")
+    devices = []
+    for name in names:
+        if name == "cpu":
+            # Several CPU runs at once share the cores instead of each taking all of them.
+            threads = max(1, cpu_count // n_cpu)
+            devices.append(Device("cpu", "cpu", (("OMP_NUM_THREADS", str(threads)),) if n_cpu > 1 else ()))
+            continue
+        index = name[5:] if name.startswith("cuda:") else "0" if name == "cuda" else None
+        if index is None or not index.isdigit():
+            raise ValueError(f"--devices: {name!r} is not a device: give cpu, cuda or cuda:N")
+        if int(index) >= cuda_count:
+            raise ValueError(f"--devices: {name} is not there ({cuda_count} CUDA devices visible)")
+        devices.append(Device(f"cuda:{index}", "cuda", (("CUDA_VISIBLE_DEVICES", index),)))
+    if len({d.name for d in devices if d.flag == "cuda"}) < sum(d.flag == "cuda" for d in devices):
+        raise ValueError("--devices lists a GPU twice: one run per device at a time")
+    return devices
+
+
+@dataclass(frozen=True)
+class Run:
+    objective: str
+    weights: Triple
+    seed: int
+    folder: Path
+
+    @property
+    def label(self) -> str:
+        return f"{self.objective} {format_triple(self.weights)} seed {self.seed}"
+
+
+def plan(out: Path, objectives: Sequence[str], triples: Sequence[Triple], seeds: int) -> list[Run]:
+    """Every run, seed by seed (so that a sweep stopped early has every triple at equal seeds)."""
+    return [Run(obj, w, s, out / obj / run_name(*w) / f"seed_{s}")
+            for s in range(seeds) for obj in objectives for w in triples]
+
+
+@dataclass
+class Settings:
+    trainer_args: list[str]          # the trainer's own flags, passed through
+    negatives: bool                  # the trainer takes --negatives (the objective)
+    ties: str = "stable"             # evaluate_retrieval.py --ties
+    eval_workers: int | None = None  # evaluate_retrieval.py --workers
+    python: str = sys.executable
+
+    def train_command(self, run: Run) -> list[str]:
+        objective = ["--negatives", run.objective] if self.negatives else []
+        return [str(TRAINER), *map(format_weight, run.weights), *self.trainer_args, *objective,
+                "--run-seed", str(run.seed), "--log-dir", str(run.folder)]
+
+    def eval_command(self, run: Run, split: str) -> list[str]:
+        extra = ["--save-ranks"] if split == "test" else []
+        workers = [] if self.eval_workers is None else ["--workers", str(self.eval_workers)]
+        return [str(EVALUATOR), "--checkpoint", str(run.folder / "best.pt"), "--split", split,
+                "--out", str(run.folder / f"metrics_{split}.json"), "--ties", self.ties, *workers,
+                *extra]
+
+    def train_key(self, run: Run) -> dict:
+        """What decides the trained model (not where it is, nor the device)."""
+        return {"weights": list(run.weights), "objective": run.objective, "seed": run.seed,
+                "trainer_args": self.trainer_args}
+
+    def key(self, run: Run, split: str) -> dict:
+        return {**self.train_key(run), "split": split, "ties": self.ties}
+
+
+def format_weight(w: float) -> str:
+    return f"{w:g}"
+
+
+def marker(run: Run, split: str) -> Path:
+    return run.folder / f"done_{split}.json"
+
+
+def finished(run: Run, split: str, settings: Settings) -> dict | None:
+    """The run's metrics on `split` when its marker is there with this sweep's key, else None."""
+    try:
+        done = json.loads(marker(run, split).read_text())
+    except (OSError, ValueError):
+        return None
+    needed = [run.folder / "best.pt"] + ([run.folder / "per_query_test.npz"] if split == "test" else [])
+    if done.get("key") != settings.key(run, split) or not all(p.is_file() for p in needed):
+        return None
+    return done.get("metrics")
+
+
+def write_text_atomic(text: str, path: Path) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(obj: dict, path: Path) -> None:
+    write_text_atomic(json.dumps(obj, indent=1) + "\n", path)
+
+
+@dataclass
+class Outcome:
+    status: str              # "reused", "done" or "failed"
+    seconds: float = 0.0
+    metrics: dict | None = None
+    error: str = ""          # for "failed": the log file and its last line
+
+
+def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> str:
+    """Run one script with the device's flag and environment, its output to `log`; "" when it
+    succeeded, else the log's path and last line."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(device.env)}
+    cmd = [settings.python, *cmd, "--device", device.flag]
+    with open(log, "a", encoding="utf-8") as f:   # a continued run keeps its earlier part
+        f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {device.name}: {' '.join(cmd)}\n")
+        f.flush()
+        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    if code == 0:
+        return ""
+    lines = [line for line in log.read_text(errors="replace").replace("\r", "\n").splitlines()
+             if line.strip()]
+    return f"exit {code}, see {log}: {lines[-1].strip() if lines else '(no output)'}"
+
+
+def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome:
+    """Train (for "val") and evaluate one run, unless it is finished; then mark it finished."""
+    metrics = finished(run, split, settings)
+    if metrics is not None:
+        return Outcome("reused", metrics=metrics)
+    start = time.time()
+    run.folder.mkdir(parents=True, exist_ok=True)
+    if split == "val":
+        for s in ("val", "test"):       # whatever was evaluated belongs to the old model
+            marker(run, s).unlink(missing_ok=True)
+        started = run.folder / "started.json"
+        try:
+            same = json.loads(started.read_text()).get("key") == settings.train_key(run)
+        except (OSError, ValueError):
+            same = False
+        if same and (run.folder / "last.pt").is_file():
+            start_or_continue = ["--resume"]
+        else:
+            # A fresh start: checkpoints of other settings must not be resumed or evaluated
+            # should this run stop before it writes its own; --overwrite clears the rest.
+            for name in ("last.pt", "best.pt"):
+                (run.folder / name).unlink(missing_ok=True)
+            start_or_continue = ["--overwrite"]
+        write_json_atomic({"key": settings.train_key(run)}, started)
+        error = _call(settings.train_command(run) + start_or_continue, settings, device,
+                      run.folder / "train.log")
+        if error:
+            return Outcome("failed", time.time() - start, error=error)
+    elif not (run.folder / "best.pt").is_file():
+        return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
+    out = run.folder / f"metrics_{split}.json"
+    error = _call(settings.eval_command(run, split), settings, device,
+                  run.folder / f"evaluate_{split}.log")
+    if error:
+        return Outcome("failed", time.time() - start, error=error)
+    metrics = json.loads(out.read_text())
+    write_json_atomic({"key": settings.key(run, split), "metrics": metrics}, marker(run, split))
+    return Outcome("done", time.time() - start, metrics)
+
+
+def run_all(jobs: Sequence, devices: Sequence[Device], work: Callable[[object, Device], Outcome],
+            progress: Callable[[int, object, Device, Outcome], None]) -> list[Outcome]:
+    """work(job, device) for every job, one job per device at a time, the devices in parallel;
+    progress(index, job, device, outcome) after each (never two at once). Outcomes in job order."""
+    outcomes: list[Outcome | None] = [None] * len(jobs)
+    lock = threading.Lock()
+    queue = iter(range(len(jobs)))
+
+    def worker(device: Device) -> None:
+        while True:
+            with lock:
+                i = next(queue, None)
+            if i is None:
+                return
+            try:
+                outcome = work(jobs[i], device)
+            except Exception as e:  # noqa: BLE001 - one broken run must not stop the others
+                outcome = Outcome("failed", error=f"{type(e).__name__}: {e}")
+            with lock:
+                outcomes[i] = outcome
+                progress(i, jobs[i], device, outcome)
+
+    threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return outcomes
