@@ -28,6 +28,14 @@ def test_peak_memory_counts_the_descendants_together(tmp_path):
     assert 1.4 < r["seconds"] < 30
 
 
+def test_peak_memory_of_a_step_shorter_than_the_slow_sampling_interval(tmp_path):
+    # A quick step (the sampler takes 0.2 s at tiny sizes) must still be seen at its peak.
+    bench = load("text_scale")
+    quick = "b = bytearray(120 << 20); b[::4096] = b'x' * len(b[::4096]); import time; time.sleep(0.1)"
+    r = bench.run_measured([sys.executable, "-c", quick], None, tmp_path / "log.txt")
+    assert 120 <= r["peak_mib"] < 250
+
+
 def test_failing_step_names_its_log(tmp_path):
     bench = load("text_scale")
     with pytest.raises(RuntimeError, match="log.txt"):
