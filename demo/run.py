@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from models import ARCHS, imagenet_cache_path
+from losses import NEGATIVES
 from models.checkpoint import run_name
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +41,14 @@ def parse_args() -> argparse.Namespace:
                    help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
     p.add_argument("--arch", choices=sorted(ARCHS), default="resnet18")
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--negatives", default="release",
+                   help="the trainer's --negatives for both runs; 'release,clean' trains and "
+                        "evaluates both objectives side by side (four columns)")
     args = p.parse_args()
+    args.negatives = [n.strip() for n in args.negatives.split(",") if n.strip()]
+    if not args.negatives or any(n not in NEGATIVES for n in args.negatives) \
+            or len(set(args.negatives)) < len(args.negatives):
+        p.error(f"--negatives {','.join(args.negatives)!r}: pass release, clean or release,clean")
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -116,20 +124,24 @@ def main() -> None:
     print(f"== image branch: {args.arch}, "
           f"{'ImageNet weights from the torch cache' if pretrained else 'random init (no ImageNet weights in the torch cache)'}")
     checkpoints = []
-    for name, weights in RUNS.items():
-        best = work / "models" / run_name(*map(float, weights)) / "best.pt"
-        steps.run(f"train {name} ({' '.join(weights)})",
-                  ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
-                   "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
-                   args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"]),
-                   "--overwrite"], best)   # a step that reruns replaces its earlier run
-        checkpoints.append(best)
+    for negatives in args.negatives:
+        for name, weights in RUNS.items():
+            # release keeps the authors' folder name (and the step names of earlier demos).
+            folder = run_name(*map(float, weights)) + ("" if negatives == "release" else f"_{negatives}")
+            best = work / "models" / folder / "best.pt"
+            label = f"train {name} ({' '.join(weights)})" + ("" if negatives == "release" else f" {negatives}")
+            steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
+                              "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
+                              args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"]),
+                              "--negatives", negatives, "--run-name", folder,
+                              "--overwrite"], best)   # a step that reruns replaces its earlier run
+            checkpoints.append(best)
     steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
                            "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)
     print("   (a single run of each, one seed: the difference between the columns includes the "
           "seed's noise; `make experiment` repeats them over seeds with error bars)")
     page = args.run_dir / "retrieval"
-    steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[-1], "--out", page,
+    steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[1],   # the paper's weights, first objective "--out", page,
                            *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")
     print(f"demo finished in {time.time() - t0:.0f}s; retrieval page: {page / 'index.html'}")
 

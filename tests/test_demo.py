@@ -58,6 +58,27 @@ def test_demo_again_reuses_what_is_done(demo):
     assert "== evaluate: evaluate_retrieval.py" in out   # the table is printed again
 
 
+@pytest.mark.slow   # two more tiny training runs
+def test_demo_with_both_objectives_adds_the_clean_runs_beside_the_release_ones(demo):
+    run_dir, _ = demo
+    out = run("-m", "demo", *TINY, "--run-dir", run_dir, "--negatives", "release,clean").stdout
+    assert "== train baseline (1 0 0): already done with these settings" in out
+    for name in ("baseline (1 0 0) clean", "paper (1 0.3 0.2) clean"):
+        assert f"== train {name}: train_cross_modal_retrieval_model.py" in out
+        assert "--negatives clean" in out
+    header = next(line for line in out.splitlines() if line.startswith("metric"))
+    assert header.split()[1:] == [*RUNS, *(r + "_clean" for r in RUNS)]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics[RUNS[1]] != metrics[RUNS[1] + "_clean"]   # a different objective
+
+
+@pytest.mark.parametrize("value", ["", "release,release", "tiled"])
+def test_demo_refuses_an_unknown_objective_before_doing_anything(tmp_path, value):
+    proc = run("-m", "demo", *TINY, "--run-dir", tmp_path / "d", "--negatives", value, check=False)
+    assert proc.returncode == 2 and "--negatives" in proc.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "d").exists()
+
+
 def test_a_step_after_the_evaluation_reruns_when_an_earlier_step_reran(tmp_path, capsys):
     def steps(train_code: str) -> str:
         s = Steps(tmp_path)
