@@ -96,11 +96,6 @@ def _stable_start_vectors() -> Iterator[None]:
         gensim_doc2vec.pseudorandom_weak_vector = original
 
 
-def _init(path: str) -> None:
-    global _model
-    _model = Doc2Vec.load(path)
-
-
 def _infer(tokens: list[str]) -> np.ndarray:
     # Inference draws negative samples and windows from model.random, whose state would carry
     # over from the previous document: reseeding from the words makes each vector independent
@@ -109,23 +104,30 @@ def _infer(tokens: list[str]) -> np.ndarray:
     return _model.infer_vector(tokens)
 
 
-def infer_vectors(model_path: str, tokens: Sequence[list[str]], workers: int = 1) -> np.ndarray:
+def infer_vectors(model: str | Path | Doc2Vec, tokens: Sequence[list[str]], workers: int = 1) -> np.ndarray:
     """`infer_vector` with gensim's defaults for every document, in order: float32 [N, d].
+    `model`: a loaded model or its file.
 
     Each inference is seeded from the model's seed and the document's words only, so a vector
     does not depend on the process, the document order or the worker count.
     """
+    global _model
     bar = dict(total=len(tokens), desc="inferring Doc2Vec vectors", unit="doc", mininterval=1.0)
-    with _stable_start_vectors():  # forked workers inherit it
-        _init(model_path)
-        # One preallocated array, filled as vectors arrive: a list of a million small arrays
-        # would cost twice the memory of the result and a copy at the end.
-        out = np.empty((len(tokens), _model.vector_size), dtype=np.float32)
-        if workers <= 1 or len(tokens) < 1000:
-            for i, t in enumerate(tqdm(tokens, **bar)):
-                out[i] = _infer(t)
-        else:
-            with mp.get_context("fork").Pool(workers, initializer=_init, initargs=(model_path,)) as pool:
-                for i, v in enumerate(tqdm(pool.imap(_infer, tokens, chunksize=256), **bar)):
-                    out[i] = v
+    _model = model if isinstance(model, Doc2Vec) else Doc2Vec.load(str(model))
+    try:
+        with _stable_start_vectors():  # forked workers inherit it
+            # One preallocated array, filled as vectors arrive: a list of a million small arrays
+            # would cost twice the memory of the result and a copy at the end.
+            out = np.empty((len(tokens), _model.vector_size), dtype=np.float32)
+            if workers <= 1 or len(tokens) < 1000:
+                for i, t in enumerate(tqdm(tokens, **bar)):
+                    out[i] = _infer(t)
+            else:
+                # Forked workers share the parent's model (inference reads its arrays and never
+                # writes them, so the pages stay shared) instead of each loading a copy.
+                with mp.get_context("fork").Pool(workers) as pool:
+                    for i, v in enumerate(tqdm(pool.imap(_infer, tokens, chunksize=256), **bar)):
+                        out[i] = v
+    finally:
+        _model = None
     return out

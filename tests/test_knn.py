@@ -111,6 +111,22 @@ def test_put_self_first_moves_or_inserts_self():
     np.testing.assert_array_equal(d, np.array([[0, 0, 0.5], [0, 0.1, 0.2], [0, 0.4, 0.6]], dtype=np.float32))
 
 
+def test_put_self_first_in_blocks_equals_a_row_by_row_reference(monkeypatch):
+    rng = np.random.default_rng(3)
+    ids = rng.integers(0, 40, (40, 6)).astype(np.int32)
+    d = np.sort(rng.random((40, 6)).astype(np.float32), axis=1)
+    expect_ids, expect_d = ids.copy(), d.copy()
+    for r in range(40):   # the rule spelled out: self out of its place, then in front
+        row = list(zip(ids[r], d[r]))
+        own = [i for i, _ in row].index(r) if r in ids[r] else 5   # else the last one goes
+        row = [(r, 0.0)] + row[:own] + row[own + 1:]
+        expect_ids[r], expect_d[r] = [i for i, _ in row], [x for _, x in row]
+    monkeypatch.setattr("data.knn.SELF_FIRST_ROWS", 7)   # blocks that do not divide the rows
+    put_self_first(ids, d, np.arange(40))
+    np.testing.assert_array_equal(ids, expect_ids)
+    np.testing.assert_array_equal(d, expect_d)
+
+
 def test_recall_counts_ties_by_distance():
     exact = np.array([[0.0, 1.0, 2.0]])
     assert recall_at(np.array([[0.0, 1.0, 2.0]]), exact, 3) == 1.0
