@@ -16,8 +16,8 @@ reading and preprocessing, so a ratio compares the whole step with the libraries
 
 Measured per step: wall time of the process (start-up included); peak memory of the process and
 all its descendants together, as the largest sum of their proportional set sizes (PSS, from
-/proc/PID/smaps_rollup, sampled every 0.2 s; PSS counts a page shared by forked workers once
-rather than once per process), or the largest single process's exact peak RSS (VmHWM) when that
+/proc/PID/smaps_rollup, sampled every 0.01 s for 2 s, then every 0.2 s; PSS counts a page
+shared by forked workers once rather than once per process), or the largest single process's exact peak RSS (VmHWM) when that
 is larger; and the bytes of the files the step writes. Goals (issue 13): every step within
 1.25x of the bare library; time growing no faster than N log N; peak memory at 1M documents with
 k = 200 under 6 GB; the whole text side at 250,000 documents finishing on 2 cores.

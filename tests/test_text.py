@@ -4,6 +4,7 @@ from argparse import Namespace
 
 import numpy as np
 import pytest
+from gensim.models.doc2vec import Doc2Vec
 
 from data.corpus import drop_empty, tokenized_documents
 from data.doc2vec import infer_vectors, train_doc2vec
@@ -144,3 +145,9 @@ def test_inferred_vectors_do_not_depend_on_workers_or_order(tmp_path):
     np.testing.assert_array_equal(infer_vectors(path, tokens, workers=2), serial)
     np.testing.assert_array_equal(infer_vectors(path, tokens[::-1], workers=1)[::-1], serial)
     assert infer_vectors(path, [], workers=1).shape == (0, 16)
+    # A loaded model is shared with the forked workers, none of which loads it again (a worker
+    # calling the patched load would fail the pool).
+    loaded = Doc2Vec.load(path)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Doc2Vec, "load", classmethod(lambda *a, **k: (_ for _ in ()).throw(AssertionError("loaded again"))))
+        np.testing.assert_array_equal(infer_vectors(loaded, tokens, workers=2), serial)
