@@ -74,6 +74,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="validation metric whose mean over seeds chooses the triple")
     g.add_argument("--ties", choices=TIES, default="stable", help="evaluate_retrieval.py --ties")
     g.add_argument("--bootstrap", type=int, default=2000, help="resamples of the test queries")
+    g.add_argument("--also-test", default=None, metavar="TRIPLES",
+                   help="triples of the grid also compared with the baseline on test whatever "
+                        "the choice, named before the sweep (e.g. the paper's \"1 0.3 0.2\")")
     g = p.add_argument_group("where")
     g.add_argument("--devices", default="auto",
                    help="one run at a time on each: cpu, cuda, cuda:0,cuda:1, cpu,cpu; auto: "
@@ -97,6 +100,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "and --w-text")
     except ValueError as e:
         p.error(str(e))
+    try:
+        args.also_test = parse_grid(args.also_test) if args.also_test else []
+    except ValueError as e:
+        p.error(f"--also-test: {e}")
+    missing = [t for t in args.also_test if t not in args.triples and t != BASELINE]
+    if missing:
+        p.error(f"--also-test {format_triple(missing[0])}: not in the grid; add it to the grid")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
     if args.bootstrap < 100:
@@ -266,25 +276,38 @@ def main() -> None:
               f"{args.select}):")
         print(validation_table(aggregated[obj], args.select, chosen[obj]))
 
-    tested = [r for r in runs if r.weights in (chosen[r.objective], BASELINE)]
-    print(f"\ntest: the chosen triple{'s' if len(args.objectives) > 1 else ''} and the baseline, "
+    named = [t for t in args.also_test if t != BASELINE]
+    tested = [r for r in runs if r.weights in (chosen[r.objective], BASELINE, *named)]
+    print(f"\ntest: the chosen triple{'s' if len(args.objectives) > 1 else ''}"
+          f"{', ' + '; '.join(map(format_triple, named)) if named else ''} and the baseline, "
           f"{len(tested)} runs", flush=True)
     test = dict(zip(tested, run_phase(tested, "test", args, settings)))
-    comparisons = {}
-    for obj in args.objectives:
-        ours = [r for r in tested if r.objective == obj and r.weights == chosen[obj]]
+
+    def against_baseline(obj: str, triple) -> dict:
+        ours = [r for r in tested if r.objective == obj and r.weights == triple]
         base = [r for r in tested if r.objective == obj and r.weights == BASELINE]
-        comparisons[obj] = compare(ours, base, [test[r] for r in ours], [test[r] for r in base],
-                                   args.bootstrap)
+        return compare(ours, base, [test[r] for r in ours], [test[r] for r in base], args.bootstrap)
+
+    comparisons, also = {}, {format_triple(t): {} for t in named}
+    for obj in args.objectives:
+        comparisons[obj] = against_baseline(obj, chosen[obj])
         same = " (the baseline itself was chosen)" if chosen[obj] == BASELINE else ""
         print(f"\ntest, objective {obj}: chosen {format_triple(chosen[obj])}{same} against the "
               f"baseline {format_triple(BASELINE)}, {args.seeds} seeds each:")
         print(test_table(comparisons[obj]))
+        for triple in named:
+            also[format_triple(triple)][obj] = against_baseline(obj, triple)
+            print(f"\ntest, objective {obj}: {format_triple(triple)} (named by --also-test) "
+                  f"against the baseline {format_triple(BASELINE)}, {args.seeds} seeds each:")
+            print(test_table(also[format_triple(triple)][obj]))
 
     names = [n for n in dict.fromkeys([args.select, "rsum", "image_overlap", "text_overlap",
                                         "label_p10_t2i"]) if n in rows[0]]
     plots = [validation_plot(aggregated, names, out / "validation.png"),
              test_plot(comparisons, out / "test.png")]
+    plots += [test_plot(by_obj, out / f"test_{name.replace(' ', '_')}.png",
+                        f"Test: {name} minus the baseline {format_triple(BASELINE)}")
+              for name, by_obj in also.items()]
     summary = {
         "select": args.select, "higher_is_better": METRICS[args.select].higher_is_better,
         "seeds": args.seeds, "objectives": args.objectives, "ties": args.ties,
@@ -294,6 +317,7 @@ def main() -> None:
         "chosen": {obj: list(chosen[obj]) for obj in args.objectives},
         "baseline": list(BASELINE),
         "test": comparisons,
+        "also_test": also,
     }
     write_json_atomic(summary, out / "summary.json")
     print(f"\nwrote {out / 'sweep.csv'}, {out / 'summary.json'}, "

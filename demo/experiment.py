@@ -29,6 +29,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--run-dir", default=None, help="the demo's folder (default: runs/demo/DATA)")
     p.add_argument("--grid", default=GRID)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--also-test", default="1 0.3 0.2",
+                   help="tune_weights.py --also-test: the paper's weights are compared with the "
+                        "baseline on test whichever triple validation chooses ('' for none)")
     p.add_argument("--objectives", default="release,clean",
                    help="--negatives values; 'none' for a trainer without the flag")
     p.add_argument("--image-size", type=int, default=None)
@@ -64,6 +67,7 @@ def main() -> None:
         ["prepare_image_cache.py", *common, "--image-size", str(args.image_size), "--workers", "2"],
         ["tune_weights.py", "--grid", args.grid, "--seeds", str(args.seeds), "--devices",
          args.devices, "--out", str(args.run_dir / "experiment"), "--bootstrap", str(args.bootstrap),
+         *(["--also-test", args.also_test] if args.also_test.strip() else []),
          *([] if args.objectives == "none" else ["--objectives", args.objectives]),
          "--eval-workers", "0", "--",
          *common, "--arch", "resnet18", *([] if pretrained else ["--no-pretrained"]),

@@ -102,7 +102,8 @@ def test_experiment_sweeps_the_demos_data(demo):
     (objective,) = summary["validation"]     # the trainer's default objective
     assert [t["weights"] for t in summary["validation"][objective]] == [[1, 0, 0], [1, 0.3, 0.2]]
     assert {"rsum", "image_overlap", "label_p10_t2i"} <= set(summary["test"][objective])
-    for name in ("sweep.csv", "validation.png", "test.png"):
+    assert set(summary["also_test"]["1 0.3 0.2"]) == {objective}   # the paper's, named by default
+    for name in ("sweep.csv", "validation.png", "test.png", "test_1_0.3_0.2.png"):
         assert (folder / name).is_file()
     assert "experiment finished" in out and "95% CI seeds (t)" in out
 

@@ -183,6 +183,23 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
     assert json.loads((out / "summary.json").read_text())["test"] == summary["test"]
 
 
+def test_also_test_compares_a_named_triple_with_the_baseline_whatever_the_choice(fakes, tmp_path):
+    manifest, calls = fakes
+    out = tmp_path / "sweep"
+    result = cli(*sweep_args(manifest, out, "--also-test", "1 0.3 0.2"))
+    test = [c for c in read_calls(calls) if c["script"] == "evaluate" and c["split"] == "test"]
+    # The choice (1 0.6 0), the named triple and the baseline, two seeds each, once each.
+    assert sorted(tuple(c["weights"]) for c in test) == sorted([(1, 0, 0), (1, 0.6, 0), (1, 0.3, 0.2)] * 2)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["chosen"] == {"release": [1, 0.6, 0]}
+    named = summary["also_test"]["1 0.3 0.2"]["release"]["rsum"]
+    chosen = summary["test"]["release"]["rsum"]
+    assert named["baseline"] == chosen["baseline"] and named["chosen"] != chosen["chosen"]
+    assert named["difference"] == pytest.approx(named["chosen"] - named["baseline"])
+    assert "1 0.3 0.2 (named by --also-test) against the baseline 1 0 0" in result.out
+    assert (out / "test_1_0.3_0.2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monkeypatch):
     manifest, calls = fakes
     out = tmp_path / "sweep"
@@ -252,6 +269,8 @@ def test_without_objectives_the_trainers_default_is_passed_on(fakes, tmp_path):
     (["--grid", "1 0 0", "--objectives", "release,release"], "list each objective once"),
     (["--grid", "1 0 0", "--objectives", "tidy"], "the trainer's flags (after --)"),
     (["--grid", "1 0 0", "--bootstrap", "10"], "--bootstrap must be at least 100"),
+    (["--grid", "1 0 0; 1 0.3 0.2", "--also-test", "1 1 1"], "--also-test 1 1 1: not in the grid"),
+    (["--grid", "1 0 0", "--also-test", "1 x 0"], "--also-test: "),
 ])
 def test_bad_flags_stop_before_any_training(fakes, tmp_path, flags, message):
     manifest, calls = fakes

@@ -53,7 +53,8 @@ def validation_plot(aggregated: dict[str, dict[Triple, dict[str, dict]]], names:
     return path
 
 
-def test_plot(comparisons: dict[str, dict[str, dict]], path: Path) -> Path:
+def test_plot(comparisons: dict[str, dict[str, dict]], path: Path,
+              title: str = "Test: chosen weights minus the baseline 1 0 0") -> Path:
     """Chosen minus baseline on test for each metric, with the seeds' t interval (thick) and the
     queries' bootstrap interval (thin), one panel per unit, one colour per objective."""
     units = [u for u in UNITS if any(METRICS[n].unit == u for c in comparisons.values() for n in c)]
@@ -81,8 +82,7 @@ def test_plot(comparisons: dict[str, dict[str, dict]], path: Path) -> Path:
         ax.set_xlabel(UNITS[unit])
         ax.grid(axis="x", alpha=0.3)
     axes[0][0].legend(title="objective", fontsize=8)
-    fig.suptitle("Test: chosen weights minus the baseline 1 0 0 "
-                 "(thick: 95% CI over seeds, thin: bootstrap over queries)", fontsize=10)
+    fig.suptitle(f"{title} (thick: 95% CI over seeds, thin: bootstrap over queries)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
