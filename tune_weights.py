@@ -299,7 +299,7 @@ def main() -> None:
             also[format_triple(triple)][obj] = against_baseline(obj, triple)
             print(f"\ntest, objective {obj}: {format_triple(triple)} (named by --also-test) "
                   f"against the baseline {format_triple(BASELINE)}, {args.seeds} seeds each:")
-            print(test_table(also[format_triple(triple)][obj]))
+            print(test_table(also[format_triple(triple)][obj], format_triple(triple)))
 
     names = [n for n in dict.fromkeys([args.select, "rsum", "image_overlap", "text_overlap",
                                         "label_p10_t2i"]) if n in rows[0]]
