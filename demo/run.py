@@ -141,7 +141,8 @@ def main() -> None:
     print("   (a single run of each, one seed: the difference between the columns includes the "
           "seed's noise; `make experiment` repeats them over seeds with error bars)")
     page = args.run_dir / "retrieval"
-    steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[1],   # the paper's weights, first objective "--out", page,
+    # The paper's weights under the first objective.
+    steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[1], "--out", page,
                            *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")
     print(f"demo finished in {time.time() - t0:.0f}s; retrieval page: {page / 'index.html'}")
 
