@@ -101,10 +101,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     try:
-        args.also_test = parse_grid(args.also_test) if args.also_test else []
+        # The baseline against itself compares nothing: only the other triples are kept.
+        args.also_test = [t for t in parse_grid(args.also_test) if t != BASELINE] if args.also_test else []
     except ValueError as e:
         p.error(f"--also-test: {e}")
-    missing = [t for t in args.also_test if t not in args.triples and t != BASELINE]
+    missing = [t for t in args.also_test if t not in args.triples]
     if missing:
         p.error(f"--also-test {format_triple(missing[0])}: not in the grid; add it to the grid")
     if args.seeds < 1:
@@ -276,7 +277,7 @@ def main() -> None:
               f"{args.select}):")
         print(validation_table(aggregated[obj], args.select, chosen[obj]))
 
-    named = [t for t in args.also_test if t != BASELINE]
+    named = args.also_test
     tested = [r for r in runs if r.weights in (chosen[r.objective], BASELINE, *named)]
     print(f"\ntest: the chosen triple{'s' if len(args.objectives) > 1 else ''}"
           f"{', ' + '; '.join(map(format_triple, named)) if named else ''} and the baseline, "

@@ -127,9 +127,10 @@ def main() -> None:
     for negatives in args.negatives:
         for name, weights in RUNS.items():
             # release keeps the authors' folder name (and the step names of earlier demos).
-            folder = run_name(*map(float, weights)) + ("" if negatives == "release" else f"_{negatives}")
+            other = "" if negatives == "release" else negatives
+            folder = run_name(*map(float, weights)) + (f"_{other}" if other else "")
             best = work / "models" / folder / "best.pt"
-            label = f"train {name} ({' '.join(weights)})" + ("" if negatives == "release" else f" {negatives}")
+            label = f"train {name} ({' '.join(weights)})" + (f" {other}" if other else "")
             steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
                               "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
                               args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"]),
