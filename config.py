@@ -73,3 +73,6 @@ MAX_BAD_IMAGES = 0.01           # share of unreadable images tolerated before tr
 RUN_NAME = None                 # the log folder under WORK_DIR/models (None: the authors' name
                                 # from the weights, l_i2t_l_sym_1_l_img_0_3_l_text_0_2)
 IMAGE_CACHE = "auto"            # prepare_image_cache.py's store: "auto" (when up to date), "require", "off"
+FROZEN_IMAGE = False            # True: train on prepare_image_features.py's backbone features (cheap
+                                # runs to tune the weights); the backbone is not trained
+IMAGE_HEAD = "linear"           # the image head: "linear" (the release's) or "mlp" (two layers)

@@ -6,28 +6,27 @@ L = L_i2t + W_SYM * L_sym + W_IMG * L_img + W_TEXT * L_text; `1 0.3 0.2` are the
 weights, `1 0 0` the baseline without its constraints. The objective is the release's by default
 (--loss angular, --negatives release: see losses/objective.py); all four terms are logged at every
 step. Several GPUs: torchrun --nproc_per_node N.
-"""
-import math
-import time
-from dataclasses import replace
-from pathlib import Path
 
+--frozen-image trains the image head and the text branch on the backbone's features made once by
+prepare_image_features.py (step 4b): cheap runs for tuning the weights (tune_weights.py), whose
+chosen weights are then trained fine-tuned (tune_weights.py --finetune-chosen).
+"""
 import torch
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 import config
 from cli import check_flags, parser, real, run_main, whole
 from data.image_cache import MODES
-from losses import LOSSES, NEGATIVES, CrossModalObjective, LossConfig
-from models import ARCHS, ModelConfig, Precision, build_model
-from models.checkpoint import check_resume, load_resume, save_checkpoint
+from losses import LOSSES, NEGATIVES
+from models import ARCHS, HEADS, Precision
+from models.checkpoint import Progress, checkpoint_state, load_resume, restore
 from models.precision import PRECISIONS
 from training import distributed
-from training.data import VALIDATION_SEED, PairDataset, epoch_order, make_loader, with_random_texts
+from training.build import build_trainee, config_record, datasets, image_mode, objectives, optimization, wrap
+from training.loop import ending, epoch_loader, save_epoch, train_epoch, validate
 from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
-from training.step import StepLog, objective_inputs, train_step
+from training.step import StepLog
 
 
 def parse_args(argv: list[str] | None = None):
@@ -43,6 +42,12 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--embed-dim", type=int, default=config.EMBED_DIM)
     g.add_argument("--gru-hidden", type=int, default=config.GRU_HIDDEN)
     g.add_argument("--max-tokens", type=int, default=config.MAX_TOKENS)
+    g.add_argument("--frozen-image", action="store_true", default=config.FROZEN_IMAGE,
+                   help="train on the backbone's features from prepare_image_features.py (made "
+                        "with the same --arch, --image-size and weights flags): only the image "
+                        "head and the text branch train")
+    g.add_argument("--image-head", choices=HEADS, default=config.IMAGE_HEAD,
+                   help="linear: the release's; mlp: two layers, the usual head on frozen features")
     g = p.add_argument_group("training (config.py)")
     g.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="per process")
     g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
@@ -86,6 +91,8 @@ def parse_args(argv: list[str] | None = None):
     if args.run_seed is None:
         args.run_seed = args.seed
     check_flags(p, args, "image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool")
+    if args.no_pretrained and args.image_weights:
+        p.error("--no-pretrained and --image-weights: pass one")
     if args.resume and args.overwrite:
         p.error("--resume continues the folder's run and --overwrite replaces it: pass one")
     if args.run_name is not None and args.log_dir:
@@ -95,30 +102,6 @@ def parse_args(argv: list[str] | None = None):
     if bad_name:
         p.error(bad_name)
     return args
-
-
-def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalObjective) -> float:
-    """Mean validation L_i2t, as the authors: against B random validation texts drawn under a
-    fixed seed (the same every epoch) with the release's negatives, in-batch ones with clean.
-    `objective` has zero weights: its total is L_i2t."""
-    model.eval()
-    # Every document once over all ranks: unequal shards are fine, as the unwrapped model runs here.
-    order = list(range(ctx.rank, len(ds), ctx.world))
-    release = objective.config.negatives == "release"
-    if release:
-        order = with_random_texts(order, len(ds), args.batch_size, [VALIDATION_SEED, ctx.rank])
-    total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0  # read once, at the end
-    # A fixed seed for what the objective draws (angular-hinge), kept apart from training's.
-    with torch.no_grad(), torch.random.fork_rng(devices=[]):
-        torch.manual_seed(VALIDATION_SEED)
-        for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
-            if len(b["image_ids"]) < 2 and not release:
-                continue     # no in-batch negative
-            loss, _ = objective(*objective_inputs(model, b, precision, train=False))
-            total += loss.double() * len(b["image_ids"])
-            count += len(b["image_ids"])
-    total, count = distributed.all_sum([total.item(), count], ctx)
-    return total / max(count, 1)
 
 
 def main() -> None:
@@ -134,91 +117,45 @@ def main() -> None:
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
 
-    model_config = ModelConfig(arch=args.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
-                               hidden=args.gru_hidden, vocab_size=len(data.vocab))
-    model = precision.prepare(build_model(model_config, data.word_vectors, pretrained=not args.no_pretrained,
-                                          weights_file=args.image_weights))
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
-    start, best, since_best, step, wrote_best = 0, math.inf, 0, 0, False
+    model = build_trainee(args, data, precision)
+    optimizer, scheduler = optimization(model, args)
+    mode = image_mode(args, data)
+    progress = Progress()
     if resumed is not None:
-        state = check_resume(resumed[1], resumed[0], model_config, data.vocab.fingerprint())
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start, best, since_best, step = state["epoch"] + 1, state["best_val"], state["since_best"], state["step"]
+        progress = restore(resumed, model, optimizer, scheduler, data.vocab.fingerprint(), mode)
         if ctx.main:
-            print(f"resuming {log_dir / 'last.pt'} after epoch {state['epoch']}")
-    net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
-        if ctx.world > 1 else model
-    writer = LogWriter(log_dir, purge_step=step + 1 if args.resume else None) if ctx.main else None
+            print(f"resuming {resumed[0]} after epoch {progress.epoch}")
+    net = wrap(model, ctx)
+    writer = LogWriter(log_dir, purge_step=progress.step + 1 if resumed else None) if ctx.main else None
     log = StepLog(writer)
     if resumed is not None:   # named if the loss diverges: the last checkpoint with finite weights
-        log.last_checkpoint = f"{resumed[0]} (epoch {start - 1})"
-    loss_config = LossConfig.from_args(args)
-    objective = CrossModalObjective(loss_config)
-    # The release's validation loss: L_i2t alone, not tiled.
-    val_objective = CrossModalObjective(replace(loss_config, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False))
-    release = loss_config.negatives == "release"
-    train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
-    val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
-    config_record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    for key in ("dataset", "work_dir", "image_root"):   # evaluation may run from another folder
-        if config_record[key] is not None:
-            config_record[key] = str(Path(config_record[key]).resolve())
+        log.last_checkpoint = f"{resumed[0]} (epoch {progress.epoch})"
+    objective, val_objective = objectives(args)
+    train_ds, val_ds = datasets(data)
+    record, wrote_best = config_record(args), False
 
-    epochs = tqdm(range(start, args.epochs), desc="epochs", unit="epoch", initial=start,
-                  total=args.epochs, disable=not ctx.main)
+    epochs = tqdm(range(progress.epoch + 1, args.epochs), desc="epochs", unit="epoch",
+                  initial=progress.epoch + 1, total=args.epochs, disable=not ctx.main)
     for epoch in epochs:
-        if since_best >= args.patience:
+        if progress.since_best >= args.patience:
             break
-        torch.manual_seed(args.run_seed * 100_003 + epoch)  # the epoch's flips, same on resume
-        train_ds.set_neighbors(data.sampler.sample(args.run_seed, epoch))
-        order = epoch_order(len(train_ds), args.run_seed, epoch, ctx.rank, ctx.world)
-        if release:   # each batch's random training texts, drawn per epoch: the same on resume
-            order = with_random_texts(order, len(train_ds), args.batch_size, [args.run_seed, epoch, ctx.rank, 13])
-        loader = make_loader(train_ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
-                             drop_last=len(order) > args.batch_size)
-        model.train()
-        t0, seen, loss_sum = time.time(), 0, 0.0   # loss_sum stays on the device: no wait per step
-        for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
-            loss, parts = train_step(net, optimizer, b, precision, objective)
-            loss_sum = loss_sum + loss
-            step += 1
-            seen += len(b["image_ids"]) * ctx.world
-            log.add(step, loss, parts, optimizer.param_groups[0]["lr"])
-        log.flush()
+        loader = epoch_loader(train_ds, data.sampler, args, ctx, epoch)
+        train_loss, rate = train_epoch(net, optimizer, loader, precision, objective, log, progress, ctx, epoch)
         val = validate(model, val_ds, args, ctx, precision, val_objective)
-        log.check(step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
+        log.check(progress.step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
         scheduler.step(val)
-        improved = val < best
-        best, since_best = (val, 0) if improved else (best, since_best + 1)
+        improved = progress.end_epoch(epoch, val)
         if ctx.main:
             writer.add_scalar("data/val_loss", val, epoch)
             writer.flush()
-            state = {"model": model.state_dict(), "model_config": model_config.to_dict(), "vocab": data.vocab.to_state(),
-                     "vocab_fingerprint": data.vocab.fingerprint(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val": best,
-                     "since_best": since_best, "val_loss": val, "config": config_record,
-                     "provenance": data.provenance}
-            save_checkpoint(state, log_dir / "last.pt")
-            log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {epoch})"
-            if improved:
-                save_checkpoint(state, log_dir / "best.pt")
-                wrote_best = True
-            rate = seen / max(time.time() - t0, 1e-9)
-            mean_loss = float(loss_sum) / max(len(loader), 1)
-            epochs.write(f"epoch {epoch}: train loss {mean_loss:.4f} (mean), val loss {val:.4f}"
+            state = checkpoint_state(model, data.vocab, optimizer, scheduler, progress, record,
+                                     data.provenance, mode)
+            wrote_best |= save_epoch(state, log_dir, improved, log)
+            epochs.write(f"epoch {epoch}: train loss {train_loss:.4f} (mean), val loss {val:.4f}"
                          f"{' (best)' if improved else ''}, {rate:.1f} items/s")
     if ctx.main:
         writer.close()
-        if since_best >= args.patience:
-            print(f"stopped early: no better validation loss for {args.patience} epochs")
-        # Only a best.pt of this run: written now, or earlier in the run --resume continues.
-        if wrote_best or (resumed is not None and (log_dir / "best.pt").is_file()):
-            print(log_dir / "best.pt")
-        else:
-            print(f"no epoch was trained (--epochs {args.epochs}): no checkpoint written")
+        print(ending(args, progress, log_dir, wrote_best, resumed is not None))
     folder.release()
     distributed.teardown(ctx)
 

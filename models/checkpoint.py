@@ -1,8 +1,22 @@
-"""One-file checkpoints: everything to rebuild the model and to resume its training."""
+"""One-file checkpoints: everything to rebuild the model and to resume its training.
+
+What a checkpoint holds is defined here once (checkpoint_state), and read back here (rebuild for
+evaluation, restore for --resume):
+  model, model_config, vocab, vocab_fingerprint   the model and the words it reads
+  optimizer, scheduler                             their states, to resume
+  epoch, step, best_val, since_best, val_loss      where the run stands (Progress)
+  config                                           the trainer's flags (evaluation's defaults)
+  provenance                                       what the data was made from (data.provenance)
+  image_mode                                       {"frozen": --frozen-image, "features": the
+                                                   feature file's record or None}; the model
+                                                   always holds its backbone's weights
+"""
 from __future__ import annotations
 
+import math
 import pickle
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -69,8 +83,11 @@ def check_resume(state: dict, path: str | Path, model_config: ModelConfig,
                  vocab_fingerprint: str) -> dict:
     """`state` when it fits the model and vocabulary built now, else one line saying what differs."""
     now = model_config.to_dict()
-    changed = [f"{k} {v} -> {now.get(k)}" for k, v in state["model_config"].items()
-               if now.get(k) != v]
+    try:   # through ModelConfig: a key added since (image_head) gets its old meaning
+        then = ModelConfig.from_dict(state["model_config"]).to_dict()
+    except (TypeError, ValueError):
+        then = state["model_config"]
+    changed = [f"{k} {v} -> {now.get(k)}" for k, v in then.items() if now.get(k) != v]
     if state.get("vocab_fingerprint") != vocab_fingerprint:
         changed.append("the Doc2Vec vocabulary")
     if changed:
@@ -85,3 +102,49 @@ def rebuild(state: dict, device: str | torch.device = "cpu") -> tuple[CrossModal
     model = build_model(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
     return model.to(device).eval(), Vocabulary.from_state(state["vocab"])
+
+
+@dataclass
+class Progress:
+    """Where a run stands after its last finished epoch (-1: none yet)."""
+    epoch: int = -1
+    step: int = 0
+    best_val: float = math.inf
+    since_best: int = 0
+    val_loss: float | None = None
+
+    def end_epoch(self, epoch: int, val: float) -> bool:
+        """Record the epoch's validation loss; whether it is the best so far."""
+        improved = val < self.best_val
+        self.epoch, self.val_loss = epoch, val
+        self.best_val, self.since_best = (val, 0) if improved else (self.best_val, self.since_best + 1)
+        return improved
+
+
+def checkpoint_state(model: CrossModalModel, vocab: Vocabulary, optimizer, scheduler,
+                     progress: Progress, config: dict, provenance: dict, image_mode: dict) -> dict:
+    """The checkpoint's contents (see the module's docstring), plain data and tensors only."""
+    return {"model": model.state_dict(), "model_config": model.config().to_dict(),
+            "vocab": vocab.to_state(), "vocab_fingerprint": vocab.fingerprint(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "epoch": progress.epoch, "step": progress.step, "best_val": progress.best_val,
+            "since_best": progress.since_best, "val_loss": progress.val_loss,
+            "config": config, "provenance": provenance, "image_mode": image_mode}
+
+
+def restore(resumed: tuple[Path, dict], model: CrossModalModel, optimizer, scheduler,
+            vocab_fingerprint: str, image_mode: dict) -> Progress:
+    """Load last.pt's states into the model, optimizer and scheduler built now (after checking
+    that they fit); where the run stood."""
+    path, state = resumed
+    check_resume(state, path, model.config(), vocab_fingerprint)
+    frozen = bool(state.get("image_mode", {}).get("frozen", False))
+    if frozen != image_mode["frozen"]:
+        raise InputError(f"{path}: the run was trained {'with' if frozen else 'without'} "
+                         "--frozen-image: resume it with the same image mode, or start afresh "
+                         "without --resume")
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    return Progress(state["epoch"], state["step"], state["best_val"], state["since_best"],
+                    state.get("val_loss"))

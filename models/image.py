@@ -1,4 +1,6 @@
-"""Image branch: a torchvision ResNet without its classifier, a linear head, L2 normalisation."""
+"""Image branch: a torchvision ResNet without its classifier, a head (linear, as the release, or a
+two-layer MLP), L2 normalisation. The head also runs alone on precomputed backbone features
+(prepare_image_features.py), which is how --frozen-image trains."""
 from __future__ import annotations
 
 import os
@@ -19,6 +21,7 @@ ARCHS = {
     "resnet101": (tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, 2048),
     "resnet152": (tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1, 2048),
 }
+HEADS = ("linear", "mlp")
 DOWNLOAD_TIMEOUT_S = 30   # per socket operation; an offline machine fails instead of hanging
 
 
@@ -102,28 +105,56 @@ def projection_head(in_dim: int, out_dim: int) -> nn.Linear:
     return head
 
 
+def image_head(kind: str, feat_dim: int, embed_dim: int) -> nn.Module:
+    """"linear": the release's Linear; "mlp": Linear -> ReLU -> Linear, the usual head on frozen
+    features (its hidden layer as wide as the features)."""
+    if kind == "linear":
+        return projection_head(feat_dim, embed_dim)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(feat_dim, feat_dim), nn.ReLU(inplace=True),
+                             projection_head(feat_dim, embed_dim))
+    raise ValueError(f"unknown image head {kind!r}: choose one of {', '.join(HEADS)}")
+
+
 class ImageEncoder(nn.Module):
-    """ResNet (avgpool kept, fc removed) -> Linear(feat_dim, embed_dim) -> unit vector."""
+    """ResNet (avgpool kept, fc removed) -> head(feat_dim -> embed_dim) -> unit vector."""
 
     def __init__(self, arch: str = "resnet50", embed_dim: int = 256, pretrained: bool = True,
-                 weights_file: str | os.PathLike | None = None):
+                 weights_file: str | os.PathLike | None = None, head: str = "linear"):
         super().__init__()
         check_arch(arch)
         build, _, feat_dim = ARCHS[arch]
         self.arch = arch
         self.feat_dim = feat_dim
         self.embed_dim = embed_dim
+        self.head_kind = head
         self.backbone = build(weights=None)
         self.backbone.fc = nn.Identity()   # avgpool stays: the backbone returns [B, feat_dim]
         if weights_file is not None:
             load_backbone_weights(self.backbone, Path(weights_file), arch)
         elif pretrained:
             load_imagenet_weights(self.backbone, arch)
-        self.head = projection_head(feat_dim, embed_dim)
+        self.head = image_head(head, feat_dim, embed_dim)
+        self.frozen_backbone = False
+
+    def freeze_backbone(self) -> None:
+        """--frozen-image: the backbone keeps its weights and its BatchNorm statistics (eval mode
+        even while the model trains), as when its features were computed."""
+        self.frozen_backbone = True
+        self.backbone.requires_grad_(False)
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "ImageEncoder":
+        super().train(mode)
+        if self.frozen_backbone:
+            self.backbone.eval()
+        return self
 
     def forward(self, images: Tensor) -> Tensor:
-        """[B, 3, H, W] -> [B, embed_dim] float32 unit vectors."""
-        out = self.head(self.backbone(images))
+        """[B, 3, H, W] images, or [B, feat_dim] backbone features -> [B, embed_dim] float32
+        unit vectors."""
+        feats = images if images.dim() == 2 else self.backbone(images)
+        out = self.head(feats)
         # The norm of bf16 values loses too many digits: normalise in float32 outside autocast.
         with torch.autocast(device_type=out.device.type, enabled=False):
             return F.normalize(out.float(), dim=-1)

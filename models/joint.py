@@ -20,11 +20,12 @@ class ModelConfig:
     word_dim: int
     hidden: int
     vocab_size: int
+    image_head: str = "linear"     # checkpoints older than the option have none: the release's
 
     def __post_init__(self) -> None:
         # Checkpoints store builtins only: numpy integers (a vector's shape) become ints here.
         for f in fields(self):
-            if f.name != "arch":
+            if f.name not in ("arch", "image_head"):
                 object.__setattr__(self, f.name, int(getattr(self, f.name)))
 
     def to_dict(self) -> dict:
@@ -32,14 +33,15 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
-        """From a checkpoint's "model_config" (the same five keys since the first checkpoints)."""
+        """From a checkpoint's "model_config" (five keys since the first checkpoints; the
+        image head's kind since --image-head, the release's Linear when absent)."""
         if not isinstance(config, dict):
             raise ValueError(f"model config must be a dict, got {type(config).__name__}")
-        missing = [f.name for f in fields(cls) if f.name not in config]
+        missing = [f.name for f in fields(cls) if f.name not in config and f.name != "image_head"]
         if missing:
             raise ValueError(f"model config lacks {', '.join(missing)}: the checkpoint was not "
                              "written by this project's training")
-        return cls(**{f.name: config[f.name] for f in fields(cls)})
+        return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
 
 class CrossModalModel(nn.Module):
@@ -67,7 +69,8 @@ class CrossModalModel(nn.Module):
         return ModelConfig(arch=self.image.arch, embed_dim=self.image.embed_dim,
                            word_dim=self.text.embedding.embedding_dim,
                            hidden=self.text.gru.hidden_size,
-                           vocab_size=self.text.embedding.num_embeddings)
+                           vocab_size=self.text.embedding.num_embeddings,
+                           image_head=self.image.head_kind)
 
 
 def build_model(config: ModelConfig, word_vectors: np.ndarray | None = None,
@@ -79,7 +82,7 @@ def build_model(config: ModelConfig, word_vectors: np.ndarray | None = None,
         raise ValueError(f"build_model needs a ModelConfig, got {type(config).__name__} (a "
                          "checkpoint's dict goes through ModelConfig.from_dict)")
     image = ImageEncoder(config.arch, config.embed_dim, pretrained=pretrained,
-                         weights_file=weights_file)
+                         weights_file=weights_file, head=config.image_head)
     text = TextEncoder(config.vocab_size, config.word_dim, config.hidden, config.embed_dim,
                        word_vectors=word_vectors)
     return CrossModalModel(image, text)

@@ -34,6 +34,17 @@ def prep_images(images: Tensor, device: torch.device, train: bool, channels_last
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def prep_features(features: Tensor, device: torch.device, train: bool) -> Tensor:
+    """float16 [B, 2, F] backbone features of each image and its mirror (prepare_image_features.py)
+    -> float32 [B, F] on the device: the mirror with probability 1/2 when training, drawn as
+    prep_images draws its flips (same generator, same count), so a seed flips the same items."""
+    features = features.to(device, non_blocking=True)
+    if not train:
+        return features[:, 0].float()
+    flip = (torch.rand(len(features)) < 0.5).to(device, non_blocking=True)
+    return torch.where(flip.view(-1, 1), features[:, 1], features[:, 0]).float()
+
+
 @dataclass(frozen=True)
 class Precision:
     """Where the model runs and how: bf16 means autocast and channels_last together."""
@@ -57,3 +68,9 @@ class Precision:
     def images(self, images: Tensor, train: bool) -> Tensor:
         """uint8 images -> the model's input on the device (see prep_images)."""
         return prep_images(images, self.device, train, channels_last=self.bf16)
+
+    def image_inputs(self, batch: Tensor, train: bool) -> Tensor:
+        """The image branch's input from a batch of uint8 images or of float16 frozen features."""
+        if batch.dtype == torch.uint8:
+            return self.images(batch, train)
+        return prep_features(batch, self.device, train)

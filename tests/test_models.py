@@ -288,7 +288,7 @@ def test_model_config_round_trips_as_plain_builtins(tmp_path):
     config = ModelConfig("resnet18", np.int64(8), 6, 8, 10)   # a shape read off numpy stays int
     stored = config.to_dict()
     assert stored == {"arch": "resnet18", "embed_dim": 8, "word_dim": 6, "hidden": 8,
-                      "vocab_size": 10}
+                      "vocab_size": 10, "image_head": "linear"}
     assert all(type(v) in (str, int) for v in stored.values())
     torch.save({"model_config": stored}, tmp_path / "c.pt")
     loaded = torch.load(tmp_path / "c.pt", weights_only=True)["model_config"]

@@ -20,6 +20,7 @@ from models import END, START, Vocabulary
 
 from .distributed import Context, broadcast
 from data.image_cache import training_images
+from data.image_features import load_backbone, training_features
 from data.images import report_bad_images
 from .neighbors import NeighborSampler
 
@@ -34,8 +35,11 @@ class TrainingData:
     val_docs: list[Document]
     val_tokens: list[list[int]]
     sampler: NeighborSampler
-    read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s]
+    read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s], or under
+                                           # --frozen-image float16 [2, F] features
     provenance: dict                       # what the run is made from, saved in its checkpoints
+    image_features: dict | None = None     # --frozen-image: the feature file's record
+    backbone: dict | None = None           # --frozen-image: the weights that made the features
 
 
 def drop_unknown(docs: list[Document], encoded: list[list[int]], ctx: Context
@@ -89,8 +93,14 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     # Images come from the image cache when it is up to date, else from the files, each decoded
     # once here first; either way a bad image is known before training, reported, never replaced.
     used = sorted({items[d.item].image for d in docs})
-    source = None
-    if ctx.main:
+    source, features, backbone = None, None, None
+    if getattr(args, "frozen_image", False):   # a cheap check, on every rank
+        read, bad, where, features = training_features(args, [it.image for it in items], used)
+        backbone = load_backbone(args)
+        if ctx.main:
+            print(where)
+        source = (read, bad)
+    elif ctx.main:
         read, bad, where = training_images(args.work_dir, [it.image for it in items], used,
                                            args.image_size, args.image_cache, args.workers)
         print(where)
@@ -118,4 +128,5 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, record)
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, record,
+                        features, backbone)

@@ -21,7 +21,8 @@ def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: b
     arguments (img, txt, nb_img, nb_txt, image_ids, nb_image_ids, has_nb, neg_txt).
 
     `batch` is what training.data.collate returns; its images and tokens may already be on the
-    device. Images are mirrored at random when `train`.
+    device. Images are mirrored at random when `train`; under --frozen-image "images" holds each
+    image's features and its mirror's (float16 [n, 2, F]), and the mirror is drawn alike.
     """
     device = precision.device
     n = len(batch["image_ids"])
@@ -31,7 +32,7 @@ def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: b
     rows = has_nb_cpu.nonzero().squeeze(1).to(device, non_blocking=True)
     has_nb = has_nb_cpu.to(device, non_blocking=True)
     with precision.autocast():
-        img_all, txt_all = net(precision.images(batch["images"], train),
+        img_all, txt_all = net(precision.image_inputs(batch["images"], train),
                                batch["tokens"].to(device, non_blocking=True), batch["lengths"])
     nb_img = img_all.new_zeros(n, img_all.shape[1]).index_copy(0, rows, img_all[n:])
     nb_txt = txt_all.new_zeros(n, txt_all.shape[1]).index_copy(0, rows, txt_all[n:n + n_nb])

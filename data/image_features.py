@@ -1,0 +1,217 @@
+"""Frozen image features: the image backbone run once over every image of a dataset, so that
+--frozen-image training only runs the image head (and the text branch).
+
+WORK_DIR/image_features/<arch>_<size>/ holds features.npy, [N, 2, F] float16 (row r: the image
+paths[r] and its mirror, the trainer's only augmentation), backbone.pt (the backbone's weights
+that made them: a frozen-mode checkpoint holds them, so it embeds new images without this
+folder) and record.json (what they were made from: the dataset's hash, the arch, the identity of
+the weights, the image size, the image cache's fingerprint, every image's size and mtime, the
+images that could not be read). prepare_image_features.py writes it into a hidden folder renamed
+into place at the end, so an interrupted build never looks complete; the trainer refuses a
+folder that is missing, stale or made with other flags, with the command that remakes it.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data.image_cache import CachedImages, ImageCache, _remove_leftovers, file_stats
+from data.images import normalize
+from data.items import InputError
+from data.workdir import default_mode, write_error
+
+FEATURES_DIR = "image_features"
+ARRAY, RECORD, BACKBONE = "features.npy", "record.json", "backbone.pt"
+FORMAT = 1
+
+
+def features_folder(work_dir: str | Path, arch: str, size: int) -> Path:
+    return Path(work_dir) / FEATURES_DIR / f"{arch}_{size}"
+
+
+def file_hash(path: str | Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def weights_identity(args: argparse.Namespace) -> dict:
+    """Which backbone weights the flags ask for, as the trainer builds them: a --image-weights
+    file (by its content), torchvision's ImageNet weights (by name), or random weights drawn
+    under --seed (--no-pretrained; the trainer's --run-seed does not change a frozen backbone)."""
+    from models.image import ARCHS
+    if args.image_weights is not None:
+        path = Path(args.image_weights)
+        if not path.is_file():
+            raise InputError(f"image weights file {path} not found: pass an existing file to "
+                             "--image-weights, or --no-pretrained")
+        return {"kind": "file", "path": str(path.resolve()), "hash": file_hash(path)}
+    if args.no_pretrained:
+        return {"kind": "random", "seed": int(args.seed)}
+    return {"kind": "imagenet", "name": os.path.basename(ARCHS[args.arch][1].url)}
+
+
+def describe(identity: dict) -> str:
+    if identity["kind"] == "file":
+        return f"--image-weights {identity['path']}"
+    if identity["kind"] == "random":
+        return f"--no-pretrained --seed {identity['seed']}"
+    return f"ImageNet weights ({identity['name']})"
+
+
+def remake_hint(args: argparse.Namespace) -> str:
+    weights = (f" --image-weights {args.image_weights}" if args.image_weights else
+               f" --no-pretrained --seed {args.seed}" if args.no_pretrained else "")
+    return (f"run prepare_image_features.py --dataset {args.dataset} --work-dir {args.work_dir} "
+            f"--arch {args.arch} --image-size {args.image_size}{weights}")
+
+
+def build_backbone(args: argparse.Namespace) -> torch.nn.Module:
+    """The backbone as the trainer builds it: random weights drawn under the seed first (the
+    trainer seeds, then builds the image branch before anything else), then the ImageNet or
+    --image-weights ones over them."""
+    from models.image import ImageEncoder
+    torch.manual_seed(args.seed)
+    encoder = ImageEncoder(args.arch, embed_dim=1, pretrained=not args.no_pretrained,
+                           weights_file=args.image_weights)
+    return encoder.backbone.eval()
+
+
+@torch.no_grad()
+def compute_features(backbone: torch.nn.Module, cache: ImageCache, device: torch.device,
+                     batch_size: int, progress: bool = True) -> np.ndarray:
+    """[N, 2, F] float32 features of the cache's rows and their mirrors (zeros for bad rows)."""
+    images = np.load(cache.folder / "images.npy", mmap_mode="r")
+    backbone = backbone.to(device).eval()
+    out: list[np.ndarray] = []
+    starts = range(0, len(images), batch_size)
+    for s in tqdm(starts, desc=f"image features at {cache.size}px", unit="batch",
+                  mininterval=1.0, disable=not progress):
+        x = torch.from_numpy(np.array(images[s:s + batch_size])).to(device)
+        plain = backbone(normalize(x))
+        mirrored = backbone(normalize(x.flip(-1)))
+        out.append(torch.stack([plain, mirrored], 1).float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
+                   device: torch.device, batch_size: int, progress: bool = True) -> Path:
+    """Compute the features of every image of `cache` and write the folder (replacing one)."""
+    identity = weights_identity(args)
+    backbone = build_backbone(args)
+    final = features_folder(args.work_dir, args.arch, args.image_size)
+    root = final.parent
+    root.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(root)
+    feats = compute_features(backbone, cache, device, batch_size, progress)
+    for p in cache.bad:   # no feature for an unreadable image: zeros, and named in the record
+        feats[cache.row_of[p]] = 0
+    if not np.isfinite(feats).all() or np.abs(feats).max(initial=0) > np.finfo(np.float16).max:
+        raise InputError(f"the {args.arch} backbone gives non-finite or too large features "
+                         "(float16 holds up to 65504): check --image-weights")
+    record = {"format": FORMAT, "arch": args.arch, "image_size": args.image_size,
+              "weights": identity, "dataset_hash": data_hash, "image_cache": cache.fingerprint,
+              "paths": cache.paths, "stats": cache.stats, "bad": cache.bad,
+              "shape": list(feats.shape)}
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.building-pid{os.getpid()}-"))
+    os.chmod(tmp, default_mode(folder=True))
+    try:
+        array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.float16, shape=feats.shape)
+        array[:] = feats
+        array.flush()
+        del array
+        torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp / BACKBONE)
+        (tmp / RECORD).write_text(json.dumps(record), encoding="utf-8")
+        for f in (tmp / ARRAY, tmp / BACKBONE, tmp / RECORD):
+            os.chmod(f, default_mode())
+        old = root / f".{final.name}.old-pid{os.getpid()}-{cache.fingerprint[:8]}"
+        if final.exists():
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise write_error(final, e) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def read_record(folder: Path) -> dict | None:
+    try:
+        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
+        array = np.load(folder / ARRAY, mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("format") != FORMAT or \
+            list(array.shape) != record.get("shape") or array.dtype != np.float16:
+        return None
+    return record
+
+
+def check_record(record: dict | None, folder: Path, args: argparse.Namespace,
+                 used: Sequence[str]) -> None:
+    """One line, with the command that remakes the folder, unless it holds the features of
+    every one of `used` (unchanged since) made with these flags."""
+    hint = remake_hint(args)
+    if record is None:
+        raise InputError(f"{folder}: no image features (or unreadable, or written by another "
+                         f"version) for --frozen-image: {hint}")
+    identity = weights_identity(args)
+    for what, then, now in (("--arch", record["arch"], args.arch),
+                            ("--image-size", record["image_size"], args.image_size),
+                            ("the backbone's weights", describe(record["weights"]), describe(identity))):
+        if then != now:
+            raise InputError(f"{folder}: the features were made with {what} {then}, this run "
+                             f"asks for {now}: {hint}")
+    if record["weights"] != identity:    # the same file name with other content
+        raise InputError(f"{folder}: the features were made from another version of "
+                         f"{describe(identity)}: {hint}")
+    rows = {p: r for r, p in enumerate(record["paths"])}
+    wanted = sorted(set(used))
+    missing = [p for p in wanted if p not in rows]
+    if missing:
+        raise InputError(f"{folder}: the features lack {len(missing)} images of the dataset "
+                         f"(first: {missing[0]}): {hint}")
+    now = file_stats(wanted)
+    changed = [p for p, st in zip(wanted, now) if record["stats"][rows[p]] != st]
+    if changed:
+        raise InputError(f"{folder}: the features are out of date: {len(changed)} images changed "
+                         f"since they were made (first: {changed[0]}): {hint}")
+
+
+def training_features(args: argparse.Namespace, item_paths: Sequence[str], used: Sequence[str]
+                      ) -> tuple[CachedImages, dict[str, str], str, dict]:
+    """For --frozen-image: (image id -> float16 [2, F] reader, {path: reason} of the bad ones
+    among `used`, a line saying where they come from, the record without its per-image lists
+    (for the checkpoints))."""
+    folder = features_folder(args.work_dir, args.arch, args.image_size)
+    record = read_record(folder)
+    check_record(record, folder, args, used)
+    row_of = {p: r for r, p in enumerate(record["paths"])}
+    bad = record["bad"]
+    rows = np.array([-1 if p in bad else row_of.get(p, -1) for p in item_paths], dtype=np.int64)
+    reasons = {i: bad[p] for i, p in enumerate(item_paths) if p in bad}
+    summary = {k: v for k, v in record.items() if k not in ("paths", "stats", "bad")}
+    return (CachedImages(folder / ARRAY, rows, reasons), {p: bad[p] for p in sorted(set(used)) if p in bad},
+            f"images: frozen features from {folder}", summary)
+
+
+def load_backbone(args: argparse.Namespace) -> dict:
+    """The state dict of the backbone that made the features (checked by training_features)."""
+    path = features_folder(args.work_dir, args.arch, args.image_size) / BACKBONE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a damaged file is remade
+        raise InputError(f"{path}: unreadable ({type(e).__name__}): {remake_hint(args)}") from None

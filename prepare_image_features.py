@@ -1,0 +1,62 @@
+"""Step 4b (for --frozen-image training): the image backbone run once over every image.
+
+    python prepare_image_features.py --dataset DATA --work-dir WORK [--arch resnet50]
+        [--image-size 224] [--no-pretrained | --image-weights FILE] [--batch-size 64]
+
+Runs the backbone without its head, in eval mode, over every image of the dataset and its mirror
+(the trainer's only augmentation), at --image-size, from the image cache (built or reused here,
+as prepare_image_cache.py does). --arch, --no-pretrained / --image-weights and --seed follow the
+trainer's rules: pass the flags the training will get. Writes WORK/image_features/<arch>_<size>/
+(features.npy, float16 [N, 2, F]; backbone.pt; record.json), which
+train_cross_modal_retrieval_model.py --frozen-image reads. Run it again after the images change:
+the trainer refuses features made from other images or with other flags.
+"""
+import time
+from pathlib import Path
+
+import torch
+
+import config
+from cli import check_flags, load_items, parser, real, run_main, whole
+from data.image_cache import CACHE_DIR, ensure_cache
+from data.image_features import FEATURES_DIR, build_features
+from data.images import report_bad_images
+from data.provenance import dataset_hash, dataset_root
+from data.workdir import check_writable
+from models import ARCHS
+from models.precision import pick_device
+
+
+def main() -> None:
+    p = parser(__doc__)
+    g = p.add_argument_group("backbone (config.py; as the trainer's)")
+    g.add_argument("--arch", choices=sorted(ARCHS), default=config.ARCH)
+    g.add_argument("--no-pretrained", action="store_true", help="random weights drawn under --seed")
+    g.add_argument("--image-weights", default=None, help="a local state dict for the ResNet")
+    g.add_argument("--image-size", type=whole(1), default=config.IMAGE_SIZE)
+    g.add_argument("--batch-size", type=whole(1), default=64, help="images per forward pass")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")
+    g.add_argument("--max-bad-images", type=real(0, 1), default=config.MAX_BAD_IMAGES,
+                   help="share of unreadable images tolerated before this exits with an error")
+    args = p.parse_args()
+    check_flags(p, args)
+    if args.no_pretrained and args.image_weights:
+        p.error("--no-pretrained and --image-weights: pass one")
+
+    check_writable(Path(args.work_dir) / CACHE_DIR, folder=True)
+    check_writable(Path(args.work_dir) / FEATURES_DIR, folder=True)
+    items = load_items(args)
+    cache, what = ensure_cache(args.work_dir, [it.image for it in items], args.image_size, args.workers)
+    print(what)
+    report_bad_images(cache.bad, len(cache.paths), args.max_bad_images, "dataset")
+    device = pick_device(args.device)
+    torch.set_grad_enabled(False)
+    t = time.time()
+    folder = build_features(args, cache, dataset_hash(items, dataset_root(args)), device,
+                            args.batch_size)
+    print(f"wrote {folder} ({len(cache.paths)} images and their mirrors, {args.arch} at "
+          f"{args.image_size}px, on {device.type}) in {time.time() - t:.1f}s")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,76 @@
+"""The trainer's parts, made from its flags and the prepared data: the model (its backbone
+frozen under --frozen-image), the optimizer and its schedule, the objectives, the datasets and
+the record of the flags that its checkpoints carry."""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from losses import CrossModalObjective, LossConfig
+from models import CrossModalModel, ModelConfig, Precision, build_model
+
+from .data import PairDataset
+from .distributed import Context
+from .prepare import TrainingData
+
+
+def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Precision) -> CrossModalModel:
+    """The model to train. Under --frozen-image its backbone is the one that made the features
+    (drawn first under the same seed as fine-tuning draws it, so the heads start alike), kept
+    out of training and in eval mode; the checkpoints then hold it."""
+    config = ModelConfig(arch=args.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
+                         hidden=args.gru_hidden, vocab_size=len(data.vocab), image_head=args.image_head)
+    frozen = args.frozen_image
+    model = build_model(config, data.word_vectors, pretrained=not (args.no_pretrained or frozen),
+                        weights_file=None if frozen else args.image_weights)
+    if frozen:
+        model.image.backbone.load_state_dict(data.backbone)
+        model.image.freeze_backbone()
+    return precision.prepare(model)
+
+
+def optimization(model: nn.Module, args: argparse.Namespace):
+    """Adam over the trained parameters and the release's schedule on the validation loss."""
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+                                 weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
+    return optimizer, scheduler
+
+
+def objectives(args: argparse.Namespace) -> tuple[CrossModalObjective, CrossModalObjective]:
+    """The training objective, and the release's validation loss: L_i2t alone, not tiled."""
+    config = LossConfig.from_args(args)
+    return CrossModalObjective(config), CrossModalObjective(
+        replace(config, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False))
+
+
+def datasets(data: TrainingData) -> tuple[PairDataset, PairDataset]:
+    return (PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read),
+            PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read))
+
+
+def config_record(args: argparse.Namespace) -> dict:
+    """The flags the checkpoints record (evaluation's defaults), paths made absolute: evaluation
+    may run from another folder."""
+    record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
+    for key in ("dataset", "work_dir", "image_root"):
+        if record[key] is not None:
+            record[key] = str(Path(record[key]).resolve())
+    return record
+
+
+def image_mode(args: argparse.Namespace, data: TrainingData) -> dict:
+    return {"frozen": bool(args.frozen_image), "features": data.image_features}
+
+
+def wrap(model: nn.Module, ctx: Context) -> nn.Module:
+    """DistributedDataParallel over several processes (a frozen backbone has no gradient to
+    reduce and is left out by it), the model itself otherwise."""
+    if ctx.world == 1:
+        return model
+    return DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)

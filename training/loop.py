@@ -1,0 +1,96 @@
+"""The trainer's epoch: its data order, its steps, the validation loss, and the checkpoints."""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from losses import CrossModalObjective
+from models import Precision
+from models.checkpoint import Progress, save_checkpoint
+
+from . import distributed
+from .data import VALIDATION_SEED, PairDataset, epoch_order, make_loader, with_random_texts
+from .distributed import Context
+from .neighbors import NeighborSampler
+from .step import StepLog, objective_inputs, train_step
+
+
+def epoch_loader(ds: PairDataset, sampler: NeighborSampler, args: argparse.Namespace, ctx: Context,
+                 epoch: int):
+    """The epoch's batches: its neighbour draws, order, random texts and (seeded here) flips,
+    each a function of --run-seed and the epoch, so a resumed run draws them alike."""
+    torch.manual_seed(args.run_seed * 100_003 + epoch)
+    ds.set_neighbors(sampler.sample(args.run_seed, epoch))
+    order = epoch_order(len(ds), args.run_seed, epoch, ctx.rank, ctx.world)
+    if args.negatives == "release":   # each batch's random training texts
+        order = with_random_texts(order, len(ds), args.batch_size, [args.run_seed, epoch, ctx.rank, 13])
+    return make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda",
+                       drop_last=len(order) > args.batch_size)
+
+
+def train_epoch(net: nn.Module, optimizer, loader, precision: Precision, objective: CrossModalObjective,
+                log: StepLog, progress: Progress, ctx: Context, epoch: int) -> tuple[float, float]:
+    """One pass over the loader; (mean training loss, items per second)."""
+    net.train()
+    t0, seen, loss_sum = time.time(), 0, 0.0   # loss_sum stays on the device: no wait per step
+    for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
+        loss, parts = train_step(net, optimizer, b, precision, objective)
+        loss_sum = loss_sum + loss
+        progress.step += 1
+        seen += len(b["image_ids"]) * ctx.world
+        log.add(progress.step, loss, parts, optimizer.param_groups[0]["lr"])
+    log.flush()
+    return float(loss_sum) / max(len(loader), 1), seen / max(time.time() - t0, 1e-9)
+
+
+def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalObjective) -> float:
+    """Mean validation L_i2t, as the authors: against B random validation texts drawn under a
+    fixed seed (the same every epoch) with the release's negatives, in-batch ones with clean.
+    `objective` has zero weights: its total is L_i2t."""
+    model.eval()
+    # Every document once over all ranks: unequal shards are fine, as the unwrapped model runs here.
+    order = list(range(ctx.rank, len(ds), ctx.world))
+    release = objective.config.negatives == "release"
+    if release:
+        order = with_random_texts(order, len(ds), args.batch_size, [VALIDATION_SEED, ctx.rank])
+    total, count = torch.zeros((), dtype=torch.float64, device=ctx.device), 0  # read once, at the end
+    # A fixed seed for what the objective draws (angular-hinge), kept apart from training's.
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(VALIDATION_SEED)
+        for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
+            if len(b["image_ids"]) < 2 and not release:
+                continue     # no in-batch negative
+            loss, _ = objective(*objective_inputs(model, b, precision, train=False))
+            total += loss.double() * len(b["image_ids"])
+            count += len(b["image_ids"])
+    total, count = distributed.all_sum([total.item(), count], ctx)
+    return total / max(count, 1)
+
+
+def save_epoch(state: dict, log_dir: Path, improved: bool, log: StepLog) -> bool:
+    """last.pt, and best.pt when the epoch improved (whether it did)."""
+    save_checkpoint(state, log_dir / "last.pt")
+    log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {state['epoch']})"
+    if improved:
+        save_checkpoint(state, log_dir / "best.pt")
+    return improved
+
+
+def ending(args: argparse.Namespace, progress: Progress, log_dir: Path, wrote_best: bool,
+           resumed: bool) -> str:
+    """The run's last lines: why it stopped, and the best.pt of this run (what tune_weights and
+    the user read), or that none was written."""
+    lines = []
+    if progress.since_best >= args.patience:
+        lines.append(f"stopped early: no better validation loss for {args.patience} epochs")
+    # Only a best.pt of this run: written now, or earlier in the run --resume continues.
+    if wrote_best or (resumed and (log_dir / "best.pt").is_file()):
+        lines.append(str(log_dir / "best.pt"))
+    else:
+        lines.append(f"no epoch was trained (--epochs {args.epochs}): no checkpoint written")
+    return "\n".join(lines)
