@@ -20,6 +20,12 @@ baseline of the means over seeds, a 95% paired t interval over seeds (seed s of 
 seed s of the other), and a 95% bootstrap interval over the test queries (images resampled
 with their texts, every metric recomputed from each query's saved rank and hits).
 
+Tune cheap, train once: sweep with --frozen-image after `--` (prepare_image_features.py first),
+and add --finetune-chosen N: after the choice on validation, the chosen triple, the baseline and
+every --also-test triple are trained again fine-tuned (the same flags without --frozen-image), N
+seeds each, in OUT/finetuned/, evaluated on validation (does the frozen choice stay the best
+there?) and compared on test with both intervals as above; summary.json's "finetuned" holds it.
+
 A run counts as finished when its marker (done_val.json, written after its metrics) holds the
 same settings; run the same command again after a stop and only unfinished runs run, a killed
 one continuing from its last.pt. Runs go one per device at a time over --devices.
@@ -47,7 +53,8 @@ from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
 from tuning.report import aggregate, choose, csv_text, test_table, validation_table
 from tuning.stats import available, bootstrap_difference, seed_interval
-from tuning.sweep import (NO_FLAG, Settings, execute, parse_devices, plan, run_all,
+from models.checkpoint import run_name
+from tuning.sweep import (NO_FLAG, Run, Settings, execute, parse_devices, plan, run_all,
                           write_json_atomic, write_text_atomic)
 
 # Flags the sweep sets for every run; given after `--` they would be overridden.
@@ -74,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="validation metric whose mean over seeds chooses the triple")
     g.add_argument("--ties", choices=TIES, default="stable", help="evaluate_retrieval.py --ties")
     g.add_argument("--bootstrap", type=int, default=2000, help="resamples of the test queries")
+    g.add_argument("--finetune-chosen", type=int, default=0, metavar="N",
+                   help="after choosing on --frozen-image runs, train the chosen triple, the "
+                        "baseline and the --also-test triples fine-tuned, N seeds each, and "
+                        "compare those on test (0: no)")
     g.add_argument("--also-test", default=None, metavar="TRIPLES",
                    help="triples of the grid also compared with the baseline on test whatever "
                         "the choice, named before the sweep (e.g. the paper's \"1 0.3 0.2\")")
@@ -110,6 +121,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--also-test {format_triple(missing[0])}: not in the grid; add it to the grid")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
+    if args.finetune_chosen < 0:
+        p.error("--finetune-chosen must be 0 or more")
     if args.bootstrap < 100:
         p.error("--bootstrap must be at least 100 resamples")
     if args.eval_workers is not None and args.eval_workers < 0:
@@ -117,6 +130,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     args.trainer_args = trainer_args
     args.trainer = trainer_flags(p, args.triples[0], trainer_args)
+    if args.finetune_chosen and not getattr(args.trainer, "frozen_image", False):
+        p.error("--finetune-chosen trains the choice of --frozen-image runs fine-tuned: add "
+                "--frozen-image after -- (prepare_image_features.py makes its features)")
     args.negatives = hasattr(args.trainer, "negatives")
     if args.objectives is None:
         args.objectives = [args.trainer.negatives if args.negatives else NO_FLAG]
@@ -181,6 +197,10 @@ def check_data(args: argparse.Namespace) -> None:
         if not model.is_file():
             raise InputError(f"--select {args.select} needs the Doc2Vec model {model}: run "
                              "train_doc2vec.py first, or choose another --select")
+    if getattr(args.trainer, "frozen_image", False):   # one line now, not one per failed run
+        from data.image_features import training_features
+        paths = [it.image for it in items]
+        training_features(args.trainer, paths, paths)
     if need is not None:
         n_val = sum(it.split == "val" for it in items)
         if n_val <= K:
@@ -240,6 +260,66 @@ def compare(chosen_runs, baseline_runs, chosen_metrics, baseline_metrics, sample
                      "difference": float(mean_a - mean_b), "seed_ci": ci,
                      "bootstrap_ci": boot[name], "seeds": len(pairs)}
     return out
+
+
+def without_frozen(trainer_args: list[str]) -> list[str]:
+    return [a for a in trainer_args if a != "--frozen-image"]
+
+
+def width(interval) -> float | None:
+    return None if interval is None or None in interval else float(interval[1] - interval[0])
+
+
+def finetune(args, out: Path, chosen: dict, named: list, workers: int, frozen_test: dict) -> dict:
+    """The chosen triples, the baseline and the --also-test ones trained fine-tuned
+    (--finetune-chosen seeds), chosen again on validation among them, compared on test."""
+    settings = Settings(without_frozen(args.trainer_args), args.negatives, args.ties, workers)
+    folder = out / "finetuned"
+    runs = [Run(obj, w, s, folder / obj / run_name(*w) / f"seed_{s}")
+            for s in range(args.finetune_chosen) for obj in args.objectives
+            for w in dict.fromkeys([chosen[obj], BASELINE, *named])]
+    print(f"\nfine-tuned (without --frozen-image): {len(runs)} runs, {args.finetune_chosen} seeds "
+          f"each; folder {folder}", flush=True)
+    val = run_phase(runs, "val", args, settings)
+    rows = [{"objective": r.objective, "w_sym": r.weights[0], "w_img": r.weights[1],
+             "w_text": r.weights[2], "seed": r.seed, **flatten(m)} for r, m in zip(runs, val)]
+    write_text_atomic(csv_text(rows), folder / "sweep.csv")
+    aggregated = aggregate(rows)
+    test = dict(zip(runs, run_phase(runs, "test", args, settings)))
+    result = {"seeds": args.finetune_chosen, "trainer_args": settings.trainer_args,
+              "validation": {}, "best_on_validation": {}, "agrees": {}, "test": {}, "also_test": {}}
+    for obj in args.objectives:
+        best = choose(aggregated[obj], args.select)
+        result["validation"][obj] = [{"weights": list(t), **c} for t, c in aggregated[obj].items()]
+        result["best_on_validation"][obj] = list(best)
+        result["agrees"][obj] = best == chosen[obj]
+        print(f"\nvalidation, fine-tuned, objective {obj} (mean ± std over seeds; * the best mean "
+              f"{args.select}): the frozen runs chose {format_triple(chosen[obj])}, fine-tuned "
+              f"{'agree' if best == chosen[obj] else 'prefer ' + format_triple(best)}")
+        print(validation_table(aggregated[obj], args.select, best))
+        for triple in dict.fromkeys([chosen[obj], *named]):
+            if triple == BASELINE:
+                continue
+            ours = [r for r in runs if r.objective == obj and r.weights == triple]
+            base = [r for r in runs if r.objective == obj and r.weights == BASELINE]
+            comparison = compare(ours, base, [test[r] for r in ours], [test[r] for r in base],
+                                 args.bootstrap)
+            where = result["test"] if triple == chosen[obj] else \
+                result["also_test"].setdefault(format_triple(triple), {})
+            where[obj] = comparison
+            print(f"\ntest, fine-tuned, objective {obj}: {format_triple(triple)} against the "
+                  f"baseline {format_triple(BASELINE)}, {args.finetune_chosen} seeds each:")
+            print(test_table(comparison, format_triple(triple)))
+        # The point of many cheap seeds: how much narrower the frozen runs' interval is.
+        if chosen[obj] != BASELINE and "rsum" in result["test"].get(obj, {}):
+            widths = {"frozen": width(frozen_test[obj]["rsum"]["seed_ci"]),
+                      "finetuned": width(result["test"][obj]["rsum"]["seed_ci"])}
+            result.setdefault("rsum_seed_ci_width", {})[obj] = widths
+            shown = {k: "-" if v is None else f"{v:.1f}" for k, v in widths.items()}
+            print(f"\nrsum's 95% seed interval, objective {obj}: {shown['frozen']} wide over "
+                  f"{args.seeds} frozen seeds, {shown['finetuned']} over {args.finetune_chosen} "
+                  "fine-tuned")
+    return result
 
 
 def main() -> None:
@@ -320,6 +400,8 @@ def main() -> None:
         "test": comparisons,
         "also_test": also,
     }
+    if args.finetune_chosen:
+        summary["finetuned"] = finetune(args, out, chosen, named, workers, comparisons)
     write_json_atomic(summary, out / "summary.json")
     print(f"\nwrote {out / 'sweep.csv'}, {out / 'summary.json'}, "
           f"{', '.join(str(p) for p in plots)}")

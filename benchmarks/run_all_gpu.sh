@@ -40,7 +40,8 @@ PY="${PYTHON:-python3}"
     $PY -c "import nmslib" 2>/dev/null \
         || echo "no nmslib: HNSW is skipped (pip install -r requirements.txt installs it)"
 
-    echo "== training throughput (20,000 JPEGs 500x375, ResNet-50, batch 128 bf16 vs 32 fp32)"
+    echo "== training throughput (20,000 JPEGs 500x375, ResNet-50, batch 128 bf16 vs 32 fp32; the"
+    echo "   --frozen-image step timed against the fine-tuned one, interleaved)"
     $PY benchmarks/train_throughput.py --data-dir "$DATA/train_data" \
         --work-dir "$DATA/train_work" --out "$OUT_DIR/train_throughput.json" ${TRAIN_ARGS:-}
     echo "train_throughput exit status $?"

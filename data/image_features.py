@@ -90,20 +90,27 @@ def build_backbone(args: argparse.Namespace) -> torch.nn.Module:
 
 
 @torch.no_grad()
-def compute_features(backbone: torch.nn.Module, cache: ImageCache, device: torch.device,
-                     batch_size: int, progress: bool = True) -> np.ndarray:
-    """[N, 2, F] float32 features of the cache's rows and their mirrors (zeros for bad rows)."""
+def compute_features(backbone: torch.nn.Module, cache: ImageCache, out: np.ndarray,
+                     device: torch.device, batch_size: int, progress: bool = True) -> None:
+    """Write into `out` ([N, 2, F] float16, a memory map: a large dataset never sits in memory)
+    the features of the cache's rows and their mirrors; zeros for the images it could not read."""
     images = np.load(cache.folder / "images.npy", mmap_mode="r")
+    bad_rows = {cache.row_of[p] for p in cache.bad}
     backbone = backbone.to(device).eval()
-    out: list[np.ndarray] = []
+    top = float(np.finfo(np.float16).max)
     starts = range(0, len(images), batch_size)
     for s in tqdm(starts, desc=f"image features at {cache.size}px", unit="batch",
                   mininterval=1.0, disable=not progress):
         x = torch.from_numpy(np.array(images[s:s + batch_size])).to(device)
-        plain = backbone(normalize(x))
-        mirrored = backbone(normalize(x.flip(-1)))
-        out.append(torch.stack([plain, mirrored], 1).float().cpu().numpy())
-    return np.concatenate(out)
+        feats = torch.stack([backbone(normalize(x)), backbone(normalize(x.flip(-1)))], 1).float()
+        if not torch.isfinite(feats).all() or feats.abs().max() > top:
+            raise InputError(f"the backbone gives non-finite or too large features (float16 "
+                             f"holds up to {top:g}) on images {s}..{s + len(x) - 1}: check "
+                             "--image-weights")
+        block = feats.cpu().numpy().astype(np.float16)
+        for r in bad_rows.intersection(range(s, s + len(x))):
+            block[r - s] = 0
+        out[s:s + len(x)] = block
 
 
 def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
@@ -115,21 +122,20 @@ def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
-    feats = compute_features(backbone, cache, device, batch_size, progress)
-    for p in cache.bad:   # no feature for an unreadable image: zeros, and named in the record
-        feats[cache.row_of[p]] = 0
-    if not np.isfinite(feats).all() or np.abs(feats).max(initial=0) > np.finfo(np.float16).max:
-        raise InputError(f"the {args.arch} backbone gives non-finite or too large features "
-                         "(float16 holds up to 65504): check --image-weights")
+    shape = [len(cache.paths), 2, feature_dim(args.arch)]
+    need, free = int(np.prod(shape)) * 2, shutil.disk_usage(root).free
+    if need > free:
+        raise InputError(f"{root}: the features of {len(cache.paths)} images need "
+                         f"{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: free some "
+                         "space or pass a --work-dir on a larger disk")
     record = {"format": FORMAT, "arch": args.arch, "image_size": args.image_size,
               "weights": identity, "dataset_hash": data_hash, "image_cache": cache.fingerprint,
-              "paths": cache.paths, "stats": cache.stats, "bad": cache.bad,
-              "shape": list(feats.shape)}
+              "paths": cache.paths, "stats": cache.stats, "bad": cache.bad, "shape": shape}
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.building-pid{os.getpid()}-"))
     os.chmod(tmp, default_mode(folder=True))
     try:
-        array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.float16, shape=feats.shape)
-        array[:] = feats
+        array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.float16, shape=tuple(shape))
+        compute_features(backbone, cache, array, device, batch_size, progress)
         array.flush()
         del array
         torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp / BACKBONE)
@@ -146,6 +152,11 @@ def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def feature_dim(arch: str) -> int:
+    from models.image import ARCHS
+    return ARCHS[arch][2]
 
 
 def read_record(folder: Path) -> dict | None:

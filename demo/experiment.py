@@ -1,10 +1,12 @@
 """The demo's comparison with error bars (`make experiment`, after `make demo`).
 
-Sweeps weight triples x seeds x both objectives with tune_weights.py on the data and the
-neighbourhoods `make demo` built (runs/demo/DATA/), chooses on validation and compares the
-choice with the baseline 1 0 0 on test. Sized for a 2-core CPU: ResNet-18 from random weights
-at a small image size, a few epochs, two runs at a time with one thread each. Run again, it
-reuses every finished run.
+Tune cheap, train once, with tune_weights.py on the data and the neighbourhoods `make demo`
+built (runs/demo/DATA/): the weight triples x 10 seeds x both objectives trained on frozen image
+features (prepare_image_features.py, run first), the choice made on validation, then the chosen
+triple, the baseline 1 0 0 and the paper's weights trained fine-tuned with 3 seeds, and both
+compared with the baseline on test. Sized for a 2-core CPU: ResNet-18 at a small image size
+(from random weights unless the ImageNet ones are in the torch cache), a few epochs, two runs at
+a time with one thread each. Run again, it reuses every finished run.
 """
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--data", choices=sorted(DEFAULTS), default="openclipart")
     p.add_argument("--run-dir", default=None, help="the demo's folder (default: runs/demo/DATA)")
     p.add_argument("--grid", default=GRID)
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--seeds", type=int, default=10, help="of the frozen sweep")
+    p.add_argument("--finetune-seeds", type=int, default=3,
+                   help="tune_weights.py --finetune-chosen: seeds of the fine-tuned runs (0: none)")
     p.add_argument("--also-test", default="1 0.3 0.2",
                    help="tune_weights.py --also-test: the paper's weights are compared with the "
                         "baseline on test whichever triple validation chooses ('' for none)")
@@ -65,15 +69,19 @@ def main() -> None:
               str(args.max_sentences)]
     steps = [
         ["prepare_image_cache.py", *common, "--image-size", str(args.image_size), "--workers", "2"],
+        ["prepare_image_features.py", *common, "--arch", "resnet18",
+         *([] if pretrained else ["--no-pretrained"]), "--image-size", str(args.image_size),
+         "--workers", "2"],
         ["tune_weights.py", "--grid", args.grid, "--seeds", str(args.seeds), "--devices",
          args.devices, "--out", str(args.run_dir / "experiment"), "--bootstrap", str(args.bootstrap),
          *(["--also-test", args.also_test] if args.also_test.strip() else []),
+         *(["--finetune-chosen", str(args.finetune_seeds)] if args.finetune_seeds else []),
          *([] if args.objectives == "none" else ["--objectives", args.objectives]),
          "--eval-workers", "0", "--",
          *common, "--arch", "resnet18", *([] if pretrained else ["--no-pretrained"]),
          "--image-size", str(args.image_size),
          "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-         "--workers", "0", "--image-cache", "require"],
+         "--workers", "0", "--image-cache", "require", "--frozen-image"],
     ]
     for cmd in steps:
         print(f"== {' '.join(cmd)}", flush=True)

@@ -40,7 +40,7 @@ def train(argv) -> None:
     time.sleep(float(a.sleep or 0))
     log_call(script="train", weights=[a.w_sym, a.w_img, a.w_text], seed=int(a.run_seed),
              negatives=a.negatives, resume=a.resume, overwrite=a.overwrite, device=a.device, epochs=a.epochs,
-             start=start, end=time.time())
+             frozen="--frozen-image" in argv, start=start, end=time.time())
     if FAIL == f"{a.w_img:g} {a.run_seed}":
         print("RuntimeError: out of memory (fake)")
         sys.exit(1)

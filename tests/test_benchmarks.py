@@ -37,13 +37,17 @@ def test_train_throughput_times_every_setup_and_reuses_its_data(tmp_path, one_th
     results = bench.main(argv)
     out = capsys.readouterr().out
     assert "wrote 40 60x45 JPEGs" in out and "images: read from the image cache" in out
-    for name in ("ceiling", "trainer", "authors"):
+    for name in ("ceiling", "trainer", "authors", "frozen"):
         r = results["setups"][name]
         assert r["steps"] == 2 and r["items_per_s"] > 0
         # Every item of this data has a neighbour: two images per item.
         assert r["images_per_s"] == pytest.approx(2 * r["items_per_s"])
     assert results["embedding"]["files"] > 0 and results["cache_build_images_per_s"] > 0
     assert set(results["ratios"]) >= {"trainer / ceiling (goal >= 0.9)", "trainer / authors (goal >= 3)"}
+    frozen = [v for k, v in results["ratios"].items() if k.startswith("fine-tuned / frozen")]
+    assert len(frozen) == 1 and frozen[0] > 0
+    split = results["frozen_split"]
+    assert 0 < split["text_ms"] and split["step_ms"] > 0 and split["texts_per_step"] > 6
     assert json.loads((tmp_path / "out" / "train.json").read_text())["ratios"] == results["ratios"]
     table = (tmp_path / "out" / "train.md").read_text()
     assert "| trainer | 6 | fp32 (CPU) | image cache, 1 loader workers |" in table

@@ -15,7 +15,6 @@ from pipeline import TINY_TRAIN, run, text_side
 from data.image_cache import find_cache
 from data.image_features import features_folder, read_record, training_features
 from data.images import normalize
-from data.items import InputError
 from data.provenance import dataset_hash, dataset_root
 from cli import load_items
 from evaluation.embed import embed_images, load_model

@@ -200,6 +200,34 @@ def test_also_test_compares_a_named_triple_with_the_baseline_whatever_the_choice
     assert (out / "test_1_0.3_0.2.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_finetune_chosen_trains_the_frozen_choice_fine_tuned_and_compares_it(fakes, tmp_path, monkeypatch):
+    import data.image_features
+    monkeypatch.setattr(data.image_features, "training_features", lambda *a, **k: None)
+    manifest, calls = fakes
+    out = tmp_path / "sweep"
+    result = cli(*sweep_args(manifest, out, "--finetune-chosen", "2", "--also-test", "1 0.3 0.2",
+                             trainer_flags=["--frozen-image"]))
+    trains = [c for c in read_calls(calls) if c["script"] == "train"]
+    assert len([c for c in trains if c["frozen"]]) == 3 * 2
+    fine = [c for c in trains if not c["frozen"]]
+    # The frozen choice (rsum rises with w_img: 1 0.6 0), the baseline and the named triple.
+    assert sorted(tuple(c["weights"]) for c in fine) == sorted([(1, 0, 0), (1, 0.6, 0), (1, 0.3, 0.2)] * 2)
+    fine_tests = [c for c in read_calls(calls) if c["script"] == "evaluate" and c["split"] == "test"]
+    assert len(fine_tests) == 3 * 2 + 3 * 2    # the frozen comparison's, then the fine-tuned one's
+    summary = json.loads((out / "summary.json").read_text())
+    ft = summary["finetuned"]
+    assert ft["seeds"] == 2 and "--frozen-image" not in ft["trainer_args"]
+    assert ft["best_on_validation"] == {"release": [1, 0.6, 0]} and ft["agrees"] == {"release": True}
+    rsum = ft["test"]["release"]["rsum"]
+    assert rsum["seeds"] == 2 and rsum["difference"] == pytest.approx(rsum["chosen"] - rsum["baseline"])
+    assert "1 0.3 0.2" in ft["also_test"]
+    assert (out / "finetuned" / "release" / "l_i2t_l_sym_1_l_img_0_6_l_text_0" / "seed_1" / "best.pt").is_file()
+    assert "fine-tuned agree" in result.out and "test, fine-tuned, objective release" in result.out
+
+    refused = cli(*sweep_args(manifest, tmp_path / "s2", "--finetune-chosen", "2"), check=False)
+    assert refused.code == 2 and "--frozen-image" in refused.err.strip().splitlines()[-1]
+
+
 def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monkeypatch):
     manifest, calls = fakes
     out = tmp_path / "sweep"
