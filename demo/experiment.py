@@ -38,6 +38,8 @@ def parse_args() -> argparse.Namespace:
                         "baseline on test whichever triple validation chooses ('' for none)")
     p.add_argument("--objectives", default="release,clean",
                    help="--negatives values; 'none' for a trainer without the flag")
+    p.add_argument("--fine-tuned-only", action="store_true",
+                   help="every run fine-tuned, no frozen features (the earlier configuration)")
     p.add_argument("--image-size", type=int, default=None)
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=32)
@@ -49,6 +51,8 @@ def parse_args() -> argparse.Namespace:
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.fine_tuned_only:
+        args.finetune_seeds = 0
     args.run_dir = Path(args.run_dir or ROOT / "runs" / "demo" / args.data).resolve()
     return args
 
@@ -69,9 +73,10 @@ def main() -> None:
               str(args.max_sentences)]
     steps = [
         ["prepare_image_cache.py", *common, "--image-size", str(args.image_size), "--workers", "2"],
-        ["prepare_image_features.py", *common, "--arch", "resnet18",
-         *([] if pretrained else ["--no-pretrained"]), "--image-size", str(args.image_size),
-         "--workers", "2"],
+        *([] if args.fine_tuned_only else [[
+            "prepare_image_features.py", *common, "--arch", "resnet18",
+            *([] if pretrained else ["--no-pretrained"]), "--image-size", str(args.image_size),
+            "--workers", "2"]]),
         ["tune_weights.py", "--grid", args.grid, "--seeds", str(args.seeds), "--devices",
          args.devices, "--out", str(args.run_dir / "experiment"), "--bootstrap", str(args.bootstrap),
          *(["--also-test", args.also_test] if args.also_test.strip() else []),
@@ -81,7 +86,8 @@ def main() -> None:
          *common, "--arch", "resnet18", *([] if pretrained else ["--no-pretrained"]),
          "--image-size", str(args.image_size),
          "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
-         "--workers", "0", "--image-cache", "require", "--frozen-image"],
+         "--workers", "0", "--image-cache", "require",
+         *([] if args.fine_tuned_only else ["--frozen-image"])],
     ]
     for cmd in steps:
         print(f"== {' '.join(cmd)}", flush=True)

@@ -96,7 +96,8 @@ def test_experiment_sweeps_the_demos_data(demo):
     run_dir, _ = demo
     out = run("-m", "demo.experiment", "--data", "synthetic", "--run-dir", run_dir, "--grid",
               "1 0 0; 1 0.3 0.2", "--seeds", "1", "--epochs", "1", "--bootstrap", "200",
-              "--devices", "cpu", "--objectives", "none", "--image-size", "32").stdout
+              "--devices", "cpu", "--objectives", "none", "--image-size", "32",
+              "--finetune-seeds", "1").stdout
     folder = run_dir / "experiment"
     summary = json.loads((folder / "summary.json").read_text())
     (objective,) = summary["validation"]     # the trainer's default objective
@@ -106,6 +107,12 @@ def test_experiment_sweeps_the_demos_data(demo):
     for name in ("sweep.csv", "validation.png", "test.png", "test_1_0.3_0.2.png"):
         assert (folder / name).is_file()
     assert "experiment finished" in out and "95% CI seeds (t)" in out
+    # Frozen features for the sweep, then the choice, the paper's and the baseline fine-tuned.
+    assert "--frozen-image" in summary["trainer_args"]
+    assert "--frozen-image" not in summary["finetuned"]["trainer_args"]
+    assert set(summary["finetuned"]["agrees"]) == {objective}
+    assert (folder / "finetuned" / "sweep.csv").is_file()
+    assert "test, fine-tuned" in out
 
 
 def test_experiment_without_the_demos_data_says_what_to_run(tmp_path):
