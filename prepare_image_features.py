@@ -9,7 +9,8 @@ as prepare_image_cache.py does). --arch, --no-pretrained / --image-weights and -
 trainer's rules: pass the flags the training will get. Writes WORK/image_features/<arch>_<size>/
 (features.npy, float16 [N, 2, F]; backbone.pt; record.json), which
 train_cross_modal_retrieval_model.py --frozen-image reads. Run it again after the images change:
-the trainer refuses features made from other images or with other flags.
+the trainer refuses features made from other images or with other flags. Up-to-date features
+(same images, arch, size and weights) are reused.
 """
 import time
 from pathlib import Path
@@ -19,7 +20,8 @@ import torch
 import config
 from cli import check_flags, load_items, parser, real, run_main, whole
 from data.image_cache import CACHE_DIR, ensure_cache
-from data.image_features import FEATURES_DIR, build_features
+from data.image_features import FEATURES_DIR, build_features, check_record, features_folder, read_record
+from data.items import InputError
 from data.images import report_bad_images
 from data.provenance import dataset_hash, dataset_root
 from data.workdir import check_writable
@@ -49,6 +51,17 @@ def main() -> None:
     cache, what = ensure_cache(args.work_dir, [it.image for it in items], args.image_size, args.workers)
     print(what)
     report_bad_images(cache.bad, len(cache.paths), args.max_bad_images, "dataset")
+    folder = features_folder(args.work_dir, args.arch, args.image_size)
+    record = read_record(folder)
+    if record is not None and record.get("image_cache") == cache.fingerprint:
+        try:
+            check_record(record, folder, args, cache.paths)
+        except InputError as e:
+            print(f"{e}".split(": run prepare_image_features.py")[0] + ": making them again")
+        else:
+            print(f"image features {folder} are up to date ({len(cache.paths)} images, "
+                  f"{args.arch} at {args.image_size}px): reused")
+            return
     device = pick_device(args.device)
     torch.set_grad_enabled(False)
     t = time.time()

@@ -93,6 +93,16 @@ def test_stale_or_mismatched_features_are_refused_with_the_command(prepared, tmp
     assert bad == {} and read(3).shape == (2, 512) and "paths" not in summary
 
 
+def test_up_to_date_features_are_reused(prepared):
+    manifest, work = prepared
+    array = features_folder(work, "resnet18", 32) / "features.npy"
+    before = array.stat().st_mtime_ns
+    proc = run("prepare_image_features.py", "--dataset", manifest, "--work-dir", work,
+               "--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1")
+    assert "are up to date" in proc.stdout and "reused" in proc.stdout
+    assert array.stat().st_mtime_ns == before
+
+
 def test_missing_feature_file_is_one_line(tmp_path):
     manifest = generate_synthetic(tmp_path / "data", n_items=60, image_size=32, seed=4)
     text_side(manifest, tmp_path / "work")
