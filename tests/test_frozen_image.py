@@ -203,3 +203,19 @@ def test_frozen_resume_equals_uninterrupted_and_checkpoint_embeds_without_featur
     assert "rsum" in json.loads((tmp_path / "m.json").read_text()) or (tmp_path / "m.json").is_file()
     cli("retrieve.py", "--checkpoint", best, "--image", record["paths"][0], "--device", "cpu",
         "--workers", "0", "--k", "3", "--out", tmp_path / "r")
+
+
+def test_the_three_text_passes_as_one_packed_call_give_the_numbers_of_three():
+    """The step runs the batch's texts, its neighbours' and its random texts through the GRU in
+    one packed call (training.step.objective_inputs); the same as three calls of their own."""
+    from models.text import TextEncoder
+    from models.vocab import pad_batch
+    torch.manual_seed(0)
+    text = TextEncoder(30, 8, 16, 12).eval()
+    rng = np.random.default_rng(0)
+    groups = [[rng.integers(3, 30, rng.integers(1, 12)).tolist() for _ in range(n)] for n in (6, 4, 6)]
+    with torch.no_grad():
+        tokens, lengths = pad_batch([t for g in groups for t in g])
+        packed = text(tokens, lengths)
+        apart = torch.cat([text(*pad_batch(g)) for g in groups])
+    assert torch.allclose(packed, apart, atol=1e-6)
