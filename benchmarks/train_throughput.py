@@ -15,7 +15,8 @@ then times in one process, each on the same data:
            stored float16 features (and mirrors): only the image head and the text branch run;
            timed interleaved with the ceiling (rounds of each in turn), the ratio from one run,
            and its time split into the text branch (one packed GRU call over the batch's texts,
-           its neighbours' and its random texts: forward and backward) and the rest
+           its neighbours' and its random texts: forward and backward, timed in the same
+           rounds) and the rest
 and the evaluation's image embedding (evaluation.embed.embed_images). The text side is not what
 is measured: tokens come from splitting the generated texts, word vectors and Doc2Vec
 neighbours are random. Goals (issue 6): trainer/ceiling >= 0.9, trainer/authors >= 3; (issue
@@ -255,20 +256,16 @@ def as_features(model, batch: dict, device: torch.device) -> dict:
     return {**batch, "images": feats}
 
 
-def text_time(model, batches: list, steps: int, device: torch.device, precision: str) -> float:
-    """Seconds per step of the text branch alone over the batches' texts: forward and backward."""
+def text_stepper(model, device: torch.device, precision: str):
+    """The text branch alone on a batch's texts (one packed GRU call): forward and backward."""
     run = Precision.resolve(device, precision)
-    for i in range(steps + 2):
-        if i == 2:
-            sync(device)
-            t = time.perf_counter()
-        b = batches[i % len(batches)]
+
+    def step(batch: dict) -> None:
         with run.autocast():
-            out = model.text(b["tokens"].to(device), b["lengths"])
+            out = model.text(batch["tokens"].to(device), batch["lengths"])
         out.float().sum().backward()
-    sync(device)
-    model.zero_grad(set_to_none=True)
-    return (time.perf_counter() - t) / steps
+        model.zero_grad(set_to_none=True)
+    return step
 
 
 def new_model(args, vocab, vectors, device: torch.device, precision: str):
@@ -402,17 +399,18 @@ def main(argv: list[str] | None = None) -> dict:
                                                 lr=config.LR, weight_decay=config.WEIGHT_DECAY)
             features = [as_features(frozen_model, b, device) for b in ready]
             runs["frozen"] = (stepper(frozen_model, frozen_optimizer, device, args.precision), features)
+            runs["frozen text branch"] = (text_stepper(frozen_model, device, args.precision), features)
         results["setups"].update(interleaved(runs, args.warmup, args.steps, args.rounds, device))
-        for name in runs:
-            show(name)
         if "frozen" in args.setups:
             texts = torch.cat([b["lengths"] for b in ready]).float()
             results["frozen_split"] = {
                 "step_ms": results["setups"]["frozen"]["ms_per_step"],
-                "text_ms": 1000 * text_time(frozen_model, features, max(2, args.steps // 2), device,
-                                            args.precision),
+                "text_ms": results["setups"].pop("frozen text branch")["ms_per_step"],
                 "mean_tokens": float(texts.mean()), "texts_per_step": len(texts) / len(ready)}
             del frozen_model, frozen_optimizer, features
+        for name in runs:
+            if name in results["setups"]:
+                show(name)
     if "trainer" in args.setups:
         results["setups"]["trainer"] = time_steps(
             _batches(cached, args.batch_size, args.workers, args.seed, device), step, loader_warmup,
