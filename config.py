@@ -44,7 +44,7 @@ EF_CONSTRUCTION = 200           # nmslib's default
 EF_SEARCH = 400                 # the release never set it; below K the recall drops sharply
 NLIST = None                    # faiss-ivf lists (None: 4 sqrt(N), at most N / 39)
 NPROBE = None                   # faiss-ivf lists visited per query (None: 16, at most NLIST)
-IVF_TRAIN_SIZE = None           # faiss-ivf k-means sample (None: 64 vectors per list, at most N)
+IVF_TRAIN_SIZE = None           # faiss-ivf k-means sample (None: 50 vectors per list, at most N)
 NEIGHBOR_POOL = 10              # a training item draws its neighbour from its first this-many
                                 # qualifying kNN entries (distance > 0, in training, not its image)
 

@@ -43,7 +43,7 @@ def main() -> None:
     g.add_argument("--nprobe", type=whole(1), default=config.NPROBE,
                    help="faiss-ivf: lists visited per query (default: 16, at most --nlist)")
     g.add_argument("--ivf-train-size", type=whole(1), default=config.IVF_TRAIN_SIZE,
-                   help="faiss-ivf: vectors k-means trains on, a seeded sample (default: 64 per "
+                   help="faiss-ivf: vectors k-means trains on, a seeded sample (default: 50 per "
                         "list, at most N)")
     g.add_argument("--deterministic", action="store_true", default=config.DETERMINISTIC,
                    help="build the index on one thread: HNSW graphs (nmslib, faiss) insert in a "

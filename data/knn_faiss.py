@@ -25,6 +25,8 @@ BACKENDS = ("faiss-exact", "faiss-ivf", "faiss-hnsw")
 QUERY_ROWS = 16_384         # queries per faiss search call (~40 MiB of answers at k = 200)
 GPU_MAX_K = 2048            # faiss's GPU k-selection limit
 MIN_POINTS_PER_LIST = 39    # faiss warns below this many training vectors per list
+TRAIN_PER_LIST = 50         # the default k-means sample: this many vectors per list
+KMEANS_ITERATIONS = 10      # k-means passes over the sample (faiss's own default is 25)
 
 
 class SettingsError(ValueError):
@@ -36,7 +38,7 @@ def ivf_settings(n: int, nlist: int | None = None, nprobe: int | None = None,
     """(nlist, nprobe, train_size) for N vectors: each given one checked, each missing one from N.
 
     Defaults: nlist 4 sqrt(N) (at most N / 39, so that every list gets the training vectors
-    k-means needs), nprobe 16 lists (at most nlist) and 64 training vectors per list (at most N).
+    k-means needs), nprobe 16 lists (at most nlist) and 50 training vectors per list (at most N).
     Measured at 97,998 Doc2Vec vectors: recall@10 1.0 against exact (benchmarks/RESULTS.md)."""
     if nlist is not None and not 1 <= nlist <= n:
         raise SettingsError(f"--nlist {nlist}: pass a number of lists from 1 to the number of "
@@ -49,7 +51,7 @@ def ivf_settings(n: int, nlist: int | None = None, nprobe: int | None = None,
     if train_size is not None and not nlist <= train_size <= n:
         raise SettingsError(f"--ivf-train-size {train_size}: pass from --nlist ({nlist}) to the "
                             f"number of documents ({n}); k-means needs a vector per list at least")
-    train_size = train_size or min(n, 64 * nlist)
+    train_size = train_size or min(n, TRAIN_PER_LIST * nlist)
     return nlist, nprobe, train_size
 
 
@@ -109,6 +111,7 @@ def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "fa
         quantizer = faiss.IndexFlatL2(dim)
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
         index.cp.seed = seed
+        index.cp.niter = KMEANS_ITERATIONS
         index.cp.max_points_per_centroid = max(1, -(-train_size // nlist))
         sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
         index.train(data[sample])

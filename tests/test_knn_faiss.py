@@ -84,8 +84,8 @@ def test_ivf_rows_answered_short_are_searched_exactly(capsys):
 
 
 def test_ivf_defaults_come_from_n_and_bad_settings_are_refused():
-    assert ivf_settings(1_000_000) == (4000, 16, 256_000)
-    assert ivf_settings(97_998) == (1252, 16, 80_128)
+    assert ivf_settings(1_000_000) == (4000, 16, 200_000)
+    assert ivf_settings(97_998) == (1252, 16, 62_600)
     assert ivf_settings(1000) == (25, 16, 1000)       # at most N / 39 lists, N training vectors
     assert ivf_settings(100) == (2, 2, 100)
     assert ivf_settings(10_000, nlist=50, nprobe=5, train_size=2000) == (50, 5, 2000)
