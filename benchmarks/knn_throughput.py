@@ -237,24 +237,25 @@ def compare(args) -> list[dict]:
 
 def _compare_line(r: dict) -> str:
     recall = f"recall@10 {r['recall']:.4f}" if "recall" in r else "recall -"
-    return (f"kNN {r.get('knn_s', float('nan')):.1f}s, step {r['seconds']:.1f}s, {recall}, "
-            f"peak {r['peak_mib']:,.0f} MiB")
+    return (f"kNN {r.get('knn_s', float('nan')):.1f}s, step {r['seconds']:.1f}s (CPU "
+            f"{r['cpu_s']:.0f}s), {recall}, peak {r['peak_mib']:,.0f} MiB")
 
 
 def compare_table(results: dict) -> str:
     s = results["settings"]
     lines = [f"k = {s['k']}, space {s['space']}, {s['workers']} threads, {s['cpus']} CPUs, vectors: "
              f"{s['vectors'] or 'generated clustered'}", "",
-             "| documents | backend | kNN s | step s | recall@10 | peak MiB | notes |",
-             "|---|---|---|---|---|---|---|"]
+             "| documents | backend | kNN s | step s | step CPU s | recall@10 | peak MiB | notes |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["compare"]:
         if "skipped" in r:
-            lines.append(f"| {r['n']:,} | {r['backend']} | - | - | - | - | not run: {r['skipped']} |")
+            lines.append(f"| {r['n']:,} | {r['backend']} | - | - | - | - | - | not run: {r['skipped']} |")
             continue
         exact = r["backend"] in ("exact", "faiss-exact")
         recall = "exact" if exact else (f"{r['recall']:.4f}" if "recall" in r else "-")
         lines.append(f"| {r['n']:,} | {r['backend']} | {r.get('knn_s', float('nan')):.1f} | "
-                     f"{r['seconds']:.1f} | {recall} | {r['peak_mib']:,.0f} | {r.get('label', '')} |")
+                     f"{r['seconds']:.1f} | {r['cpu_s']:.0f} | {recall} | {r['peak_mib']:,.0f} | "
+                     f"{r.get('label', '')} |")
     return "\n".join(lines)
 
 

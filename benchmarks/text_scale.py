@@ -35,6 +35,7 @@ import json
 import math
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -137,9 +138,12 @@ def tree_memory_kib(pid: int) -> tuple[int, int]:
 
 
 def run_measured(cmd: list[str], writes: Path | None, log: Path) -> dict:
-    """Run `cmd` (stdout to `log`, stderr and its progress bars through); wall time, peak memory,
-    bytes written under `writes`, and the last JSON line it printed, if any."""
+    """Run `cmd` (stdout to `log`, stderr and its progress bars through); wall time, CPU time
+    (user + system of the process and the children it waited for: on a busy machine the wall
+    time says how long the step waited too, its CPU time does not), peak memory, bytes written
+    under `writes`, and the last JSON line it printed, if any."""
     before = _files(writes)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
@@ -153,12 +157,14 @@ def run_measured(cmd: list[str], writes: Path | None, log: Path) -> dict:
             # only while the interpreter is still starting.
             time.sleep(0.01 if time.perf_counter() - t < 2 else 0.2)
         wall = time.perf_counter() - t
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     text = log.read_text()[start:]
     if proc.returncode:
         raise RuntimeError(f"{cmd[1]} failed ({proc.returncode}); its output is in {log}:\n{text[-2000:]}")
     after = _files(writes)
     last = next((json.loads(x) for x in reversed(text.splitlines()) if x.startswith("{")), {})
-    return {"seconds": wall, "peak_mib": peak / 1024,
+    return {"seconds": wall, "cpu_s": cpu, "peak_mib": peak / 1024,
             "written_mib": sum(s for p, (s, m) in after.items() if before.get(p) != (s, m)) / 2**20,
             **{f"reported_{k}": v for k, v in last.items() if k != "step"}}
 

@@ -95,11 +95,12 @@ def test_knn_throughput_compares_every_backend_side_by_side(tmp_path):
     for key, r in rows.items():
         if "skipped" not in r:
             assert 0 < r["knn_s"] < r["seconds"] and r["peak_mib"] > 20 and r["recall"] >= 0.9
+            assert 0 < r["cpu_s"] < 2.5 * r["seconds"]   # 2 threads at most
     # The sample is seeded, and each size's sample is what its kNN file holds.
     with open(tmp_path / "work" / "n600" / "document_feats_knn.pickle", "rb") as f:
         assert len(pickle.load(f)["ids"]) == 600
     table = (tmp_path / "cmp.md").read_text()
-    assert "| 1,200 | exact | - | - | - | - | not run: above --exact-max 600 |" in table
+    assert "| 1,200 | exact | - | - | - | - | - | not run: above --exact-max 600 |" in table
     assert "| 600 | faiss-exact |" in table and "| exact |" in table
 
 
