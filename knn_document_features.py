@@ -137,11 +137,14 @@ def search(vectors, args, settings: dict):
                         args.ef_search, args.workers, build_threads=build_threads)
     from data.knn_faiss import faiss_knn
     s = settings
-    return faiss_knn(vectors, args.k, args.space, args.backend, nlist=s.get("nlist"),
-                     nprobe=s.get("nprobe"), train_size=s.get("ivf_train_size"), M=args.M,
-                     ef_construction=args.ef_construction, ef_search=args.ef_search,
-                     threads=max(1, args.workers), build_threads=build_threads, seed=args.seed,
-                     gpu=s.get("device") == "cuda")
+    try:
+        return faiss_knn(vectors, args.k, args.space, args.backend, nlist=s.get("nlist"),
+                         nprobe=s.get("nprobe"), train_size=s.get("ivf_train_size"), M=args.M,
+                         ef_construction=args.ef_construction, ef_search=args.ef_search,
+                         threads=max(1, args.workers), build_threads=build_threads,
+                         seed=args.seed, gpu=s.get("device") == "cuda")
+    except SettingsError as e:   # raised before the index is filled
+        raise InputError(str(e)) from None
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "fa
     if space == "cosinesimil":
         data = data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
     dim = data.shape[1]
-    pool = k
+    pool, gpu_resources = k, None
     t = time.time()
     faiss.omp_set_num_threads(max(1, build_threads or threads))
     if backend == "faiss-exact":
@@ -105,7 +105,9 @@ def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "fa
                 raise SettingsError(f"--k {k}: faiss on the GPU returns at most {GPU_MAX_K} "
                                     "neighbours (k plus a few to re-rank): pass a smaller --k "
                                     "or --device cpu")
-            index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+            # (the resources must outlive the index: kept until the search is done)
+            gpu_resources = faiss.StandardGpuResources()
+            index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
     elif backend == "faiss-ivf":
         nlist, nprobe, train_size = ivf_settings(n, nlist, nprobe, train_size)
         quantizer = faiss.IndexFlatL2(dim)
@@ -150,6 +152,7 @@ def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "fa
     if timings is not None:
         timings.update(build_s=built, query_s=time.time() - t)
     del index
+    gpu_resources = None  # noqa: F841  (freed after the index)
     rows = np.concatenate(short) if short else np.empty(0, dtype=np.int64)
     if len(rows):
         print(f"{backend} returned fewer than {k} neighbours for {len(rows)} documents (first: "

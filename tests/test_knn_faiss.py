@@ -259,3 +259,16 @@ def test_the_faiss_step_does_not_load_torch(work):
                         "faiss-ivf"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.rstrip().endswith("torch loaded: False")
+
+
+def test_a_k_beyond_faiss_gpu_selection_is_one_line(tmp_path, monkeypatch):
+    import faiss
+    work = tmp_path
+    with open(work / "doc2vec_features.pickle", "wb") as f:
+        pickle.dump({"ids": [f"d{i}" for i in range(2500)], "vectors": clustered(2500, 4),
+                     provenance.KEY: provenance.new_record({"items": 2500}, "vectors", {})}, f)
+    monkeypatch.setitem(sys.modules, "faiss", FakeGpuFaiss(faiss))
+    monkeypatch.setattr(kf, "faiss_gpu_count", lambda: 1)
+    r = cli(KNN, "--dataset", work / "none.jsonl", "--work-dir", work, "--workers", "1",
+            "--k", "1900", "--backend", "faiss-exact", "--device", "cuda", check=False)
+    one_line_error(r, "--k 1900", "at most 2048", "--device cpu")
