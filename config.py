@@ -54,7 +54,9 @@ BATCH_SIZE = 32
 LR = 1e-4
 WEIGHT_DECAY = 1e-5
 LR_PATIENCE = 5                 # ReduceLROnPlateau patience (epochs)
-PATIENCE = 10                   # early stop after this many epochs without a better val loss
+PATIENCE = 10                   # early stop after this many epochs without a better val value
+SELECT_BY = "loss"              # what best.pt, early stopping and the LR plateau follow: "loss"
+                                # (validation L_i2t, the release's rule) or "rsum" (VSE++'s)
 MAX_EPOCHS = 999
 # "angular": the N-pair angular loss, what the release trains (and so what the paper's numbers
 # come from); "angular-hinge": the hinge form the paper writes, [|a-p|^2 - 4 tan^2(alpha)

@@ -186,7 +186,15 @@ def embed_texts(model: CrossModalModel, vocab: Vocabulary, tokens: Sequence[list
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    encoded = [vocab.encode(t, max_tokens) for t in tokens]
+    return embed_token_ids(model, [vocab.encode(t, max_tokens) for t in tokens], device,
+                           batch_size, precision, desc)
+
+
+@torch.no_grad()
+def embed_token_ids(model: CrossModalModel, encoded: Sequence[list[int]], device: torch.device,
+                    batch_size: int = 128, precision: str = "bf16", desc: str = "embedding texts"
+                    ) -> torch.Tensor:
+    """embed_texts for texts already encoded by the vocabulary (START ... END id lists)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     out = torch.empty(len(encoded), model.text.embed_dim, device=device)
     starts = range(0, len(order), batch_size)
