@@ -7,7 +7,10 @@ import os
 
 # --- Dataset -------------------------------------------------------------------------------
 DATASET = "runs/demo/synthetic/data/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics or GoodNews folder
-DATASET_FORMAT = None           # None: found from the path; or "jsonl", "karpathy", "politics", "goodnews"
+DATASET_FORMAT = None           # None: found from the path; or "jsonl", "csv", "karpathy", "politics", "goodnews"
+CSV_IMAGE_KEY = "filepath"      # open_clip-style CSV: the column of image paths (open_clip's name)
+CSV_CAPTION_KEY = "title"       # ... the column of captions (open_clip's name)
+CSV_SEPARATOR = None            # ... the separator (None: a tab for .tsv files, else a comma)
 IMAGE_ROOT = None               # folder image paths are relative to (None: the dataset file's folder)
 WORK_DIR = "runs/default"       # every script reads and writes here, never the current directory
 SEED = 0

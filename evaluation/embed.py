@@ -29,11 +29,13 @@ from models.precision import PRECISIONS, Precision
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
 FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
-                   "politics_min_chars", "max_sentences", "doc2vec_max_sentences", "max_chars",
+                   "politics_min_chars", "csv_image_key", "csv_caption_key", "csv_separator",
+                   "max_sentences", "doc2vec_max_sentences", "max_chars",
                    "keep_unicode", "max_tokens", "image_size")
 # Those that decide the evaluation split and its tokens: given on the command line, the user
 # evaluates on other data on purpose, and the checkpoint's record is not checked.
 DATA_FLAGS = ("dataset", "dataset_format", "image_root", "seed", "val_size", "politics_min_chars",
+              "csv_image_key", "csv_caption_key", "csv_separator",
               "max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
 
 
