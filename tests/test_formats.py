@@ -130,3 +130,30 @@ def test_csv_through_load_dataset_needs_training_items(tmp_path):
     path = tmp_path / "d.csv"
     path.write_text("filepath,title,split\na.jpg,x,test\n", encoding="utf-8")
     assert "no training items" in input_error(load_dataset, path)
+
+
+@pytest.mark.slow
+def test_a_csv_dataset_trains_and_evaluates_with_its_keys_from_the_checkpoint(tmp_path):
+    from conftest import RUN, cli
+    from demo.synthetic import generate_synthetic
+    from pipeline import TINY_TRAIN
+    manifest = generate_synthetic(tmp_path / "data", n_items=80, image_size=32, seed=4)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    table = tmp_path / "data" / "pairs.txt"
+    quote = lambda t: '"' + t.replace('"', '""') + '"'  # noqa: E731
+    table.write_text("caption;path;split\n" + "".join(
+        f"{quote(r['texts'][0] if 'texts' in r else r['text'])};{r['image']};{r['split']}\n"
+        for r in rows), encoding="utf-8")
+    flags = ["--dataset", table, "--dataset-format", "csv", "--csv-image-key", "path",
+             "--csv-caption-key", "caption", "--csv-separator", ";", "--work-dir", tmp_path / "w",
+             "--workers", "1"]
+    cli("train_doc2vec.py", *flags, "--min-count", "2", "--epochs", "10")
+    cli("extract_doc2vec_vectors.py", *flags)
+    cli("knn_document_features.py", *flags, "--k", "10")
+    cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", *flags, *TINY_TRAIN,
+        "--epochs", "1")
+    # Evaluation finds the CSV columns and separator in the checkpoint's record.
+    out = cli("evaluate_retrieval.py", "--checkpoint", tmp_path / "w" / "models" / RUN / "best.pt",
+              "--out", tmp_path / "m.json", "--device", "cpu", "--workers", "0").out
+    n_test = sum(r["split"] == "test" for r in rows)
+    assert f"{n_test} images, {n_test} texts" in out

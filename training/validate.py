@@ -74,7 +74,9 @@ def validation_recall(model: CrossModalModel, items: Sequence[Item], docs: Seque
     texts = embed_token_ids(model, list(tokens[ctx.rank::ctx.world]), precision.device, batch_size,
                             run, desc="validation texts")
     images, texts = _gather(images, len(first_item), ctx), _gather(texts, len(tokens), ctx)
-    return retrieval_metrics(images, texts, torch.tensor(text_image, dtype=torch.long))
+    device = precision.device     # the similarities are scored where the model runs
+    return retrieval_metrics(images.to(device), texts.to(device),
+                             torch.tensor(text_image, dtype=torch.long, device=device))
 
 
 @dataclass
