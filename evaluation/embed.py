@@ -152,8 +152,8 @@ def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 @torch.no_grad()
 def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device: torch.device,
                  batch_size: int = 128, workers: int = 0, precision: str = "bf16",
-                 desc: str = "embedding images", read: Callable[[int], torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, dict[int, str]]:
+                 desc: str = "embedding images", read: Callable[[int], torch.Tensor] | None = None,
+                 progress: bool = True) -> tuple[torch.Tensor, dict[int, str]]:
     """(float32 CPU [N, D] unit rows in the order of `paths`, {index: reason} of unreadable files).
 
     `model` must already be on `device` (see prepare_model). `read(i)`, when given, returns the
@@ -170,7 +170,7 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     failures: dict[int, str] = {}
     run = Precision.resolve(device, precision)
     for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
-                                       disable=len(loader) < 2):
+                                       disable=len(loader) < 2 or not progress):
         x = run.images(images, train=False)
         with run.autocast():
             out[index.to(device)] = model.embed_images(x).float()
@@ -194,14 +194,15 @@ def embed_texts(model: CrossModalModel, vocab: Vocabulary, tokens: Sequence[list
 
 @torch.no_grad()
 def embed_token_ids(model: CrossModalModel, encoded: Sequence[list[int]], device: torch.device,
-                    batch_size: int = 128, precision: str = "bf16", desc: str = "embedding texts"
-                    ) -> torch.Tensor:
+                    batch_size: int = 128, precision: str = "bf16", desc: str = "embedding texts",
+                    progress: bool = True) -> torch.Tensor:
     """embed_texts for texts already encoded by the vocabulary (START ... END id lists)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     out = torch.empty(len(encoded), model.text.embed_dim, device=device)
     starts = range(0, len(order), batch_size)
     run = Precision.resolve(device, precision)
-    for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0, disable=len(starts) < 2):
+    for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0,
+                  disable=len(starts) < 2 or not progress):
         rows = order[s:s + batch_size]
         ids, lengths = pad_batch([encoded[i] for i in rows])
         with run.autocast():

@@ -69,10 +69,10 @@ def validation_recall(model: CrossModalModel, items: Sequence[Item], docs: Seque
     # a worker pool started every epoch would cost more than it saves on a validation split.
     with torch.random.fork_rng(devices=[]):   # training's random stream stays as it was
         images, _ = embed_images(model, [items[i].image for i in mine], size, precision.device,
-                                 batch_size, 0, run, desc="validation images",
-                                 read=lambda i: read(mine[i]))
+                                 batch_size, 0, run, read=lambda i: read(mine[i]), progress=False)
+    # No progress bars: they would cut through the epoch's bar, and the epoch line gives the time.
     texts = embed_token_ids(model, list(tokens[ctx.rank::ctx.world]), precision.device, batch_size,
-                            run, desc="validation texts")
+                            run, progress=False)
     images, texts = _gather(images, len(first_item), ctx), _gather(texts, len(tokens), ctx)
     device = precision.device     # the similarities are scored where the model runs
     return retrieval_metrics(images.to(device), texts.to(device),
