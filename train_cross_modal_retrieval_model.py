@@ -11,6 +11,8 @@ step. Several GPUs: torchrun --nproc_per_node N.
 prepare_image_features.py (step 4b): cheap runs for tuning the weights (tune_weights.py), whose
 chosen weights are then trained fine-tuned (tune_weights.py --finetune-chosen).
 """
+import time
+
 import torch
 from tqdm import tqdm
 
@@ -23,10 +25,11 @@ from models.checkpoint import Progress, checkpoint_state, load_resume, restore
 from models.precision import PRECISIONS
 from training import distributed
 from training.build import build_trainee, config_record, datasets, image_mode, objectives, optimization, wrap
-from training.loop import ending, epoch_loader, save_epoch, train_epoch, validate
+from training.loop import ending, epoch_line, epoch_loader, save_epoch, train_epoch, validate
 from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
 from training.step import StepLog
+from training.validate import SELECT_BY, Selection, log_validation, validation_recall
 
 
 def parse_args(argv: list[str] | None = None):
@@ -52,7 +55,10 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="per process")
     g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
     g.add_argument("--patience", type=whole(1), default=config.PATIENCE,
-                   help="stop after this many epochs without a better validation loss")
+                   help="stop after this many epochs without a better validation value (--select-by)")
+    g.add_argument("--select-by", choices=SELECT_BY, default=config.SELECT_BY,
+                   help="what best.pt, early stopping and the plateau scheduler follow: the "
+                        "validation L_i2t loss (the release's rule) or the validation rsum (VSE++'s)")
     g.add_argument("--run-seed", type=whole(0), default=None,
                    help="seed of the initial weights, the epoch order, the neighbour draws and the "
                         "flips (default: --seed); --seed also fixes the validation slice, which "
@@ -118,11 +124,13 @@ def main() -> None:
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
 
     model = build_trainee(args, data, precision)
-    optimizer, scheduler = optimization(model, args)
+    select = Selection(args.select_by)    # what best.pt, early stopping and the schedule follow
+    optimizer, scheduler = optimization(model, args, select.mode)
     mode = image_mode(args, data)
     progress = Progress()
     if resumed is not None:
         progress = restore(resumed, model, optimizer, scheduler, data.vocab.fingerprint(), mode)
+        select = Selection.resumed(args.select_by, resumed[1], resumed[0])
         if ctx.main:
             print(f"resuming {resumed[0]} after epoch {progress.epoch}")
     net = wrap(model, ctx)
@@ -137,25 +145,29 @@ def main() -> None:
     epochs = tqdm(range(progress.epoch + 1, args.epochs), desc="epochs", unit="epoch",
                   initial=progress.epoch + 1, total=args.epochs, disable=not ctx.main)
     for epoch in epochs:
-        if progress.since_best >= args.patience:
+        if select.since_best >= args.patience:
             break
         loader = epoch_loader(train_ds, data.sampler, args, ctx, epoch)
-        train_loss, rate = train_epoch(net, optimizer, loader, precision, objective, log, progress, ctx, epoch)
+        train_loss, rate, train_s = train_epoch(net, optimizer, loader, precision, objective, log, progress, ctx, epoch)
+        t0 = time.time()
         val = validate(model, val_ds, args, ctx, precision, val_objective)
         log.check(progress.step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
-        scheduler.step(val)
-        improved = progress.end_epoch(epoch, val)
+        t1 = time.time()
+        recall = validation_recall(model, data.items, data.val_docs, data.val_tokens, data.read,
+                                   args.image_size, precision, args.batch_size, ctx)
+        seconds = (train_s, t1 - t0, time.time() - t1)   # training, validation loss, recall
+        scheduler.step(select.value(val, recall))
+        improved = select.update(select.value(val, recall))
+        progress.end_epoch(epoch, val, recall)
         if ctx.main:
-            writer.add_scalar("data/val_loss", val, epoch)
-            writer.flush()
-            state = checkpoint_state(model, data.vocab, optimizer, scheduler, progress, record,
-                                     data.provenance, mode)
+            log_validation(writer, progress.step, val, recall)
+            state = checkpoint_state(model, data.vocab, optimizer, scheduler, progress, select.state(),
+                                     record, data.provenance, mode)
             wrote_best |= save_epoch(state, log_dir, improved, log)
-            epochs.write(f"epoch {epoch}: train loss {train_loss:.4f} (mean), val loss {val:.4f}"
-                         f"{' (best)' if improved else ''}, {rate:.1f} items/s")
+            epochs.write(epoch_line(epoch, train_loss, val, recall, improved, rate, seconds))
     if ctx.main:
         writer.close()
-        print(ending(args, progress, log_dir, wrote_best, resumed is not None))
+        print(ending(args, select, log_dir, wrote_best, resumed is not None))
     folder.release()
     distributed.teardown(ctx)
 

@@ -4,7 +4,9 @@ What a checkpoint holds is defined here once (checkpoint_state), and read back h
 evaluation, restore for --resume):
   model, model_config, vocab, vocab_fingerprint   the model and the words it reads
   optimizer, scheduler                             their states, to resume
-  epoch, step, best_val, since_best, val_loss      where the run stands (Progress)
+  epoch, step, val_loss, val_recall                where the run stands (Progress)
+  select_by, best_val, since_best                  the best epoch's rule and value (--select-by:
+                                                   training.validate.Selection)
   config                                           the trainer's flags (evaluation's defaults)
   provenance                                       what the data was made from (data.provenance)
   image_mode                                       {"frozen": --frozen-image, "features": the
@@ -13,7 +15,6 @@ evaluation, restore for --resume):
 """
 from __future__ import annotations
 
-import math
 import pickle
 import re
 from dataclasses import dataclass
@@ -109,26 +110,23 @@ class Progress:
     """Where a run stands after its last finished epoch (-1: none yet)."""
     epoch: int = -1
     step: int = 0
-    best_val: float = math.inf
-    since_best: int = 0
     val_loss: float | None = None
+    val_recall: dict | None = None
 
-    def end_epoch(self, epoch: int, val: float) -> bool:
-        """Record the epoch's validation loss; whether it is the best so far."""
-        improved = val < self.best_val
-        self.epoch, self.val_loss = epoch, val
-        self.best_val, self.since_best = (val, 0) if improved else (self.best_val, self.since_best + 1)
-        return improved
+    def end_epoch(self, epoch: int, val_loss: float, val_recall: dict | None) -> None:
+        self.epoch, self.val_loss, self.val_recall = epoch, val_loss, val_recall
 
 
 def checkpoint_state(model: CrossModalModel, vocab: Vocabulary, optimizer, scheduler,
-                     progress: Progress, config: dict, provenance: dict, image_mode: dict) -> dict:
-    """The checkpoint's contents (see the module's docstring), plain data and tensors only."""
+                     progress: Progress, selection: dict, config: dict, provenance: dict,
+                     image_mode: dict) -> dict:
+    """The checkpoint's contents (see the module's docstring), plain data and tensors only.
+    `selection`: Selection.state()."""
     return {"model": model.state_dict(), "model_config": model.config().to_dict(),
             "vocab": vocab.to_state(), "vocab_fingerprint": vocab.fingerprint(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "epoch": progress.epoch, "step": progress.step, "best_val": progress.best_val,
-            "since_best": progress.since_best, "val_loss": progress.val_loss,
+            "epoch": progress.epoch, "step": progress.step, **selection,
+            "val_loss": progress.val_loss, "val_recall": progress.val_recall,
             "config": config, "provenance": provenance, "image_mode": image_mode}
 
 
@@ -146,5 +144,4 @@ def restore(resumed: tuple[Path, dict], model: CrossModalModel, optimizer, sched
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    return Progress(state["epoch"], state["step"], state["best_val"], state["since_best"],
-                    state.get("val_loss"))
+    return Progress(state["epoch"], state["step"], state.get("val_loss"), state.get("val_recall"))

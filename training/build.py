@@ -34,11 +34,12 @@ def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Preci
     return precision.prepare(model)
 
 
-def optimization(model: nn.Module, args: argparse.Namespace):
-    """Adam over the trained parameters and the release's schedule on the validation loss."""
+def optimization(model: nn.Module, args: argparse.Namespace, mode: str = "min"):
+    """Adam over the trained parameters and the release's plateau schedule on the followed
+    validation value (`mode`: "min" for the loss, "max" for rsum; --select-by)."""
     optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr,
                                  weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, patience=args.lr_patience)
     return optimizer, scheduler
 
 

@@ -18,6 +18,7 @@ from .data import VALIDATION_SEED, PairDataset, epoch_order, make_loader, with_r
 from .distributed import Context
 from .neighbors import NeighborSampler
 from .step import StepLog, objective_inputs, train_step
+from .validate import Selection
 
 
 def epoch_loader(ds: PairDataset, sampler: NeighborSampler, args: argparse.Namespace, ctx: Context,
@@ -34,8 +35,8 @@ def epoch_loader(ds: PairDataset, sampler: NeighborSampler, args: argparse.Names
 
 
 def train_epoch(net: nn.Module, optimizer, loader, precision: Precision, objective: CrossModalObjective,
-                log: StepLog, progress: Progress, ctx: Context, epoch: int) -> tuple[float, float]:
-    """One pass over the loader; (mean training loss, items per second)."""
+                log: StepLog, progress: Progress, ctx: Context, epoch: int) -> tuple[float, float, float]:
+    """One pass over the loader; (mean training loss, items per second, seconds)."""
     net.train()
     t0, seen, loss_sum = time.time(), 0, 0.0   # loss_sum stays on the device: no wait per step
     for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
@@ -45,7 +46,8 @@ def train_epoch(net: nn.Module, optimizer, loader, precision: Precision, objecti
         seen += len(b["image_ids"]) * ctx.world
         log.add(progress.step, loss, parts, optimizer.param_groups[0]["lr"])
     log.flush()
-    return float(loss_sum) / max(len(loader), 1), seen / max(time.time() - t0, 1e-9)
+    seconds = time.time() - t0
+    return float(loss_sum) / max(len(loader), 1), seen / max(seconds, 1e-9), seconds
 
 
 def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalObjective) -> float:
@@ -81,13 +83,23 @@ def save_epoch(state: dict, log_dir: Path, improved: bool, log: StepLog) -> bool
     return improved
 
 
-def ending(args: argparse.Namespace, progress: Progress, log_dir: Path, wrote_best: bool,
+def epoch_line(epoch: int, train_loss: float, val: float, recall: dict, improved: bool, rate: float,
+               seconds: tuple[float, float, float]) -> str:
+    """The epoch's line; `seconds`: of training, the validation loss and the validation recall."""
+    train_s, val_s, recall_s = seconds
+    return (f"epoch {epoch}: train loss {train_loss:.4f} (mean), val loss {val:.4f}, "
+            f"val rsum {recall['rsum']:.1f}{' (best)' if improved else ''}, "
+            f"{rate:.1f} items/s; validation loss {val_s:.1f}s, recall {recall_s:.1f}s "
+            f"({100 * recall_s / max(sum(seconds), 1e-9):.1f}% of the epoch)")
+
+
+def ending(args: argparse.Namespace, select: Selection, log_dir: Path, wrote_best: bool,
            resumed: bool) -> str:
     """The run's last lines: why it stopped, and the best.pt of this run (what tune_weights and
     the user read), or that none was written."""
     lines = []
-    if progress.since_best >= args.patience:
-        lines.append(f"stopped early: no better validation loss for {args.patience} epochs")
+    if select.since_best >= args.patience:
+        lines.append(f"stopped early: no better validation {select.by} for {args.patience} epochs")
     # Only a best.pt of this run: written now, or earlier in the run --resume continues.
     if wrote_best or (resumed and (log_dir / "best.pt").is_file()):
         lines.append(str(log_dir / "best.pt"))
