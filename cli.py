@@ -8,6 +8,7 @@ import sys
 
 import config
 
+from data import signals
 from data.items import InputError, Item
 from data.readers import FORMATS, load_dataset
 
@@ -111,9 +112,15 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPE
 
 def run_main(main) -> None:
     """Run a script's main(), turning input errors (and a full or read-only disk) into one line
-    on stderr and exit status 2."""
+    on stderr and exit status 2, and a stop (Ctrl-C, SIGTERM, SIGHUP) into one line and 128 + the
+    signal, after every `finally` has removed what it was writing."""
+    signals.install()
     try:
         main()
+    except (signals.Stopped, KeyboardInterrupt) as e:
+        print(f"stopped by {e.name if isinstance(e, signals.Stopped) else 'SIGINT'}: files being "
+              "written were removed", file=sys.stderr)
+        sys.exit(signals.status_of(e))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

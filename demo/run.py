@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from data import signals
 from models import ARCHS, imagenet_cache_path
 from losses import NEGATIVES
 from models.checkpoint import run_name
@@ -73,10 +73,10 @@ class Steps:
         print(f"== {name}: {key}", flush=True)
         t = time.time()
         # Unbuffered, so the child's lines (one per training epoch) interleave with ours in a log.
-        proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode != 0:
-            sys.exit(f"demo stopped: step {name} failed (exit {proc.returncode})")
+        code = signals.run_child([sys.executable, *map(str, cmd)], cwd=ROOT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if code != 0:
+            sys.exit(f"demo stopped: step {name} failed (exit {code})")
         print(f"   ({time.time() - t:.0f}s)")
         # An always-run step (the evaluation) changes nothing later steps read from disk.
         self.changed = self.changed or not always
@@ -95,8 +95,7 @@ def build_data(args: argparse.Namespace, steps: Steps) -> Path:
     cmd = ["-m", "demo.build_openclipart", "--out", data_dir, "--cache", ROOT / "runs" / "openclipart-cache",
            "--limit", args.items, "--workers", args.workers]
     print(f"== dataset: {' '.join(map(str, cmd))}", flush=True)
-    proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT)
-    if proc.returncode != 0:
+    if signals.run_child([sys.executable, *map(str, cmd)], cwd=ROOT) != 0:
         sys.exit("demo stopped: the Open Clip Art packages could not be fetched or built; "
                  "run the demo on the built-in synthetic data instead: make demo DATA=synthetic")
     return manifest
