@@ -1,9 +1,12 @@
 """The one item type every reader yields, the split logic and the document view of items."""
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
+
+import numpy as np
 
 SPLITS = ("train", "val", "test")
 
@@ -22,6 +25,9 @@ class Item:
     # What Doc2Vec and the kNN read instead of `texts` (a GoodNews article while the GRU reads its
     # caption): None, or one text per entry of `texts`.
     doc2vec_text: tuple[str, ...] | None = None
+    # Items of one group are never each other's negatives or training neighbours, whatever their
+    # images (e.g. the pictures of one article). Items showing one image share a group anyway.
+    group: str | None = None
 
     def __post_init__(self):
         if self.doc2vec_text is not None and len(self.doc2vec_text) != len(self.texts):
@@ -39,6 +45,38 @@ class Document:
     id: str          # "<item id>" for single-text items, "<item id>#<j>" otherwise
     item: int        # index into the item list
     text: int        # index into the item's texts
+
+
+def image_key(item: Item) -> str:
+    """What makes two items show the same image: the file they name, after symbolic links and
+    '..' are resolved (two spellings of one path, or a link to it, are one image)."""
+    return os.path.realpath(item.image)
+
+
+def item_groups(items: Sequence[Item]) -> np.ndarray:
+    """int64 [len(items)]: a group id per item, the one same-image rule of training and evaluation.
+
+    Items showing the same image (image_key) share a group, and so do items with the same
+    explicit `group`; groups joined by either are merged. Training never takes an item of the
+    anchor's group as a negative or a neighbour; evaluation ranks each image once.
+    """
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, it in enumerate(items):
+        for key in (("image", image_key(it)),) + ((("group", it.group),) if it.group is not None else ()):
+            j = first.setdefault(key, i)
+            if j != i:
+                parent[root(i)] = root(j)
+    roots = [root(i) for i in range(len(items))]
+    _, ids = np.unique(np.asarray(roots, dtype=np.int64), return_inverse=True)
+    return ids.astype(np.int64)
 
 
 def assign_validation(items: list[Item], val_size: int | None, seed: int) -> list[Item]:

@@ -222,3 +222,97 @@ def test_a_stopped_sweep_stops_its_running_trainer(pipeline, tmp_path, sig, stat
         for pid in (proc.pid, child):
             if pid is not None and not dead(pid, 0.1):
                 os.kill(pid, signal.SIGKILL)
+
+
+# --- 11. one same-image rule, by the image's identity ------------------------------------------
+
+def test_item_groups_join_items_by_image_identity_and_by_an_explicit_group(tmp_path):
+    from data.items import Item, item_groups
+    (tmp_path / "img").mkdir()
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / "img" / name).write_bytes(b"x")
+    os.symlink(tmp_path / "img" / "a.png", tmp_path / "link.png")
+    img = lambda name: str(tmp_path / name)   # noqa: E731
+    items = [Item("0", img("img/a.png"), ("t",), "train"),
+             Item("1", img("img/../img/a.png"), ("t",), "train"),    # another spelling
+             Item("2", img("link.png"), ("t",), "train"),            # a link to it
+             Item("3", img("img/b.png"), ("t",), "train"),
+             Item("4", img("img/c.png"), ("t",), "train", group="article 7"),
+             Item("5", img("img/b.png"), ("t",), "test"),
+             Item("6", img("missing.png"), ("t",), "train", group="article 7")]
+    g = item_groups(items).tolist()
+    assert g[0] == g[1] == g[2] and g[3] == g[5] and g[4] == g[6]
+    assert len({g[0], g[3], g[4]}) == 3
+    # Joined through either key: b.png's group meets article 7 through item 7.
+    g = item_groups(items + [Item("7", img("img/b.png"), ("t",), "train", group="article 7")])
+    assert g[3] == g[4] == g[7] and g[0] != g[3]
+
+
+@pytest.fixture(scope="module")
+def shared_pictures(tmp_path_factory):
+    """One JSONL line per caption of a picture: two lines show each image, and a third line
+    names one of them through a symbolic link."""
+    root = tmp_path_factory.mktemp("shared")
+    manifest = generate_synthetic(root / "data", n_items=40, image_size=32, seed=4, val_fraction=0)
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    os.symlink(root / "data" / lines[0]["image"], root / "data" / "link.png")
+    out = []
+    for rec in lines:
+        out.append(rec)
+        out.append({**rec, "id": rec["id"] + "b", "texts": [rec["texts"][0] + " Again the same."]})
+    out.append({**lines[0], "id": "via-link", "image": "link.png"})
+    shared = root / "data" / "shared.jsonl"
+    shared.write_text("".join(json.dumps(r) + "\n" for r in out))
+    work = root / "work"
+    common = ["--dataset", shared, "--work-dir", work, "--workers", "0"]
+    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5")
+    cli("extract_doc2vec_vectors.py", *common)
+    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    return shared, work
+
+
+def test_training_never_pairs_two_captions_of_one_picture(shared_pictures):
+    import train_cross_modal_retrieval_model as trainer
+    from training import distributed
+    from training.data import PairDataset, collate
+    from training.prepare import prepare
+    shared, work = shared_pictures
+    args = trainer.parse_args([*WEIGHTS, "--dataset", str(shared), "--work-dir", str(work),
+                               *TINY_TRAIN, "--negatives", "clean"])
+    data = prepare(args, distributed.setup("cpu"))
+    image = lambda d: os.path.realpath(data.items[d.item].image)   # noqa: E731
+    docs = data.train_docs
+    # The neighbour table never holds a caption of the document's own picture ...
+    s = data.sampler
+    for i, d in enumerate(docs):
+        for c in s.candidates[s.offsets[i]:s.offsets[i] + s.counts[i]]:
+            assert image(docs[c]) != image(d), (d.id, docs[c].id)
+    # ... and the batches the trainer builds mark both captions as one image, so that clean
+    # negatives leave them out.
+    ds = PairDataset([d.item for d in docs], data.train_tokens, data.read, data.groups)
+    batch = collate([ds[i] for i in range(len(docs))])
+    ids = batch["image_ids"].tolist()
+    for i in range(len(docs)):
+        for j in range(len(docs)):
+            assert (ids[i] == ids[j]) == (image(docs[i]) == image(docs[j]))
+    assert len(set(ids)) < len(ids)
+
+
+def test_evaluation_ranks_a_picture_once_however_its_path_is_spelt(shared_pictures):
+    import argparse
+    from cli import load_items
+    from evaluation.split import load_split
+    shared, work = shared_pictures
+    args = argparse.Namespace(dataset=str(shared), dataset_format=None, image_root=None,
+                              val_size=None, seed=0, politics_min_chars=500, max_sentences=0,
+                              doc2vec_max_sentences=2, max_chars=0, keep_unicode=False, workers=0)
+    items = load_items(args)
+    for split in ("train", "val", "test"):
+        if not any(it.split == split for it in items):
+            continue
+        ev = load_split(items, split, args)
+        assert ev.n_images == len({os.path.realpath(p) for p in ev.image_paths})
+    split = next(it.split for it in items if it.id == "via-link")
+    ev = load_split(items, split, args)
+    own = ev.text_image[ev.text_ids.index("via-link")]
+    assert (ev.text_image == own).sum() >= 2    # its picture's other captions are its texts too

@@ -19,14 +19,16 @@ class NeighborSampler:
     entries that qualify. An entry qualifies when it is at distance > 0 (not the document itself,
     not a duplicate text) and is a training document here (documents dropped from training, e.g.
     for an unreadable image or no tokens, are not in `docs`). This project adds one rule: an entry
-    sharing the document's image (another caption of it) does not qualify either, since its image
-    would be the anchor's own. A document with no qualifying entry in its whole row has no
+    sharing the document's image (another caption of it, or another item naming the same file) or
+    its explicit group does not qualify either (`groups`: data.items.item_groups, per item), since
+    its image would be the anchor's own. A document with no qualifying entry in its whole row has no
     neighbour; those are counted in `missing`.
 
     The table is `candidates[offsets[i]:offsets[i] + counts[i]]`: document indices, nearest first.
     """
 
-    def __init__(self, knn: dict, docs: Sequence[Document], pool: int = 10, source: str = "kNN file"):
+    def __init__(self, knn: dict, docs: Sequence[Document], pool: int = 10, source: str = "kNN file",
+                 groups: np.ndarray | None = None):
         position = {d.id: i for i, d in enumerate(docs)}
         knn_ids = list(knn["ids"])
         to_doc = np.fromiter((position.get(i, -1) for i in knn_ids), dtype=np.int64, count=len(knn_ids))
@@ -39,6 +41,8 @@ class NeighborSampler:
                                "train_doc2vec.py, extract_doc2vec_vectors.py and "
                                "knn_document_features.py on it")
         image_of = np.fromiter((d.item for d in docs), dtype=np.int64, count=len(docs))
+        if groups is not None:
+            image_of = np.asarray(groups, dtype=np.int64)[image_of]
         nbrs, dists = np.asarray(knn["neighbors"]), np.asarray(knn["distances"])
         # The kNN row of each document (the last one if an id repeats), -1 for none.
         row_of = np.full(len(docs), -1, dtype=np.int64)

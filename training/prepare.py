@@ -13,7 +13,7 @@ from gensim.models.doc2vec import Doc2Vec
 from cli import load_items
 from data import provenance
 from data.corpus import drop_empty, tokenized_documents
-from data.items import InputError, Document, Item
+from data.items import InputError, Document, Item, item_groups
 from data.doc2vec import load_model
 from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
 from models import END, START, Vocabulary
@@ -35,6 +35,7 @@ class TrainingData:
     val_tokens: list[list[int]]
     sampler: NeighborSampler
     read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s]
+    groups: np.ndarray                     # item index -> its same-image group (item_groups)
     provenance: dict                       # what the run is made from, saved in its checkpoints
 
 
@@ -112,10 +113,12 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
         raise InputError(f"{args.dataset}: {len(val)} usable validation documents: mark items "
                            '"split": "val" or pass a larger --val-size')
     train_docs = [docs[i] for i in train]
-    sampler = NeighborSampler(knn, train_docs, args.neighbor_pool, source=str(knn_path))
+    groups = item_groups(items)
+    sampler = NeighborSampler(knn, train_docs, args.neighbor_pool, source=str(knn_path), groups=groups)
     if ctx.main:
         print(f"{len(train_docs)} training and {len(val)} validation documents; "
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, record)
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, groups,
+                        record)
