@@ -316,3 +316,75 @@ def test_evaluation_ranks_a_picture_once_however_its_path_is_spelt(shared_pictur
     ev = load_split(items, split, args)
     own = ev.text_image[ev.text_ids.index("via-link")]
     assert (ev.text_image == own).sum() >= 2    # its picture's other captions are its texts too
+
+
+# --- 12. the image cache and a file replaced under it ------------------------------------------
+
+def test_an_image_rewritten_with_its_size_and_mtime_restored_is_decoded_again(tmp_path):
+    import torch
+    from PIL import Image
+    from data.image_cache import ensure_cache, find_cache
+    from data.images import read_image
+    path = str(tmp_path / "a.bmp")          # uncompressed: new pixels, the same file size
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
+    others = []
+    for i in range(3):
+        others.append(str(tmp_path / f"o{i}.bmp"))
+        Image.new("RGB", (8, 8), (i, i, i)).save(others[-1])
+    paths = [path, *others]
+    ensure_cache(tmp_path / "work", paths, 8, progress=False)
+    before = os.stat(path)
+    time.sleep(0.05)                        # past the file system's clock tick
+    Image.new("RGB", (8, 8), (10, 10, 200)).save(path)
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))   # as touch -r does
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    cache, why = find_cache(tmp_path / "work", paths, 8)
+    assert cache is None and "out of date" in why
+    cache, line = ensure_cache(tmp_path / "work", paths, 8, progress=False)
+    assert "wrote" in line
+    assert torch.equal(cache.reader(paths)(0), read_image(path, 8))
+    assert cache.reader(paths)(0)[2].float().mean() > 150      # the new, blue picture
+
+
+# --- 13. EXIF orientation and the premultiplied grey mode --------------------------------------
+
+def sideways(tmp_path: Path) -> tuple[str, "Image.Image"]:
+    """A PNG stored on its side with EXIF orientation 6 (shown turned 90 degrees clockwise),
+    and the picture a viewer shows."""
+    from PIL import Image
+    stored = Image.new("RGB", (16, 8), (255, 0, 0))
+    stored.paste((0, 0, 255), (0, 0, 8, 8))           # left half blue, right half red
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = str(tmp_path / "phone.png")
+    stored.save(path, exif=exif)
+    return path, stored.transpose(Image.Transpose.ROTATE_270)   # 90 degrees clockwise
+
+
+def test_exif_orientation_is_applied_on_the_fly_in_the_cache_and_in_thumbnails(tmp_path):
+    import torch
+    from PIL import Image
+    from data.image_cache import ensure_cache
+    from data.images import read_image
+    from evaluation.page import fit
+    path, shown = sideways(tmp_path)
+    upright = str(tmp_path / "upright.png")
+    shown.save(upright)
+    want = read_image(upright, 8)
+    assert torch.equal(read_image(path, 8), want)
+    cache, _ = ensure_cache(tmp_path / "work", [path], 8, progress=False)
+    assert torch.equal(cache.reader([path])(0), want)
+    thumb = fit(path, 16)
+    assert thumb.size == (8, 16)            # taller than wide, as shown
+    assert thumb.getpixel((4, 2))[2] > 200 and thumb.getpixel((4, 13))[0] > 200   # blue above red
+    assert Image.open(path).size == (16, 8)   # the file itself is left as it is
+
+
+def test_premultiplied_grey_with_alpha_is_laid_over_white(tmp_path):
+    from PIL import Image
+    from data.images import read_image, to_rgb
+    img = Image.new("LA", (4, 4), (100, 128)).convert("La")
+    assert img.mode == "La"
+    r, g, b = to_rgb(img).getpixel((0, 0))
+    assert r == g == b and abs(r - (100 * 128 + 255 * 127) / 255) <= 2
