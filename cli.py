@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import sys
 
 import config
@@ -39,6 +40,12 @@ def whole(low: int = 0, high: int | None = None):
     return parse
 
 
+def max_workers() -> int:
+    """The most --workers a script takes: 4 per CPU (at least 8). More only wait on each
+    other, and 100,000 fails after minutes on the threads the system will not start."""
+    return max(8, 4 * (os.cpu_count() or 1))
+
+
 def real(low: float = 0.0, high: float | None = None, above: bool = False):
     """An argparse type: a finite number >= `low` (> when `above`), <= `high`: NaN, inf and
     negative weights or rates are refused before any data is read."""
@@ -68,7 +75,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--image-root", default=config.IMAGE_ROOT,
                    help="folder relative image paths start from (default: the dataset's folder)")
     g.add_argument("--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
-    g.add_argument("--workers", type=whole(0), default=config.WORKERS, help="worker processes")
+    g.add_argument("--workers", type=whole(0, max_workers()), default=config.WORKERS,
+                   help="worker processes")
     # numpy and gensim take 32-bit seeds.
     g.add_argument("--seed", type=whole(0, 2**32 - 1), default=config.SEED)
     g.add_argument("--val-size", type=whole(0), default=config.VAL_SIZE,

@@ -388,3 +388,29 @@ def test_premultiplied_grey_with_alpha_is_laid_over_white(tmp_path):
     assert img.mode == "La"
     r, g, b = to_rgb(img).getpixel((0, 0))
     assert r == g == b and abs(r - (100 * 128 + 255 * 127) / 255) <= 2
+
+
+# --- 14. unbounded settings --------------------------------------------------------------------
+
+def test_a_doc2vec_too_large_for_memory_stops_before_allocating(pipeline, tmp_path, monkeypatch):
+    import data.doc2vec as doc2vec
+    manifest, _ = pipeline
+    monkeypatch.setattr(doc2vec, "available_memory", lambda: 50 * 2**20)    # 50 MiB free
+    common = ["--dataset", manifest, "--work-dir", tmp_path / "work", "--workers", "0",
+              "--min-count", "2", "--epochs", "1"]
+    line = error_line(cli("train_doc2vec.py", *common, "--vector-size", "200000", check=False),
+                      "--vector-size 200000", "GiB", "smaller --vector-size")
+    assert len(line) < 300
+    assert not (tmp_path / "work" / "doc2vec_model.gensim").exists()
+    cli("train_doc2vec.py", *common, "--vector-size", "20")     # small enough: trains
+
+
+@pytest.mark.parametrize("script", ["train_doc2vec.py", "extract_doc2vec_vectors.py",
+                                    "knn_document_features.py", "prepare_image_cache.py", TRAIN,
+                                    "evaluate_retrieval.py"])
+def test_a_worker_count_beyond_the_machine_is_a_usage_error(script):
+    from cli import max_workers
+    extra = [*WEIGHTS] if script == TRAIN else ["--checkpoint", "x.pt"] if "evaluate" in script else []
+    result = cli(script, *extra, "--dataset", "missing.jsonl", "--workers", "100000", check=False)
+    assert result.code == 2 and "--workers" in result.err and f"0 to {max_workers()}" in result.err
+    assert "Traceback" not in result.err
