@@ -39,7 +39,7 @@ import numpy as np
 
 from cli import HelpFormatter, load_items, max_workers, run_main, whole
 from data.items import InputError
-from data.workdir import DOC2VEC_MODEL
+from data.workdir import DOC2VEC_MODEL, check_writable
 from evaluation.report import K
 from evaluation.metrics import TIES
 from tuning.grid import BASELINE, format_triple, parse_grid, parse_values, product_grid
@@ -246,6 +246,7 @@ def main() -> None:
     args = parse_args()
     check_data(args)
     out = Path(args.out or Path(args.trainer.work_dir) / "sweep").resolve()
+    check_writable(out, folder=True, fix="pass another --out")   # before the runs, not after
     triples = list(args.triples)
     if BASELINE not in triples:
         triples.insert(0, BASELINE)

@@ -15,6 +15,23 @@ class InputError(ValueError):
     """Bad input: the message is one line naming the file or item and the fix."""
 
 
+QUOTE_LIMIT = 80    # characters of a quoted input a message shows
+
+
+def shown(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as a message or a terminal line may show it: characters that are not printable
+    (newlines, escape sequences, bidirectional overrides) escaped, so that one input cannot
+    break the line or take over the terminal, and cut after `limit` characters, the full
+    length said."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
+    return s if len(str(text)) <= limit else f"{s}... ({len(str(text))} characters)"
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """shown(text) in quotes: for a value a message names (an id, a query)."""
+    return f"'{shown(text, limit)}'"
+
+
 @dataclass(frozen=True)
 class Item:
     id: str
@@ -31,7 +48,7 @@ class Item:
 
     def __post_init__(self):
         if self.doc2vec_text is not None and len(self.doc2vec_text) != len(self.texts):
-            raise ValueError(f"item {self.id!r}: {len(self.doc2vec_text)} Doc2Vec texts for "
+            raise ValueError(f"item {quoted(self.id)}: {len(self.doc2vec_text)} Doc2Vec texts for "
                              f"{len(self.texts)} texts: give one per text")
 
     def doc2vec(self, j: int) -> str:
@@ -121,19 +138,19 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
     seen: set[str] = set()
     for it in items:
         if it.id in seen:
-            raise InputError(f"{source}: duplicate id {it.id!r}: make every item id unique")
+            raise InputError(f"{source}: duplicate id {quoted(it.id)}: make every item id unique")
         seen.add(it.id)
     # Separate pass: item "a" with two texts and item "a#1" with one both make document "a#1".
     owner: dict[str, str] = {}
     for it in items:
         for doc_id in _document_ids(it):
             if owner.setdefault(doc_id, it.id) != it.id:
-                raise InputError(f"{source}: items {owner[doc_id]!r} and {it.id!r} both make document "
-                                   f"id {doc_id!r} (an item with several texts numbers them "
+                raise InputError(f"{source}: items {quoted(owner[doc_id])} and {quoted(it.id)} both make document "
+                                   f"id {quoted(doc_id)} (an item with several texts numbers them "
                                    "<id>#<j>): rename one of them")
 
 
 def check_split(split: str, where: str) -> str:
     if split not in SPLITS:
-        raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        raise InputError(f"{where}: split {quoted(split)} is not one of {', '.join(SPLITS)}")
     return split

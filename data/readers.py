@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from .goodnews import is_goodnews, read_goodnews
-from .items import SPLITS, InputError, Item, assign_validation, check_split, check_unique_ids
+from .items import SPLITS, InputError, Item, assign_validation, check_split, check_unique_ids, quoted
 from .workdir import atomic_write, read_pickle
 
 FORMATS = ("jsonl", "karpathy", "politics", "goodnews")
@@ -238,7 +238,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
             if p not in texts:
                 if p in short:
                     continue
-                raise InputError(f"{split_file}: {split} path {p!r} has no text in {path.name}: "
+                raise InputError(f"{split_file}: {split} path {quoted(p)} has no text in {path.name}: "
                                    "use the split file made with this db")
             unsplit.discard(p)
             kept = _clean_texts([texts[p]], f"{path.name} ({p})", empty)

@@ -209,3 +209,22 @@ def load_pickle(work_dir: str | Path, name: str) -> dict:
     if not isinstance(obj, dict):
         raise InputError(f"{path}: not a file {WRITER.get(name, 'this project')} wrote: run it again")
     return obj
+
+
+def check_vectors(vectors: object, path: str | Path) -> "np.ndarray":
+    """The Doc2Vec vectors read from `path` as a float32 [N, d] array, or one line saying why
+    they are not: a NaN or infinite vector would make every distance to it NaN, and the kNN
+    would rank it anywhere without a word."""
+    import numpy as np   # here: the text scripts' other files need no numpy
+    fix = "run extract_doc2vec_vectors.py again (and train_doc2vec.py if the model diverged)"
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: 'vectors' is not an array of numbers: {fix}") from None
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise InputError(f"{path}: 'vectors' has shape {arr.shape}, not [documents, size]: {fix}")
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if len(bad):
+        raise InputError(f"{path}: {len(bad)} of its {len(arr)} vectors hold NaN or infinite "
+                         f"values (first: row {bad[0]}): {fix}")
+    return arr

@@ -16,7 +16,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from data.images import to_rgb
-from data.items import InputError
+from data.items import InputError, quoted, shown
 from data.text import preprocess
 from data.workdir import atomic_write
 from evaluation.split import EvalSplit
@@ -64,10 +64,11 @@ def query_tokens(queries: Sequence[str], vocab: Vocabulary, max_sentences: int |
     for n, query in enumerate(queries, 1):
         tokens = preprocess(query, max_sentences or None, max_chars, keep_unicode)
         if not tokens:
-            raise InputError(f"query {n} {query!r} leaves no token after preprocessing (stop "
+            raise InputError(f"query {n} {quoted(query)} leaves no token after preprocessing (stop "
                              "words and words under 3 letters are dropped): use content words")
         if not any(t in vocab for t in tokens):
-            raise InputError(f"query {n} {query!r}: none of its words ({' '.join(tokens[:8])}) "
+            raise InputError(f"query {n} {quoted(query)}: none of its words "
+                             f"({shown(' '.join(tokens[:8]))}) "
                              f"is in the model's vocabulary of {len(vocab.words)} words: use "
                              "words that occur in the training texts")
         out.append(tokens)

@@ -414,3 +414,125 @@ def test_a_worker_count_beyond_the_machine_is_a_usage_error(script):
     result = cli(script, *extra, "--dataset", "missing.jsonl", "--workers", "100000", check=False)
     assert result.code == 2 and "--workers" in result.err and f"0 to {max_workers()}" in result.err
     assert "Traceback" not in result.err
+
+
+# --- 15. settings checked before the work, not during it -------------------------------------
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["--epochs", "-1"], "--epochs"), (["--epochs", "0"], "--epochs"),
+    (["--items", "5"], "--items"), (["--image-size", "0"], "--image-size"),
+    (["--batch-size", "1"], "--batch-size"), (["--lr", "nan"], "--lr"),
+    (["--workers", "100000"], "--workers")])
+def test_the_demo_checks_every_flag_before_its_first_step(tmp_path, flags, phrase):
+    from pipeline import run
+    result = run("-m", "demo", "--data", "synthetic", "--run-dir", tmp_path / "demo", *flags,
+                 check=False)
+    assert result.returncode == 2 and phrase in result.stderr, result.stdout + result.stderr
+    assert "==" not in result.stdout and not (tmp_path / "demo" / "data").exists()
+
+
+def test_the_demo_refuses_a_run_folder_it_cannot_write(tmp_path):
+    from pipeline import run
+    (tmp_path / "file").write_text("x")
+    result = run("-m", "demo", "--data", "synthetic", "--run-dir", tmp_path / "file" / "demo",
+                 check=False)
+    assert result.returncode == 2 and "is a file" in result.stderr and "==" not in result.stdout
+
+
+@pytest.mark.slow   # the whole demo on 40 items (a minute or two)
+def test_the_demo_runs_on_fewer_items_than_its_k(tmp_path):
+    from pipeline import run
+    result = run("-m", "demo", "--data", "synthetic", "--run-dir", tmp_path / "demo", "--items",
+                 "40", "--image-size", "32", "--epochs", "1", "--batch-size", "8", "--workers", "0")
+    k = [line for line in result.stdout.splitlines() if "knn_document_features.py" in line][0]
+    n = len(json.loads((tmp_path / "demo" / "data" / "manifest.jsonl").read_text().splitlines()[0]))
+    assert "--k 50" not in k and n
+    assert "demo finished" in result.stdout
+
+
+def test_a_sweep_whose_out_cannot_be_written_stops_before_any_run(pipeline, tmp_path, monkeypatch):
+    from tuning import sweep
+    manifest, work = pipeline
+    calls = tmp_path / "calls"
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(f"open({str(calls)!r}, 'a').write('called\\n')\n")
+    monkeypatch.setattr(sweep, "TRAINER", fake)
+    monkeypatch.setattr(sweep, "EVALUATOR", fake)
+    (tmp_path / "file").write_text("x")
+    result = cli("tune_weights.py", "--grid", "1 0 0", "--seeds", "1", "--devices", "cpu",
+                 "--out", tmp_path / "file" / "sweep", "--", "--dataset", manifest,
+                 "--work-dir", work, check=False)
+    error_line(result, str(tmp_path / "file"))
+    assert not calls.exists()
+
+
+def test_a_run_of_zero_epochs_leaves_its_folder_usable(pipeline, tmp_path):
+    manifest, work = pipeline
+    out = train(manifest, work, "--run-name", "zero", "--epochs", "0").out
+    assert "no checkpoint written" in out
+    folder = work / "models" / "zero"
+    assert not list(folder.glob("events.out.tfevents.*"))
+    train(manifest, work, "--run-name", "zero")        # not refused as an earlier run
+    assert (folder / "best.pt").is_file() and list(folder.glob("events.out.tfevents.*"))
+    shutil.rmtree(folder)
+
+
+# --- 16. quoted input is cut and escaped -------------------------------------------------------
+
+def test_a_huge_query_with_no_known_word_gives_a_short_error_line():
+    from data.items import InputError
+    from evaluation.page import query_tokens
+    from models import Vocabulary
+    vocab = Vocabulary(["rocket", "orbit", "guitar"])
+    query = ("zebra " * 20_000).strip()      # 119,999 characters, no word of the vocabulary
+    with pytest.raises(InputError) as e:
+        query_tokens([query], vocab, None, None)
+    msg = str(e.value)
+    assert len(msg) < 400 and "119999 characters" in msg and "\n" not in msg
+    with pytest.raises(InputError) as e:
+        query_tokens(["a\x1b[2J" + "b" * 100_000], vocab, None, None)   # no token at all
+    assert len(str(e.value)) < 400 and "\x1b" not in str(e.value)
+
+
+def test_retrieval_results_cannot_break_or_take_over_the_terminal(capsys):
+    from evaluation.page import Hit, QueryResult
+    from retrieve import print_results
+    hit = Hit(rank=1, score=0.5, image="img\n.png", label="caption\x1b[2J\nsecond line \u202eevil",
+              correct=False)
+    print_results([QueryResult("text", "q\x1b]0;title\x07" + "x" * 5000, "truth\rback", [hit])])
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out and "\x07" not in out
+    assert len(out) < 1000 and out.count("\n") == 4
+
+
+def test_a_huge_or_odd_id_is_cut_and_escaped_in_the_error(tmp_path):
+    from data.items import InputError
+    from data.readers import load_dataset
+    (tmp_path / "a.png").write_bytes(b"x")
+    huge = "\u202e\x1b[31m" + "i" * 100_000
+    rec = {"id": huge, "image": "a.png", "texts": ["A caption."], "split": "train"}
+    (tmp_path / "m.jsonl").write_text(json.dumps(rec) + "\n" + json.dumps(rec) + "\n")
+    with pytest.raises(InputError) as e:
+        load_dataset(str(tmp_path / "m.jsonl"), None, None, None, 0, 500)
+    msg = str(e.value)
+    assert "duplicate id" in msg and len(msg) < 400
+    assert "\x1b" not in msg and "\u202e" not in msg and "100006 characters" in msg
+
+
+# --- 17. non-finite Doc2Vec vectors ------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_the_knn_step_refuses_non_finite_vectors(pipeline, tmp_path, value):
+    from data.workdir import DOC2VEC_FEATURES, load_pickle, save_pickle
+    _, work = pipeline
+    copy = tmp_path / "work"
+    copy.mkdir()
+    feats = load_pickle(work, DOC2VEC_FEATURES)
+    feats["vectors"] = np.array(feats["vectors"])
+    feats["vectors"][5, 3] = value
+    save_pickle(feats, copy / DOC2VEC_FEATURES)
+    result = cli("knn_document_features.py", "--work-dir", copy, "--k", "5", "--backend", "exact",
+                 "--dataset", "unused.jsonl", check=False)
+    error_line(result, str(copy / DOC2VEC_FEATURES), "NaN or infinite", "row 5",
+               "extract_doc2vec_vectors.py")
+    assert not (copy / "document_feats_knn.pickle").exists()
