@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .items import InputError, Item, check_split, check_unique_ids, quoted
+from .items import InputError, Item, check_split, check_unique_ids, quoted, shown
 
 ARTICLE_FILES = ("article+caption.json", "article_caption.json", "captioning_dataset.json")
 SPLIT_FILE = "img_splits.json"
@@ -50,6 +50,8 @@ def _load(path: Path, layout: str) -> dict:
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): download the file "
                            "again") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read: download the file again") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object {layout}, found a {type(data).__name__}")
     return data
@@ -113,11 +115,11 @@ def read_goodnews(path: Path, image_root: Path | None = None) -> list[Item]:
                               doc2vec_text=(article,)))
     for dropped, what in ((no_caption, "an empty caption"), (no_article, "an empty article")):
         if dropped:
-            print(f"dropped {len(dropped)} images with {what} (first: {', '.join(dropped[:3])})")
+            print(f"dropped {len(dropped)} images with {what} (first: {', '.join(map(shown, dropped[:3]))})")
     unsplit = [f"{aid}_{ix}" for aid, images in captions.items() for ix in images
                if f"{aid}_{ix}" not in splits]
     if unsplit:
         print(f"left out {len(unsplit)} images that {SPLIT_FILE} puts in no split "
-              f"(first: {', '.join(unsplit[:3])})")
+              f"(first: {', '.join(map(shown, unsplit[:3]))})")
     check_unique_ids(items, str(split_path))
     return items

@@ -13,7 +13,7 @@ import torch
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from data.items import InputError
+from data.items import InputError, shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -102,7 +102,7 @@ def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: s
     """Print the count and first examples; stop when more than `max_share` of images are bad."""
     if not bad:
         return
-    first = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
+    first = "; ".join(f"{shown(p, 200)} ({shown(r, 200)})" for p, r in list(bad.items())[:3])
     share = len(bad) / max(total, 1)
     print(f"left out {len(bad)} of {total} {what} images that are missing or unreadable: {first}")
     if share > max_share:

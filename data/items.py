@@ -150,6 +150,25 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
                                    "<id>#<j>): rename one of them")
 
 
+def check_strings(items: Sequence[Item], source: str) -> None:
+    """Every string of every item must be one that later steps can write: an unpaired surrogate
+    ("\\ud800" in JSON) cannot be encoded as UTF-8 for a hash, a pickle's record, a TSV or a
+    page, and an image path holding a NUL byte cannot be opened. One line naming the item."""
+    for it in items:
+        if "\0" in it.image:
+            raise InputError(f"{source}: item {quoted(it.id)}: its image path {quoted(it.image)} "
+                             "holds a NUL character: fix the path")
+        for field, value in (("id", it.id), ("image", it.image), ("label", it.label or ""),
+                             *(("texts", t) for t in it.texts),
+                             *(("doc2vec_text", t) for t in it.doc2vec_text or ())):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InputError(f"{source}: item {quoted(it.id)}: its {field} holds "
+                                 f"{quoted(value[e.start:e.end])}, half of a UTF-16 pair (not a "
+                                 "character): fix or remove it") from None
+
+
 def check_split(split: str, where: str) -> str:
     if split not in SPLITS:
         raise InputError(f"{where}: split {quoted(split)} is not one of {', '.join(SPLITS)}")

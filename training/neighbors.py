@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.items import InputError, Document
+from data.items import InputError, Document, shown
 
 # kNN rows handled at once while building the table: bounds the temporaries to a few hundred
 # MiB whatever the corpus (k = 200: 200 MiB of candidate ids and masks per 65,536 rows).
@@ -35,7 +35,7 @@ class NeighborSampler:
         foreign = int((to_doc < 0).sum())
         # Documents dropped from training (bad images) are expected; a mostly-foreign file is not.
         if foreign > len(knn_ids) // 2:
-            first = [knn_ids[i] for i in np.flatnonzero(to_doc < 0)[:3]]
+            first = [shown(knn_ids[i]) for i in np.flatnonzero(to_doc < 0)[:3]]
             raise InputError(f"{source}: {foreign} of its {len(knn_ids)} documents are not "
                                f"training documents of this dataset (first: {first}): re-run "
                                "train_doc2vec.py, extract_doc2vec_vectors.py and "
@@ -69,7 +69,7 @@ class NeighborSampler:
     def report(self) -> None:
         if self.missing:
             print(f"{len(self.missing)} training documents have no usable neighbour and get no "
-                  f"L_img / L_text term (first: {', '.join(self.missing[:3])})")
+                  f"L_img / L_text term (first: {', '.join(map(shown, self.missing[:3]))})")
 
     def sample(self, seed: int, epoch: int) -> np.ndarray:
         """One neighbour per document (-1 for none), uniform over its candidates; the same for the

@@ -13,7 +13,7 @@ from gensim.models.doc2vec import Doc2Vec
 from cli import load_items
 from data import provenance
 from data.corpus import drop_empty, tokenized_documents
-from data.items import InputError, Document, Item, item_groups
+from data.items import InputError, Document, Item, item_groups, shown
 from data.doc2vec import load_model
 from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
 from models import END, START, Vocabulary
@@ -47,7 +47,7 @@ def drop_unknown(docs: list[Document], encoded: list[list[int]], ctx: Context
     empty = [d.id for d, e in zip(docs, encoded) if e == [START, END]]
     if empty and ctx.main:
         print(f"dropped {len(empty)} train/val documents with no word in the Doc2Vec vocabulary "
-              f"(first: {', '.join(empty[:3])})")
+              f"(first: {', '.join(map(shown, empty[:3]))})")
     keep = [i for i, e in enumerate(encoded) if e != [START, END]]
     return [docs[i] for i in keep], [encoded[i] for i in keep]
 
