@@ -65,15 +65,21 @@ class Document:
 
 
 def image_key(item: Item) -> str:
-    """What makes two items show the same image: the file they name, after symbolic links and
-    '..' are resolved (two spellings of one path, or a link to it, are one image)."""
-    return os.path.realpath(item.image)
+    """What makes two items show the same image: the file they name, known by its device and
+    inode, so that two spellings of one path, a symbolic or a hard link to it are one image (one
+    stat, where resolving every link of the path would take six times as long). A file that
+    cannot be stat'ed (missing: it is reported as unreadable later) is known by its path."""
+    try:
+        st = os.stat(item.image)
+    except (OSError, ValueError):
+        return "path:" + item.image
+    return f"file:{st.st_dev}:{st.st_ino}"
 
 
 def item_groups(items: Sequence[Item]) -> np.ndarray:
     """int64 [len(items)]: a group id per item, the one same-image rule of training and evaluation.
 
-    Items showing the same image (image_key) share a group, and so do items with the same
+    Items showing the same image file (image_key) share a group, and so do items with the same
     explicit `group`; groups joined by either are merged. Training never takes an item of the
     anchor's group as a negative or a neighbour; evaluation ranks each image once.
     """

@@ -232,6 +232,7 @@ def test_item_groups_join_items_by_image_identity_and_by_an_explicit_group(tmp_p
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / "img" / name).write_bytes(b"x")
     os.symlink(tmp_path / "img" / "a.png", tmp_path / "link.png")
+    os.link(tmp_path / "img" / "a.png", tmp_path / "hard.png")
     img = lambda name: str(tmp_path / name)   # noqa: E731
     items = [Item("0", img("img/a.png"), ("t",), "train"),
              Item("1", img("img/../img/a.png"), ("t",), "train"),    # another spelling
@@ -239,9 +240,10 @@ def test_item_groups_join_items_by_image_identity_and_by_an_explicit_group(tmp_p
              Item("3", img("img/b.png"), ("t",), "train"),
              Item("4", img("img/c.png"), ("t",), "train", group="article 7"),
              Item("5", img("img/b.png"), ("t",), "test"),
-             Item("6", img("missing.png"), ("t",), "train", group="article 7")]
+             Item("6", img("missing.png"), ("t",), "train", group="article 7"),
+             Item("8", img("hard.png"), ("t",), "val")]                # a hard link
     g = item_groups(items).tolist()
-    assert g[0] == g[1] == g[2] and g[3] == g[5] and g[4] == g[6]
+    assert g[0] == g[1] == g[2] == g[7] and g[3] == g[5] and g[4] == g[6]
     assert len({g[0], g[3], g[4]}) == 3
     # Joined through either key: b.png's group meets article 7 through item 7.
     g = item_groups(items + [Item("7", img("img/b.png"), ("t",), "train", group="article 7")])
