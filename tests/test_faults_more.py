@@ -538,3 +538,69 @@ def test_the_knn_step_refuses_non_finite_vectors(pipeline, tmp_path, value):
     error_line(result, str(copy / DOC2VEC_FEATURES), "NaN or infinite", "row 5",
                "extract_doc2vec_vectors.py")
     assert not (copy / "document_feats_knn.pickle").exists()
+
+
+# --- beyond the list: adversarial strings and JSON through every later step -------------------
+
+ODD = ["a/b", "..", "x\ny", "t\tab", "<script>alert(1)</script>", "\u202eevil", "\U0001f600\U0001f389",
+       "zero\u200bwidth", "i" * 5000, "\x1b[31mred", "quote\"'", "amp&lt;", "NUL\x00in",
+       "line\u2028sep", "-rf", "%s%n", "a\\b", "e\u0301\u0301", "\ufeffbom", "\r\rback"]
+
+
+def test_unwritable_strings_and_deep_json_are_one_line_when_the_dataset_is_read(tmp_path):
+    from data.items import InputError
+    from data.readers import load_dataset
+    (tmp_path / "a.png").write_bytes(b"x")
+    good = {"id": "1", "image": "a.png", "texts": ["A caption."], "split": "train"}
+    cases = [({**good, "texts": ["half \ud800 a pair"]}, "half of a UTF-16 pair"),
+             ({**good, "id": "\udfff"}, "half of a UTF-16 pair"),
+             ({**good, "label": "x\ud83d"}, "half of a UTF-16 pair"),
+             ({**good, "image": "a\u0000.png"}, "NUL character")]
+    for rec, phrase in cases:
+        path = tmp_path / "m.jsonl"
+        path.write_text(json.dumps(rec) + "\n")       # json.dumps writes "\ud800" as escapes
+        with pytest.raises(InputError) as e:
+            load_dataset(str(path), None, None, None, 0, 500)
+        assert phrase in str(e.value) and "\n" not in str(e.value) and len(str(e.value)) < 400
+    (tmp_path / "deep.jsonl").write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(InputError, match="nested too deeply"):
+        load_dataset(str(tmp_path / "deep.jsonl"), None, None, None, 0, 500)
+    (tmp_path / "deep.json").write_text('{"images": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(InputError, match="not a Karpathy split file"):
+        load_dataset(str(tmp_path / "deep.json"), None, None, None, 0, 500)
+
+
+@pytest.mark.slow   # every script on a manifest of odd ids, labels and texts (a minute or two)
+def test_odd_ids_labels_and_texts_survive_every_step(tmp_path):
+    manifest = generate_synthetic(tmp_path / "data", n_items=48, image_size=32, seed=5, val_fraction=0)
+    recs = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for k, rec in enumerate(recs[:len(ODD)]):
+        rec["id"] = f"{ODD[k]}_{k}"
+        rec["label"] = ODD[(k + 3) % len(ODD)]
+        rec["texts"] = [rec["texts"][0] + " " + ODD[(k + 5) % len(ODD)]]
+        rec["split"] = "train"        # all of them on the page of the train split
+    odd = tmp_path / "data" / "odd.jsonl"
+    odd.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    work = tmp_path / "work"
+    common = ["--dataset", odd, "--work-dir", work, "--workers", "0"]
+    outs = [cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5"),
+            cli("extract_doc2vec_vectors.py", *common),
+            cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact"),
+            cli(TRAIN, *WEIGHTS, *common, *TINY_TRAIN, "--epochs", "1")]
+    best = work / "models" / RUN / "best.pt"
+    outs.append(cli("evaluate_retrieval.py", "--checkpoint", best, "--split", "train",
+                    "--save-ranks", "--save-embeddings", "--workers", "0"))
+    outs.append(cli("retrieve.py", "--checkpoint", best, "--split", "train", "--k", "48",
+                    "--query", recs[0]["texts"][0], "--out", tmp_path / "page"))
+    for result in outs:
+        for stream in (result.out, result.err):
+            # Progress bars move the cursor with \r and ESC [A; nothing else may.
+            rest = stream.replace("\x1b[A", "").replace("\r", "")
+            assert "\x1b" not in rest and "\u202e" not in rest and "\x00" not in rest
+    page = (tmp_path / "page" / "index.html").read_text(encoding="utf-8")
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert not any(c in page for c in "\x00\x1b")
+    assert [p.name for p in (tmp_path / "page").iterdir()] and \
+        all("/" not in p.name and "\n" not in p.name for p in (tmp_path / "page").rglob("*"))
+    saved = list((work / "models" / RUN).glob("metrics*.json"))
+    assert saved and all(json.loads(p.read_text(encoding="utf-8")) for p in saved)
