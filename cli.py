@@ -122,7 +122,7 @@ def run_main(main) -> None:
     """Run a script's main(), turning input errors (and a full or read-only disk) into one line
     on stderr and exit status 2, and a stop (Ctrl-C, SIGTERM, SIGHUP) into one line and 128 + the
     signal, after every `finally` has removed what it was writing."""
-    signals.install()
+    handlers = signals.install()
     try:
         main()
     except (signals.Stopped, KeyboardInterrupt) as e:
@@ -138,3 +138,5 @@ def run_main(main) -> None:
         from data.workdir import write_error
         print(f"error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        signals.restore(handlers)

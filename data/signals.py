@@ -55,17 +55,28 @@ def _default_in_child() -> None:
         signal.signal(s, signal.SIG_DFL)
 
 
-def install() -> None:
-    """Handle SIGTERM and SIGHUP in this process from now on (main thread only). A signal the
-    process was started ignoring (nohup) stays ignored."""
+def install() -> dict:
+    """Handle SIGTERM and SIGHUP in this process (main thread only) until restore(the returned
+    value). A signal the process was started ignoring (nohup) stays ignored."""
     if threading.current_thread() is not threading.main_thread():
-        return
+        return {}
+    before = {s: signal.getsignal(s) for s in HANDLED}
     for s in HANDLED:
-        if signal.getsignal(s) is not signal.SIG_IGN:
+        if before[s] is not signal.SIG_IGN:
             signal.signal(s, _raise)
     if not getattr(install, "_registered", False):
         os.register_at_fork(after_in_child=_default_in_child)
         install._registered = True
+    return before
+
+
+def restore(before: dict) -> None:
+    """The handlers install() replaced: a script's main() run inside another Python program
+    (the tests) leaves that program's own handling as it was."""
+    global _stopping
+    for s, handler in before.items():
+        signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+    _stopping = False
 
 
 def status_of(e: BaseException) -> int:

@@ -604,3 +604,9 @@ def test_odd_ids_labels_and_texts_survive_every_step(tmp_path):
         all("/" not in p.name and "\n" not in p.name for p in (tmp_path / "page").rglob("*"))
     saved = list((work / "models" / RUN).glob("metrics*.json"))
     assert saved and all(json.loads(p.read_text(encoding="utf-8")) for p in saved)
+
+
+def test_a_script_run_inside_another_program_leaves_its_signal_handlers_as_they_were():
+    before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
+    cli("train_doc2vec.py", "--dataset", "missing.jsonl", check=False)
+    assert {s: signal.getsignal(s) for s in before} == before
