@@ -1,6 +1,6 @@
 """Stopping a script: SIGTERM and SIGHUP unwind it as Ctrl-C does, and its children stop with it.
 
-Without a handler SIGTERM (what `kill`, a batch scheduler or a closing session sends) ends the
+Without a handler SIGTERM (what `kill`, a batch scheduler or a closed terminal sends) ends the
 process at once: no `finally` runs, so a checkpoint being saved leaves its temporary file, and a
 child process (a sweep's trainer) runs on as an orphan. Here the signal raises Stopped in the
 main thread, every `finally` removes what it was writing, and the script exits 128 + the signal
@@ -77,6 +77,11 @@ def restore(before: dict) -> None:
     for s, handler in before.items():
         signal.signal(s, handler if handler is not None else signal.SIG_DFL)
     _stopping = False
+
+
+def stopping() -> bool:
+    """Whether this process is being stopped: start no new work."""
+    return _stopping
 
 
 def status_of(e: BaseException) -> int:

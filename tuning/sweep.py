@@ -220,7 +220,7 @@ def run_all(jobs: Sequence, devices: Sequence[Device], work: Callable[[object, D
     def worker(device: Device) -> None:
         while True:
             with lock:
-                i = next(queue, None)
+                i = None if signals.stopping() else next(queue, None)   # none after a stop
             if i is None:
                 return
             try:
