@@ -610,3 +610,18 @@ def test_a_script_run_inside_another_program_leaves_its_signal_handlers_as_they_
     before = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGHUP)}
     cli("train_doc2vec.py", "--dataset", "missing.jsonl", check=False)
     assert {s: signal.getsignal(s) for s in before} == before
+
+
+def test_the_pictures_of_one_article_are_one_group_with_the_items_sharing_their_files(tmp_path):
+    from data.items import item_groups
+    from data.readers import load_dataset
+    for name in ("a.png", "b.png", "c.png"):
+        (tmp_path / name).write_bytes(b"x")
+    recs = [{"id": "art", "images": ["a.png", "b.png"], "text": "The article.", "split": "train"},
+            {"id": "cap", "image": "b.png", "text": "A caption of b.", "split": "train"},
+            {"id": "other", "image": "c.png", "text": "Another.", "split": "train"},
+            {"id": "t", "image": "c.png", "text": "Test.", "split": "test"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    items = load_dataset(str(tmp_path / "m.jsonl"), None, None, 0, 0, 500)
+    g = dict(zip((it.id for it in items), item_groups(items).tolist()))
+    assert g["art@0"] == g["art@1"] == g["cap"] and g["other"] == g["t"] != g["cap"]
