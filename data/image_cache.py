@@ -3,9 +3,9 @@
 WORK_DIR/image_cache/<size>/ holds images.npy, [N, 3, size, size] uint8 rows in the layout the
 model takes, and index.json: the sorted image paths (row r is paths[r]), each file's size,
 mtime, ctime and inode when it was decoded, the images that could not be decoded with the
-reason, and a hash of all that (the fingerprint). prepare_image_cache.py builds it; the trainer and the evaluation
-read rows through a memory map, so loader workers copy 150 KB from the OS page cache instead
-of decoding a JPEG with PIL for every image of every step.
+reason, and a hash of all that (the fingerprint). prepare_image_cache.py builds it; the
+trainer and the evaluation read rows through a memory map, so loader workers copy 150 KB from
+the OS page cache instead of decoding a JPEG with PIL for every image of every step.
 
 A build is written into a hidden folder and renamed into place at the end: an interrupted build
 never looks complete. A cache is used only while every file it is asked for still has the size,

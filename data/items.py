@@ -158,9 +158,9 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
     for it in items:
         for doc_id in _document_ids(it):
             if owner.setdefault(doc_id, it.id) != it.id:
-                raise InputError(f"{source}: items {quoted(owner[doc_id])} and {quoted(it.id)} both make document "
-                                   f"id {quoted(doc_id)} (an item with several texts numbers them "
-                                   "<id>#<j>): rename one of them")
+                raise InputError(f"{source}: items {quoted(owner[doc_id])} and {quoted(it.id)} both "
+                                 f"make document id {quoted(doc_id)} (an item with several texts "
+                                 "numbers them <id>#<j>): rename one of them")
 
 
 def check_strings(items: Sequence[Item], source: str) -> None:
