@@ -129,9 +129,9 @@ def main() -> None:
     for name in fingerprints:
         print(f"   fingerprint of the {name}: {fingerprints[name]}")
     # Stated, never inferred from what torch's cache happens to hold: the table depends on it.
-    weights = (f"ImageNet weights ({imagenet_cache_path(args.arch)})" if args.pretrained
+    image_weights = (f"ImageNet weights ({imagenet_cache_path(args.arch)})" if args.pretrained
                else "random weights (--no-pretrained)")
-    print(f"== image branch: {args.arch} from {weights}")
+    print(f"== image branch: {args.arch} from {image_weights}")
     checkpoints = []
     for negatives in args.negatives:
         for name, weights in RUNS.items():
@@ -158,7 +158,7 @@ def main() -> None:
                            *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")
     # Same machine and packages: the same fingerprints. Another CPU may round differently; the
     # first fingerprint that differs names the step where the two machines parted.
-    print(f"fingerprints ({args.arch} from {weights}):")
+    print(f"fingerprints ({args.arch} from {image_weights}):")
     for name, value in fingerprints.items():
         print(f"  {value}  {name}")
     (args.run_dir / "fingerprints.json").write_text(json.dumps(fingerprints, indent=1) + "\n")

@@ -38,6 +38,7 @@ def test_demo_runs_every_step_and_prints_the_side_by_side_table(demo):
     assert sum("--no-pretrained" in line for line in out.splitlines() if line.startswith("== train")) == 2
     fingerprints = json.loads((run_dir / "fingerprints.json").read_text())
     assert list(fingerprints) == ["doc2vec vectors", "neighbour table", *(f"{r}/best.pt" for r in RUNS)]
+    assert "fingerprints (resnet18 from random weights (--no-pretrained)):" in out
     for name, value in fingerprints.items():
         assert f"  {value}  {name}" in out
 
