@@ -130,7 +130,7 @@ def main() -> None:
         print(f"   fingerprint of the {name}: {fingerprints[name]}")
     # Stated, never inferred from what torch's cache happens to hold: the table depends on it.
     image_weights = (f"ImageNet weights ({imagenet_cache_path(args.arch)})" if args.pretrained
-               else "random weights (--no-pretrained)")
+                     else "random weights (--no-pretrained)")
     print(f"== image branch: {args.arch} from {image_weights}")
     checkpoints = []
     for negatives in args.negatives:
