@@ -165,8 +165,8 @@ def main() -> None:
     # The release's validation loss: L_i2t alone, not tiled.
     val_objective = CrossModalObjective(replace(loss_config, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False))
     release = loss_config.negatives == "release"
-    train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
-    val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
+    train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read, data.groups)
+    val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read, data.groups)
     config_record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
     for key in ("dataset", "work_dir", "image_root"):   # evaluation may run from another folder
         if config_record[key] is not None:
