@@ -18,7 +18,7 @@ import torch
 import config
 from cli import check_flags, load_items, real, run_main
 from data import provenance
-from data.items import InputError
+from data.items import InputError, shown
 from data.workdir import check_writable
 from data.image_cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
@@ -115,11 +115,12 @@ def image_queries(paths: list[str], embedded: torch.Tensor, model: CrossModalMod
 def print_results(results: list[QueryResult]) -> None:
     for n, result in enumerate(results, 1):
         target = "images" if result.kind == "text" else "texts"
-        print(f"\nquery {n} ({result.kind} -> {target}): {result.query}\n  {result.truth}")
+        print(f"\nquery {n} ({result.kind} -> {target}): {shown(result.query)}\n  "
+              f"{shown(result.truth, 400)}")
         for hit in result.hits:
-            shown = hit.label if len(hit.label) <= 100 else hit.label[:97] + "..."
-            extra = f"  {hit.image}" if result.kind == "text" else ""
-            print(f"  {hit.rank:3d}  {hit.score:6.3f}  {shown}{extra}{'  [GT]' if hit.correct else ''}")
+            extra = f"  {shown(hit.image, 200)}" if result.kind == "text" else ""
+            print(f"  {hit.rank:3d}  {hit.score:6.3f}  {shown(hit.label, 100)}{extra}"
+                  f"{'  [GT]' if hit.correct else ''}")
 
 
 def main() -> None:

@@ -11,10 +11,11 @@ a time with one thread each. Run again, it reuses every finished run.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from data import signals
 
 ROOT = Path(__file__).resolve().parent.parent
 # The baseline, the paper's weights, and each constraint alone: which of them moves what.
@@ -47,6 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--devices", default="cpu,cpu",
                    help="two CPU runs at a time, one thread each, use 2 cores better than one")
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--pretrained", action="store_true",
+                   help="ImageNet weights for the ResNet (torch's cache) instead of random ones")
     args = p.parse_args()
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key, None) is None:
@@ -66,8 +69,6 @@ def main() -> None:
     if not manifest.is_file() or not (work / "document_feats_knn.pickle").is_file():
         sys.exit(f"error: {args.run_dir} lacks the demo's data or neighbourhoods: run "
                  f"make demo{'' if args.data == 'openclipart' else ' DATA=' + args.data} first")
-    from models import imagenet_cache_path   # here: the check above needs no torch
-    pretrained = imagenet_cache_path("resnet18").exists()   # as the demo decides
     # Absolute paths: the image cache knows its images by the paths it was built with.
     common = ["--dataset", str(manifest), "--work-dir", str(work), "--max-sentences",
               str(args.max_sentences)]
@@ -83,7 +84,7 @@ def main() -> None:
          *(["--finetune-chosen", str(args.finetune_seeds)] if args.finetune_seeds else []),
          *([] if args.objectives == "none" else ["--objectives", args.objectives]),
          "--eval-workers", "0", "--",
-         *common, "--arch", "resnet18", *([] if pretrained else ["--no-pretrained"]),
+         *common, "--arch", "resnet18", *([] if args.pretrained else ["--no-pretrained"]),
          "--image-size", str(args.image_size),
          "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
          "--workers", "0", "--image-cache", "require",
@@ -91,11 +92,12 @@ def main() -> None:
     ]
     for cmd in steps:
         print(f"== {' '.join(cmd)}", flush=True)
-        code = subprocess.run([sys.executable, *cmd], cwd=ROOT).returncode
+        code = signals.run_child([sys.executable, *cmd], cwd=ROOT)
         if code != 0:
             sys.exit(f"experiment stopped: {cmd[0]} failed (exit {code})")
     print(f"experiment finished in {time.time() - t0:.0f}s; figures in {args.run_dir / 'experiment'}")
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run_main   # a stop (Ctrl-C, SIGTERM) stops the sweep and its runs too
+    run_main(main)

@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cli import max_workers, real, whole
+from data import signals
+from data.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
+from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 from models import ARCHS, imagenet_cache_path
 from losses import NEGATIVES
 from models.checkpoint import run_name
@@ -25,6 +28,8 @@ DEFAULTS = {
     "synthetic": dict(items=800, image_size=64, epochs=6, min_count=5, max_sentences=0),
     "openclipart": dict(items=1600, image_size=64, epochs=5, min_count=3, max_sentences=2),
 }
+MIN_ITEMS = 40   # fewer leave too few validation and test items for the evaluation's k = 10
+K = 50           # the demo's kNN size, cut to the corpus when it has fewer training documents
 QUERIES = {"synthetic": ["rocket orbit astronaut", "guitar concert melody"],
            "openclipart": ["cat", "red car", "christmas tree"]}
 
@@ -33,14 +38,20 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", choices=sorted(DEFAULTS), default="openclipart")
     p.add_argument("--run-dir", default=None, help="default: runs/demo/DATA")
-    p.add_argument("--items", type=int, default=None, help="synthetic items / Open Clip Art pictures")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of each run")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3,
+    # Every value checked here, before the first step: a bad one would otherwise stop the
+    # demo only when the step that takes it runs, after minutes of the earlier ones.
+    p.add_argument("--items", type=whole(MIN_ITEMS), default=None,
+                   help="synthetic items / Open Clip Art pictures")
+    p.add_argument("--image-size", type=whole(16), default=None)
+    p.add_argument("--epochs", type=whole(1), default=None, help="training epochs of each run")
+    p.add_argument("--batch-size", type=whole(2), default=32)
+    p.add_argument("--lr", type=real(0, above=True), default=1e-3,
                    help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
     p.add_argument("--arch", choices=sorted(ARCHS), default="resnet18")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=whole(0, max_workers()), default=2)
+    p.add_argument("--pretrained", action="store_true",
+                   help="start the ResNet from ImageNet weights (torch's cache, downloaded there "
+                        "when absent) instead of random weights; the README's tables use random ones")
     p.add_argument("--negatives", default="release",
                    help="the trainer's --negatives for both runs; 'release,clean' trains and "
                         "evaluates both objectives side by side (four columns)")
@@ -52,7 +63,11 @@ def parse_args() -> argparse.Namespace:
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    # A small corpus has fewer repeats of each word: with the default --min-count a few
+    # dozen items leave the queries' words out of the vocabulary.
+    args.min_count = max(2, min(args.min_count, args.items // 50))
     args.run_dir = Path(args.run_dir or ROOT / "runs" / "demo" / args.data)
+    check_writable(args.run_dir, folder=True, fix="pass another --run-dir")
     return args
 
 
@@ -73,10 +88,10 @@ class Steps:
         print(f"== {name}: {key}", flush=True)
         t = time.time()
         # Unbuffered, so the child's lines (one per training epoch) interleave with ours in a log.
-        proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode != 0:
-            sys.exit(f"demo stopped: step {name} failed (exit {proc.returncode})")
+        code = signals.run_child([sys.executable, *map(str, cmd)], cwd=ROOT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if code != 0:
+            sys.exit(f"demo stopped: step {name} failed (exit {code})")
         print(f"   ({time.time() - t:.0f}s)")
         # An always-run step (the evaluation) changes nothing later steps read from disk.
         self.changed = self.changed or not always
@@ -95,8 +110,7 @@ def build_data(args: argparse.Namespace, steps: Steps) -> Path:
     cmd = ["-m", "demo.build_openclipart", "--out", data_dir, "--cache", ROOT / "runs" / "openclipart-cache",
            "--limit", args.items, "--workers", args.workers]
     print(f"== dataset: {' '.join(map(str, cmd))}", flush=True)
-    proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT)
-    if proc.returncode != 0:
+    if signals.run_child([sys.executable, *map(str, cmd)], cwd=ROOT) != 0:
         sys.exit("demo stopped: the Open Clip Art packages could not be fetched or built; "
                  "run the demo on the built-in synthetic data instead: make demo DATA=synthetic")
     return manifest
@@ -111,18 +125,25 @@ def main() -> None:
     work = args.run_dir / "work"
     common = ["--dataset", manifest, "--work-dir", work, "--workers", args.workers,
               "--max-sentences", args.max_sentences]
-    # --deterministic: one Doc2Vec thread and a one-thread HNSW build, so that the demo's table
-    # is the same on every machine (gensim's threads race).
+    # --deterministic: one Doc2Vec thread and a one-thread HNSW build, so that a rerun on the same
+    # machine gives the same table (gensim's threads race); another CPU may still round otherwise.
     steps.run("doc2vec", ["train_doc2vec.py", *common, "--min-count", args.min_count, "--deterministic"],
               work / "doc2vec_model.gensim", inputs=f" (data {manifest.stat().st_mtime_ns})")
     steps.run("vectors", ["extract_doc2vec_vectors.py", *common], work / "doc2vec_features.pickle")
-    steps.run("neighbours", ["knn_document_features.py", *common, "--k", 50, "--deterministic"],
+    # k from the corpus's size: a small --items has fewer than K training documents.
+    k = min(K, len(load_pickle(work, DOC2VEC_FEATURES)["ids"]))
+    steps.run("neighbours", ["knn_document_features.py", *common, "--k", k, "--deterministic"],
               work / "document_feats_knn.pickle")
     steps.run("image cache", ["prepare_image_cache.py", *common, "--image-size", args.image_size],
               work / "image_cache" / str(args.image_size) / "index.json")
-    pretrained = imagenet_cache_path(args.arch).exists()
-    print(f"== image branch: {args.arch}, "
-          f"{'ImageNet weights from the torch cache' if pretrained else 'random init (no ImageNet weights in the torch cache)'}")
+    fingerprints = {"doc2vec vectors": vectors_fingerprint(work / "doc2vec_features.pickle"),
+                    "neighbour table": knn_fingerprint(work / "document_feats_knn.pickle")}
+    for name in fingerprints:
+        print(f"   fingerprint of the {name}: {fingerprints[name]}")
+    # Stated, never inferred from what torch's cache happens to hold: the table depends on it.
+    image_weights = (f"ImageNet weights ({imagenet_cache_path(args.arch)})" if args.pretrained
+                     else "random weights (--no-pretrained)")
+    print(f"== image branch: {args.arch} from {image_weights}")
     checkpoints = []
     for negatives in args.negatives:
         for name, weights in RUNS.items():
@@ -133,10 +154,12 @@ def main() -> None:
             label = f"train {name} ({' '.join(weights)})" + (f" {other}" if other else "")
             steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
                               "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
-                              args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"]),
+                              args.batch_size, "--lr", args.lr, *([] if args.pretrained else ["--no-pretrained"]),
                               "--negatives", negatives, "--run-name", folder,
                               "--overwrite"], best)   # a step that reruns replaces its earlier run
             checkpoints.append(best)
+            fingerprints[f"{folder}/best.pt"] = checkpoint_fingerprint(best)
+            print(f"   fingerprint of {folder}/best.pt: {fingerprints[folder + '/best.pt']}")
     steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
                            "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)
     print("   (a single run of each, one seed: the difference between the columns includes the "
@@ -145,6 +168,12 @@ def main() -> None:
     # The paper's weights under the first objective.
     steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[1], "--out", page,
                            *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")
+    # Same machine and packages: the same fingerprints. Another CPU may round differently; the
+    # first fingerprint that differs names the step where the two machines parted.
+    print(f"fingerprints ({args.arch} from {image_weights}):")
+    for name, value in fingerprints.items():
+        print(f"  {value}  {name}")
+    (args.run_dir / "fingerprints.json").write_text(json.dumps(fingerprints, indent=1) + "\n")
     print(f"demo finished in {time.time() - t0:.0f}s; retrieval page: {page / 'index.html'}")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import textwrap
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -16,7 +17,7 @@ from typing import Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from data.images import to_rgb
-from data.items import InputError
+from data.items import InputError, quoted, shown
 from data.text import preprocess
 from data.workdir import atomic_write
 from evaluation.split import EvalSplit
@@ -38,6 +39,13 @@ class QueryResult:
     query: str              # the text, or the image file
     truth: str              # what the ground truth is, or why there is none
     hits: list[Hit] = field(default_factory=list)
+
+
+def _text(s: str) -> str:
+    """Text for the page: HTML-escaped, and control characters (NUL, ESC, ...) and unpaired
+    surrogates, which HTML cannot hold, shown as escapes."""
+    return html.escape("".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs")
+                               else repr(c)[1:-1] for c in s))
 
 
 # --- queries ----------------------------------------------------------------------------------
@@ -64,10 +72,11 @@ def query_tokens(queries: Sequence[str], vocab: Vocabulary, max_sentences: int |
     for n, query in enumerate(queries, 1):
         tokens = preprocess(query, max_sentences or None, max_chars, keep_unicode)
         if not tokens:
-            raise InputError(f"query {n} {query!r} leaves no token after preprocessing (stop "
+            raise InputError(f"query {n} {quoted(query)} leaves no token after preprocessing (stop "
                              "words and words under 3 letters are dropped): use content words")
         if not any(t in vocab for t in tokens):
-            raise InputError(f"query {n} {query!r}: none of its words ({' '.join(tokens[:8])}) "
+            raise InputError(f"query {n} {quoted(query)}: none of its words "
+                             f"({shown(' '.join(tokens[:8]))}) "
                              f"is in the model's vocabulary of {len(vocab.words)} words: use "
                              "words that occur in the training texts")
         out.append(tokens)
@@ -138,10 +147,12 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.5em; }
 section { border-top: 1px solid #ccc; padding: 0.5em 0 1em; }
 .query img { max-height: 160px; border: 1px solid #888; }
-.hits { display: flex; flex-wrap: wrap; gap: 10px; }
-figure { margin: 0; width: var(--w); border: 3px solid transparent; padding: 2px; }
+/* Every tile the same box, each picture contained in a square of it whatever its shape, so a
+   tall or wide picture never moves the others and the columns line up. */
+.hits { display: grid; grid-template-columns: repeat(auto-fill, calc(var(--w) + 10px)); gap: 10px; }
+figure { margin: 0; border: 3px solid transparent; padding: 2px; min-width: 0; }
 figure.correct { border-color: #1a9e3a; background: #e9f7ec; }
-figure img { width: 100%; display: block; }
+figure img { width: var(--w); height: var(--w); object-fit: contain; display: block; background: #f3f3f3; }
 figcaption { font-size: 12px; overflow-wrap: anywhere; }
 .truth { color: #555; }
 """
@@ -150,8 +161,8 @@ figcaption { font-size: 12px; overflow-wrap: anywhere; }
 def _query_block(result: QueryResult, thumbs: Thumbnails) -> str:
     if result.kind == "image":
         return (f'<div class="query"><img src="{html.escape(thumbs(result.query))}" alt="query">'
-                f"<div>{html.escape(result.query)}</div></div>")
-    return f'<div class="query"><q>{html.escape(result.query)}</q></div>'
+                f"<div>{_text(result.query)}</div></div>")
+    return f'<div class="query"><q>{_text(result.query)}</q></div>'
 
 
 def write_page(out_dir: str | Path, results: Sequence[QueryResult], sheets: Sequence[str],
@@ -159,21 +170,21 @@ def write_page(out_dir: str | Path, results: Sequence[QueryResult], sheets: Sequ
     """index.html in out_dir: one section per query; `sheets` are the contact sheets' relative
     paths, one per query."""
     out_dir = Path(out_dir)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}"
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_text(title)}"
              f"</title><style>{STYLE}</style></head><body style='--w: {thumbs.size}px'>",
-             f"<h1>{html.escape(title)}</h1>"]
+             f"<h1>{_text(title)}</h1>"]
     for n, (result, sheet) in enumerate(zip(results, sheets), 1):
         target = "images" if result.kind == "text" else "texts"
         parts.append(f"<section><h2>query {n}: {result.kind} &rarr; {target}</h2>")
         parts.append(_query_block(result, thumbs))
-        parts.append(f'<p class="truth">{html.escape(result.truth)} &middot; '
+        parts.append(f'<p class="truth">{_text(result.truth)} &middot; '
                      f'<a href="{html.escape(sheet)}">contact sheet</a></p><div class="hits">')
         for hit in result.hits:
             mark = " &#10003; ground truth" if hit.correct else ""
             parts.append(f'<figure class="{"correct" if hit.correct else ""}">'
                          f'<img src="{html.escape(thumbs(hit.image))}" alt="rank {hit.rank}">'
                          f"<figcaption><b>#{hit.rank}</b> {hit.score:.3f}{mark}<br>"
-                         f"{html.escape(hit.label)}</figcaption></figure>")
+                         f"{_text(hit.label)}</figcaption></figure>")
         parts.append("</div></section>")
     parts.append("</body></html>")
     page = out_dir / "index.html"

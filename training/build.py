@@ -51,8 +51,8 @@ def objectives(args: argparse.Namespace) -> tuple[CrossModalObjective, CrossModa
 
 
 def datasets(data: TrainingData) -> tuple[PairDataset, PairDataset]:
-    return (PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read),
-            PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read))
+    return (PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read, data.groups),
+            PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read, data.groups))
 
 
 def config_record(args: argparse.Namespace) -> dict:
