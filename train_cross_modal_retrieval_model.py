@@ -10,7 +10,6 @@ step. Several GPUs: torchrun --nproc_per_node N.
 import math
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -19,6 +18,7 @@ from tqdm import tqdm
 import config
 from cli import check_flags, parser, real, run_main, whole
 from data.image_cache import MODES
+from data.items import InputError
 from losses import LOSSES, NEGATIVES, CrossModalObjective, LossConfig
 from models import ARCHS, ModelConfig, Precision, build_model
 from models.checkpoint import check_resume, load_resume, save_checkpoint
@@ -27,6 +27,7 @@ from training import distributed
 from training.data import VALIDATION_SEED, PairDataset, epoch_order, make_loader, with_random_texts
 from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
+from training.settings import check_resume_settings, data_problem, negatives_problem, settings_record
 from training.step import StepLog, objective_inputs, train_step
 
 
@@ -94,6 +95,9 @@ def parse_args(argv: list[str] | None = None):
     bad_name = check_run_name(args.run_name)
     if bad_name:
         p.error(bad_name)
+    no_negative = negatives_problem(args.batch_size, args.negatives, args.w_sym, args.w_img)
+    if no_negative:
+        p.error(no_negative)
     return args
 
 
@@ -129,6 +133,11 @@ def main() -> None:
     log_dir = log_folder(args)
     folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
     resumed = (log_dir / "last.pt", load_resume(log_dir / "last.pt", ctx.device)) if args.resume else None
+    config_record = settings_record(args)
+    if resumed is not None:   # before any data is read: only --epochs and --patience may change
+        notes = check_resume_settings(resumed[1].get("config"), config_record, resumed[0])
+        if ctx.main and notes:
+            print("\n".join(notes))
     data = prepare(args, ctx, resumed)
     precision = Precision.resolve(ctx.device, args.precision)
     if ctx.device.type == "cuda":
@@ -162,10 +171,9 @@ def main() -> None:
     release = loss_config.negatives == "release"
     train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
     val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
-    config_record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    for key in ("dataset", "work_dir", "image_root"):   # evaluation may run from another folder
-        if config_record[key] is not None:
-            config_record[key] = str(Path(config_record[key]).resolve())
+    no_negative = data_problem(len(train_ds), len(val_ds), args.batch_size, ctx.world, loss_config.negatives)
+    if no_negative:
+        raise InputError(no_negative)
 
     epochs = tqdm(range(start, args.epochs), desc="epochs", unit="epoch", initial=start,
                   total=args.epochs, disable=not ctx.main)
@@ -201,11 +209,13 @@ def main() -> None:
                      "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val": best,
                      "since_best": since_best, "val_loss": val, "config": config_record,
                      "provenance": data.provenance}
-            save_checkpoint(state, log_dir / "last.pt")
-            log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {epoch})"
+            # best.pt first: a disk that fills between the two leaves last.pt at the epoch
+            # before, which --resume repeats, rather than a last.pt whose best.pt is missing.
             if improved:
                 save_checkpoint(state, log_dir / "best.pt")
                 wrote_best = True
+            save_checkpoint(state, log_dir / "last.pt")
+            log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {epoch})"
             rate = seen / max(time.time() - t0, 1e-9)
             mean_loss = float(loss_sum) / max(len(loader), 1)
             epochs.write(f"epoch {epoch}: train loss {mean_loss:.4f} (mean), val loss {val:.4f}"

@@ -14,6 +14,7 @@ import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 from tqdm import tqdm
 
+from .files import require_regular
 from .items import InputError
 
 
@@ -69,6 +70,7 @@ def load_model(path: str | Path) -> Doc2Vec:
 
     gensim's format is a pickle, which can run code when loaded: load models you made or trust.
     """
+    require_regular(path, "rerun train_doc2vec.py")   # gensim's open would wait on a FIFO
     try:
         return Doc2Vec.load(str(path))
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file can raise anything

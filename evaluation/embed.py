@@ -92,6 +92,8 @@ def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.
     # record, unless the user chose other data; the reason when not checked.
     given = [f"--{k.replace('_', '-')}" for k in DATA_FLAGS if k in vars(args)]
     resolved.provenance = None if given else state.get("provenance")
+    # What the checkpoint was trained from, whatever data it is evaluated on: its Doc2Vec model.
+    resolved.trained_from = state.get("provenance")
     resolved.unchecked = (f"{', '.join(given)} given" if given else
                           None if state.get("provenance") else
                           "the checkpoint has no provenance record (an older version wrote it)")

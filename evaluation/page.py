@@ -15,6 +15,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from data.files import NotRegularFile, kind_of, open_regular
 from data.images import to_rgb
 from data.items import InputError
 from data.text import preprocess
@@ -46,9 +47,11 @@ def read_query_file(path: str | Path) -> list[str]:
     """One query per line; blank lines are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with open_regular(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the queries file ({type(e).__name__}): pass a "
+        why = f"it is {kind_of(e)}" if isinstance(e, NotRegularFile) else type(e).__name__
+        raise InputError(f"{path}: cannot read the queries file ({why}): pass a "
                          "UTF-8 text file with one query per line") from None
     queries = [line.strip() for line in lines if line.strip()]
     if not queries:
@@ -99,7 +102,7 @@ THUMBS = "thumbs"
 
 def fit(path: str, size: int) -> Image.Image:
     """The image scaled, up or down, to fit a size x size square, aspect ratio kept."""
-    with Image.open(path) as img:
+    with open_regular(path) as f, Image.open(f) as img:
         img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
         img = to_rgb(img)
     scale = size / max(img.width, img.height)
