@@ -24,7 +24,10 @@ class NotRegularFile(OSError):
 
     def __init__(self, path: str, what: str):
         super().__init__(f"{path} is {what}, not a regular file")
-        self.filename, self.what = path, what
+        self.path, self.what = path, what
+
+    def __str__(self) -> str:
+        return f"{self.path} is {self.what}, not a regular file"
 
 
 def kind_of(e: NotRegularFile) -> str:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
 
@@ -93,6 +94,45 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
                 raise InputError(f"{source}: items {owner[doc_id]!r} and {it.id!r} both make document "
                                    f"id {doc_id!r} (an item with several texts numbers them "
                                    "<id>#<j>): rename one of them")
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def shown(text: str, limit: int | None = 80) -> str:
+    """`text` as it can be printed on a terminal and written in any UTF-8 file: a lone surrogate
+    (an undecodable byte of a file name or command line) as \\udcff, control characters (a
+    newline, a terminal escape) as \\n, \\x1b; cut to `limit` characters."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+
+
+def not_text(value: str) -> int | None:
+    """The position of the first lone surrogate in `value`, or None: such a string cannot be
+    written as UTF-8, so hashing, pickles, TSV and HTML would each fail on it later."""
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
+def check_text(items: Sequence[Item], source: str | object) -> None:
+    """Every string of every item must be writable as UTF-8 (a JSON escape such as "\\ud800"
+    reads as a lone surrogate, and a non-UTF-8 file name does): refused here, naming the item,
+    rather than failing in a later step's hash or output file."""
+    for it in items:
+        fields = [("id", it.id), ("image path", it.image), ("label", it.label),
+                  *(("text", t) for t in it.texts), *(("doc2vec_text", t) for t in it.doc2vec_text or ())]
+        for field, value in fields:
+            at = not_text(value) if isinstance(value, str) else None
+            if at is not None:
+                fix = ("rename the file to a UTF-8 name" if field == "image path" else
+                       "write it as UTF-8 text")
+                raise InputError(f"{source}: item '{shown(it.id, 60)}': its {field} holds "
+                                 f"{shown(value[at])}, an undecodable byte or a lone surrogate "
+                                 f"escape, not text: {fix}")
 
 
 def check_split(split: str, where: str) -> str:

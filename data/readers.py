@@ -10,7 +10,8 @@ from pathlib import Path
 
 from .files import NotRegularFile, kind_of, open_regular
 from .goodnews import is_goodnews, read_goodnews
-from .items import SPLITS, InputError, Item, assign_validation, check_split, check_unique_ids
+from .items import (SPLITS, InputError, Item, assign_validation, check_split, check_text,
+                    check_unique_ids)
 from .workdir import atomic_write, read_pickle
 
 FORMATS = ("jsonl", "karpathy", "politics", "goodnews")
@@ -293,4 +294,5 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
         raise InputError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
     if not any(it.split == "train" for it in items):
         raise InputError(f"{path}: no training items: mark some items \"split\": \"train\"")
+    check_text(items, path)
     return assign_validation(items, val_size, seed)

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import config
-from cli import parser
+from cli import parser, whole
 from data.image_cache import UnreadableImage
 from data.images import try_read_image
 from data.items import SPLITS
@@ -43,9 +43,11 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
     g = p.add_argument_group("model and embedding")
     g.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
-    g.add_argument("--image-size", type=int, help="image side fed to the model")
-    g.add_argument("--max-tokens", type=int, help="longest token sequence fed to the GRU")
-    g.add_argument("--batch-size", type=int, default=128, help="images or texts per forward pass")
+    # Checked here, as the trainer does: a 0 would otherwise fail after the data is loaded.
+    g.add_argument("--image-size", type=whole(1), help="image side fed to the model")
+    g.add_argument("--max-tokens", type=whole(1), help="longest token sequence fed to the GRU")
+    g.add_argument("--batch-size", type=whole(1), default=128,
+                   help="images or texts per forward pass")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when present")
     g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,

@@ -14,11 +14,13 @@ from data.items import InputError
 
 # May change on --resume: when to stop, not what is trained.
 FREE_ON_RESUME = ("epochs", "patience")
-# Not part of the record: how this invocation treats the folder, or how it is named (the folder
-# itself is the same one, or there would be no last.pt to resume).
+# Not part of the record: how this invocation treats the folder.
 NOT_RECORDED = ("resume", "overwrite")
-NOT_COMPARED = ("run_name", "log_dir")
 PATHS = ("dataset", "work_dir", "image_root")   # resolved: evaluation may run from another folder
+# Not compared: where things are. The folder is the run's own (its last.pt is read), and what
+# the paths hold (the dataset, the text side) is checked by its provenance record, so a moved
+# or copied work folder resumes.
+NOT_COMPARED = ("run_name", "log_dir", *PATHS)
 WEIGHTS = ("w_sym", "w_img", "w_text")
 
 
