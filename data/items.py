@@ -124,7 +124,8 @@ def check_text(items: Sequence[Item], source: str | object) -> None:
     rather than failing in a later step's hash or output file."""
     for it in items:
         fields = [("id", it.id), ("image path", it.image), ("label", it.label),
-                  *(("text", t) for t in it.texts), *(("doc2vec_text", t) for t in it.doc2vec_text or ())]
+                  *(("text", t) for t in it.texts),
+                  *(("doc2vec_text", t) for t in it.doc2vec_text or ())]
         for field, value in fields:
             at = not_text(value) if isinstance(value, str) else None
             if at is not None:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from data.items import InputError
-from data.workdir import atomic_write, write_error
+from data.workdir import atomic_write, default_mode, write_error
 from evaluation.split import EvalSplit
 from data.images import read_image
 
@@ -76,7 +76,8 @@ def write_projector(log_dir: str | Path, split: EvalSplit, images: torch.Tensor,
             thumbs[i] = 0.5
     first = split.first_texts()[:n]
     log_dir = Path(log_dir)
-    ours = (log_dir / "projector_config.pbtxt").is_file() or (log_dir.is_dir() and not any(log_dir.iterdir()))
+    ours = (log_dir / "projector_config.pbtxt").is_file() or \
+        (log_dir.is_dir() and not any(log_dir.iterdir()))
     if log_dir.exists() and not ours:
         raise InputError(f"{log_dir}: exists and is not a projector log this script wrote: "
                          "remove it, or pass another --save-embeddings folder")
@@ -85,6 +86,7 @@ def write_projector(log_dir: str | Path, split: EvalSplit, images: torch.Tensor,
     tmp = None
     try:
         tmp = Path(tempfile.mkdtemp(dir=log_dir.parent, prefix=f".{log_dir.name}.", suffix=".tmp"))
+        os.chmod(tmp, default_mode(folder=True))   # mkdtemp's 0700, whatever the umask
         writer = SummaryWriter(str(tmp))
         try:
             writer.add_embedding(images[:n], tag="images", label_img=thumbs,

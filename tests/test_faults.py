@@ -1,7 +1,10 @@
 """What happens when things go wrong: stale intermediates, a used or locked log folder, a
-diverging loss, crafted pickles and checkpoints, folders that cannot be written, a full disk,
-unusual image modes, bad Doc2Vec settings, text the preprocessing drops, and the text side's
-reproducibility. Each case is the README's "What happens when things go wrong"."""
+diverging loss, crafted pickles and checkpoints, folders that cannot be written, a full disk
+(faked, and a real small tmpfs), unusual image modes, bad Doc2Vec settings, text the
+preprocessing drops, the text side's reproducibility, FIFOs where files should be, a resume with
+other settings, a Doc2Vec model retrained after the checkpoint, sweep weights that %g would
+merge, strings that cannot be UTF-8, and batches without negatives. Each case is the README's
+"What happens when things go wrong"."""
 from __future__ import annotations
 
 import builtins
@@ -606,20 +609,37 @@ def dataset_with_a_fifo(manifest: Path, tmp_path: Path) -> tuple[Path, Path]:
     return data / manifest.name, fifo
 
 
+def script(name: str, *args, timeout: int = 180) -> subprocess.CompletedProcess:
+    """The script in its own process group, killed whole (loader and pool workers too) if it
+    outlives `timeout`: a step blocked on a FIFO fails the test instead of hanging it."""
+    proc = subprocess.Popen([sys.executable, name, *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{name} still ran after {timeout}s (blocked on a FIFO?)") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def test_a_fifo_as_an_image_is_an_unreadable_image_in_every_step(pipeline, tmp_path):
     manifest, fifo = dataset_with_a_fifo(pipeline[0], tmp_path)
     work = copy_work(pipeline, tmp_path)
-    with Alarm(120):
-        out = cli("prepare_image_cache.py", "--dataset", manifest, "--work-dir", work,
-                  "--image-size", "32", "--workers", "0", "--max-bad-images", "0.5").out
-        assert f"left out 1 of 48 dataset images" in out and "FIFO" in out, out
-        # The trainer, from the cache and from the files.
-        for cache in ("require", "off"):
-            result = train(manifest, work, "--image-cache", cache, "--max-bad-images", "0.5",
-                           "--overwrite")
-            assert "left out 1 of" in result.out and "FIFO" in result.out, result.out
-        result = train(manifest, work, "--image-cache", "off", "--overwrite", check=False)
-        error_line(result, "FIFO", "--max-bad-images")
+    common = ["--dataset", manifest, "--work-dir", work, "--workers", "2"]
+    proc = script("prepare_image_cache.py", *common, "--image-size", "32",
+                  "--max-bad-images", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "left out 1 of 48 dataset images" in proc.stdout and "FIFO" in proc.stdout, proc.stdout
+    # The trainer, from the cache and from the files (two loader workers).
+    for cache in ("require", "off"):
+        proc = script(TRAIN, *WEIGHTS, *TINY_TRAIN, *common, "--epochs", "1", "--overwrite",
+                      "--image-cache", cache, "--max-bad-images", "0.5")
+        assert proc.returncode == 0, proc.stderr
+        assert "left out 1 of" in proc.stdout and "FIFO" in proc.stdout, proc.stdout
+    proc = script(TRAIN, *WEIGHTS, *TINY_TRAIN, *common, "--epochs", "1", "--overwrite",
+                  "--image-cache", "off")
+    assert proc.returncode == 2 and "FIFO" in proc.stderr and "--max-bad-images" in proc.stderr
 
 
 def test_a_fifo_where_any_input_file_should_be_is_refused_without_blocking(pipeline, tmp_path):
@@ -659,7 +679,7 @@ def test_resume_with_other_settings_names_each_difference(pipeline, tmp_path):
                       "--batch-size: 16 -> 8", "--loss: 'angular' -> 'triplet'",
                       "--lr: 0.0001 -> 0.5", "--negatives: 'release' -> 'clean'",
                       "w_img: 0.3 -> 0.0", "w_text: 0.2 -> 0.0",
-                      "only --epochs and --patience may change")
+                      "only --epochs, --patience, --device and --workers may change")
     assert "--epochs" not in line.split("(only")[0]          # the stopping rule may change
     assert (folder / "last.pt").read_bytes() == last and "images:" not in result.out
     # --epochs and --patience may change, and the new values are printed.

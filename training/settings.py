@@ -3,7 +3,9 @@ settings under which a loss term would have no negative to push away.
 
 A resumed run continues one optimisation: a different objective, learning rate or batch size
 would compare validation losses of two different runs and keep the optimizer's old state under a
-new name. So only the stopping rule (--epochs, --patience) may change on --resume.
+new name. So on --resume only the stopping rule (--epochs, --patience) may change, and where the
+run goes on (--device, --workers: a sweep continues a run on whichever device is free, and a
+checkpoint may move to another machine); each change is printed.
 """
 from __future__ import annotations
 
@@ -12,8 +14,8 @@ from pathlib import Path
 
 from data.items import InputError
 
-# May change on --resume: when to stop, not what is trained.
-FREE_ON_RESUME = ("epochs", "patience")
+# May change on --resume: when to stop and where to run, not what is trained.
+FREE_ON_RESUME = ("epochs", "patience", "device", "workers")
 # Not part of the record: how this invocation treats the folder.
 NOT_RECORDED = ("resume", "overwrite")
 PATHS = ("dataset", "work_dir", "image_root")   # resolved: evaluation may run from another folder
@@ -42,7 +44,7 @@ def _shown(value: object) -> str:
 
 
 def check_resume_settings(recorded: dict | None, now: dict, path: str | Path) -> list[str]:
-    """Lines to print for the settings a resume may change (--epochs, --patience), or one
+    """Lines to print for the settings a resume may change (FREE_ON_RESUME), or one
     InputError naming every other setting that differs from the run's (`name: old -> new`).
 
     `recorded` is the checkpoint's "config"; a flag it does not hold was added after it was
@@ -59,7 +61,8 @@ def check_resume_settings(recorded: dict | None, now: dict, path: str | Path) ->
         (free if key in FREE_ON_RESUME else changed).append(line)
     if changed:
         raise InputError(f"{path}: the run was trained with other settings ({'; '.join(changed)}): "
-                         "a resumed run must keep them (only --epochs and --patience may change); "
+                         "a resumed run must keep them (only --epochs, --patience, --device and "
+                         "--workers may change); "
                          "resume with the run's own flags, or start a new run with --run-name or "
                          "--overwrite")
     return [f"resuming with new settings: {'; '.join(free)}"] if free else []
