@@ -227,6 +227,9 @@ def main() -> None:
         # Only a best.pt of this run: written now, or earlier in the run --resume continues.
         if wrote_best or (resumed is not None and (log_dir / "best.pt").is_file()):
             print(log_dir / "best.pt")
+        elif resumed is not None:   # e.g. best.pt removed by hand: say what is there instead
+            print(f"no best.pt in {log_dir}: the run's last.pt is after epoch {start - 1} and no "
+                  f"epoch since improved on its best validation loss (--epochs {args.epochs})")
         else:
             print(f"no epoch was trained (--epochs {args.epochs}): no checkpoint written")
     folder.release()

@@ -48,6 +48,9 @@ def _load(path: Path, layout: str) -> dict:
             data = json.load(f)
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON (nested too deeply): download the file "
+                         "again") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): download the file "
                            "again") from None

@@ -126,6 +126,9 @@ def check_text(items: Sequence[Item], source: str | object) -> None:
         fields = [("id", it.id), ("image path", it.image), ("label", it.label),
                   *(("text", t) for t in it.texts),
                   *(("doc2vec_text", t) for t in it.doc2vec_text or ())]
+        if isinstance(it.image, str) and "\0" in it.image:   # no file name can hold one
+            raise InputError(f"{source}: item '{shown(it.id, 60)}': its image path holds a NUL "
+                             "character (\\x00), which no file name can: fix the path")
         for field, value in fields:
             at = not_text(value) if isinstance(value, str) else None
             if at is not None:

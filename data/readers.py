@@ -107,8 +107,9 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
         where = f"{path}:{n}"
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise InputError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+        except (json.JSONDecodeError, RecursionError) as e:   # RecursionError: nested too deep
+            msg = getattr(e, "msg", "nested too deeply")
+            raise InputError(f"{where}: not valid JSON ({msg}): fix or remove the line") from None
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected a JSON object per line: fix or remove the line")
         if not isinstance(rec.get("image"), str) or not rec["image"]:
@@ -161,7 +162,7 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
         images = data["images"]
         if not isinstance(images, list):
             raise TypeError(f"'images' is {type(images).__name__}")
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
+    except (json.JSONDecodeError, KeyError, TypeError, RecursionError) as e:
         raise InputError(f"{path}: not a Karpathy split file (no 'images' list: {e}): "
                            "pass the dataset_coco.json / dataset_flickr30k.json file") from None
     items, empty = [], []

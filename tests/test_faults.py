@@ -31,7 +31,7 @@ from data.text import preprocess
 from data.workdir import atomic_write, read_pickle
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
-from conftest import RUN, cli
+from conftest import RUN, cli, input_error
 from pipeline import ROOT, TINY_TRAIN
 
 TRAIN = "train_cross_modal_retrieval_model.py"
@@ -198,6 +198,8 @@ def test_a_second_trainer_is_refused_and_a_killed_ones_lock_does_not_block(pipel
 
 def test_run_name_checks():
     for flags, phrase in ((["--run-name", "a/b"], "plain folder name"),
+                          (["--run-name", "a\nb"], "plain folder name"),
+                          (["--run-name", "a\x1b[2Jb"], "plain folder name"),
                           (["--run-name", "x", "--log-dir", "y"], "pass one"),
                           (["--resume", "--overwrite"], "pass one")):
         result = cli(TRAIN, *WEIGHTS, "--dataset", "missing.jsonl", *flags, check=False)
@@ -687,6 +689,10 @@ def test_resume_with_other_settings_names_each_difference(pipeline, tmp_path):
     assert "resuming with new settings: --epochs: 1 -> 2; --patience: " in out
     assert "epoch 1:" in out
     assert torch.load(folder / "last.pt", weights_only=True)["config"]["patience"] == 7
+    # A resumed run with nothing left to train and no best.pt says so, not "no epoch was trained".
+    (folder / "best.pt").unlink()
+    out = train(manifest, work, "--resume", "--epochs", "2", "--patience", "7").out
+    assert "no best.pt in" in out and "after epoch 1" in out, out
 
 
 def test_evaluation_refuses_a_doc2vec_model_retrained_after_the_checkpoint(pipeline, tmp_path):
@@ -782,6 +788,16 @@ def test_a_dataset_string_that_cannot_be_utf8_names_its_item(tmp_path):
         with pytest.raises(InputError) as e:
             load_dataset(manifest)
         assert fix in str(e.value) and "\n" not in str(e.value), str(e.value)
+    # A NUL is text, but no file name can hold it (os.stat raised ValueError in the image cache).
+    manifest.write_text(json.dumps({"id": "a", "image": "a\u0000.jpg", "texts": ["Rockets."],
+                                    "split": "train"}) + "\n")
+    assert "NUL" in input_error(load_dataset, manifest)
+    # JSON nested deeper than Python's recursion limit is invalid input, not a RecursionError.
+    manifest.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert "nested too deeply" in input_error(load_dataset, manifest)
+    karpathy = tmp_path / "k.json"
+    karpathy.write_text("[" * 100_000 + "]" * 100_000)
+    assert "not a Karpathy split file" in input_error(load_dataset, karpathy)
 
 
 @pytest.mark.parametrize("flags, phrase", [
