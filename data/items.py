@@ -99,11 +99,15 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
+_SPACES = str.maketrans("\t\n\r\x0b\x0c", "     ")
+
+
 def shown(text: str, limit: int | None = 80) -> str:
-    """`text` as it can be printed on a terminal and written in any UTF-8 file: a lone surrogate
-    (an undecodable byte of a file name or command line) as \\udcff, control characters (a
-    newline, a terminal escape) as \\n, \\x1b; cut to `limit` characters."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """`text` as it can be printed on one terminal line and written in any UTF-8 file: tabs and
+    line breaks as spaces, other control characters (a terminal escape) as \\x1b, a lone
+    surrogate (an undecodable byte of a file name or command line) as \\udcff; cut to `limit`
+    characters."""
+    text = text.translate(_SPACES).encode("utf-8", "backslashreplace").decode("utf-8")
     text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
     return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
