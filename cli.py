@@ -10,6 +10,7 @@ import config
 
 from data.items import InputError, Item
 from data.readers import FORMATS, load_dataset
+from data.tabular import CsvKeys
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -60,10 +61,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("dataset and work folder (config.py)")
     g.add_argument("--dataset", default=config.DATASET,
-                   help="a .jsonl manifest, a Karpathy .json, a Politics folder / db.pickle, or a "
-                        "GoodNews folder")
+                   help="a .jsonl manifest, a .csv/.tsv file, a Karpathy .json, a Politics "
+                        "folder / db.pickle, or a GoodNews folder")
     g.add_argument("--dataset-format", choices=FORMATS, default=config.DATASET_FORMAT,
                    help="force the format instead of finding it from the path")
+    g.add_argument("--csv-image-key", "--csv-img-key", default=config.CSV_IMAGE_KEY,
+                   help="--dataset-format csv: the column of image paths")
+    g.add_argument("--csv-caption-key", default=config.CSV_CAPTION_KEY,
+                   help="--dataset-format csv: the column of captions")
+    g.add_argument("--csv-separator", default=config.CSV_SEPARATOR,
+                   help="--dataset-format csv: the field separator (\\t or tab for a tab; default: "
+                        "a tab for .tsv, else a comma)")
     g.add_argument("--image-root", default=config.IMAGE_ROOT,
                    help="folder relative image paths start from (default: the dataset's folder)")
     g.add_argument("--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
@@ -100,8 +108,11 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive:
 
 
 def load_items(args: argparse.Namespace) -> list[Item]:
+    keys = CsvKeys(getattr(args, "csv_image_key", config.CSV_IMAGE_KEY),
+                   getattr(args, "csv_caption_key", config.CSV_CAPTION_KEY),
+                   getattr(args, "csv_separator", config.CSV_SEPARATOR))
     return load_dataset(args.dataset, args.dataset_format, args.image_root, args.val_size,
-                        args.seed, args.politics_min_chars)
+                        args.seed, args.politics_min_chars, keys)
 
 
 # Write failures that no code path turned into an InputError naming its file (a TensorBoard

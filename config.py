@@ -7,7 +7,10 @@ import os
 
 # --- Dataset -------------------------------------------------------------------------------
 DATASET = "runs/demo/synthetic/data/manifest.jsonl"  # .jsonl manifest, Karpathy .json, Politics or GoodNews folder
-DATASET_FORMAT = None           # None: found from the path; or "jsonl", "karpathy", "politics", "goodnews"
+DATASET_FORMAT = None           # None: found from the path; or "jsonl", "csv", "karpathy", "politics", "goodnews"
+CSV_IMAGE_KEY = "filepath"      # open_clip-style CSV: the column of image paths (open_clip's name)
+CSV_CAPTION_KEY = "title"       # ... the column of captions (open_clip's name)
+CSV_SEPARATOR = None            # ... the separator (None: a tab for .tsv files, else a comma)
 IMAGE_ROOT = None               # folder image paths are relative to (None: the dataset file's folder)
 WORK_DIR = "runs/default"       # every script reads and writes here, never the current directory
 SEED = 0
@@ -36,11 +39,15 @@ DETERMINISTIC = False           # True: Doc2Vec trains on one thread and the HNS
 
 # --- Semantic neighbourhoods (kNN) ---------------------------------------------------------
 K = 200
-BACKEND = "hnsw"                # "hnsw" (nmslib) or "exact" (torch, GPU when present)
+BACKEND = "hnsw"                # "hnsw" (nmslib), "exact" (torch, GPU when present), or faiss:
+                                # "faiss-exact", "faiss-ivf", "faiss-hnsw" (README: which at what size)
 SPACE = "l2"                    # "l2" as the authors, or "cosinesimil"
 M = 16                          # HNSW graph degree (nmslib's default)
 EF_CONSTRUCTION = 200           # nmslib's default
 EF_SEARCH = 400                 # the release never set it; below K the recall drops sharply
+NLIST = None                    # faiss-ivf lists (None: 4 sqrt(N), at most N / 39)
+NPROBE = None                   # faiss-ivf lists visited per query (None: 16, at most NLIST)
+IVF_TRAIN_SIZE = None           # faiss-ivf k-means sample (None: 50 vectors per list, at most N)
 NEIGHBOR_POOL = 10              # a training item draws its neighbour from its first this-many
                                 # qualifying kNN entries (distance > 0, in training, not its image)
 
@@ -54,7 +61,9 @@ BATCH_SIZE = 32
 LR = 1e-4
 WEIGHT_DECAY = 1e-5
 LR_PATIENCE = 5                 # ReduceLROnPlateau patience (epochs)
-PATIENCE = 10                   # early stop after this many epochs without a better val loss
+PATIENCE = 10                   # early stop after this many epochs without a better val value
+SELECT_BY = "loss"              # what best.pt, early stopping and the LR plateau follow: "loss"
+                                # (validation L_i2t, the release's rule) or "rsum" (VSE++'s)
 MAX_EPOCHS = 999
 # "angular": the N-pair angular loss, what the release trains (and so what the paper's numbers
 # come from); "angular-hinge": the hinge form the paper writes, [|a-p|^2 - 4 tan^2(alpha)

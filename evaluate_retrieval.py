@@ -57,6 +57,7 @@ from evaluation.split import (EvalSplit, integer_labels, load_split, reference_t
                               without_unreadable)
 
 SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
+              "csv_image_key", "csv_caption_key", "csv_separator",
               "max_sentences", "max_chars", "keep_unicode", "split")
 
 

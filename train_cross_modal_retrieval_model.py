@@ -7,7 +7,6 @@ weights, `1 0 0` the baseline without its constraints. The objective is the rele
 (--loss angular, --negatives release: see losses/objective.py); all four terms are logged at every
 step. Several GPUs: torchrun --nproc_per_node N.
 """
-import math
 import time
 from dataclasses import replace
 
@@ -29,6 +28,7 @@ from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
 from training.settings import check_resume_settings, data_problem, negatives_problem, settings_record
 from training.step import StepLog, objective_inputs, train_step
+from training.validate import SELECT_BY, Selection, log_validation, validation_recall
 
 
 def parse_args(argv: list[str] | None = None):
@@ -48,7 +48,10 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="per process")
     g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
     g.add_argument("--patience", type=whole(1), default=config.PATIENCE,
-                   help="stop after this many epochs without a better validation loss")
+                   help="stop after this many epochs without a better validation value (--select-by)")
+    g.add_argument("--select-by", choices=SELECT_BY, default=config.SELECT_BY,
+                   help="what best.pt, early stopping and the plateau scheduler follow: the "
+                        "validation L_i2t loss (the release's rule) or the validation rsum (VSE++'s)")
     g.add_argument("--run-seed", type=whole(0), default=None,
                    help="seed of the initial weights, the epoch order, the neighbour draws and the "
                         "flips (default: --seed); --seed also fixes the validation slice, which "
@@ -148,14 +151,16 @@ def main() -> None:
     model = precision.prepare(build_model(model_config, data.word_vectors, pretrained=not args.no_pretrained,
                                           weights_file=args.image_weights))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", patience=args.lr_patience)
-    start, best, since_best, step, wrote_best = 0, math.inf, 0, 0, False
+    select = Selection(args.select_by)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=select.mode, patience=args.lr_patience)
+    start, step, wrote_best = 0, 0, False
     if resumed is not None:
         state = check_resume(resumed[1], resumed[0], model_config, data.vocab.fingerprint())
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        start, best, since_best, step = state["epoch"] + 1, state["best_val"], state["since_best"], state["step"]
+        select = Selection.resumed(args.select_by, state, resumed[0])
+        start, step = state["epoch"] + 1, state["step"]
         if ctx.main:
             print(f"resuming {log_dir / 'last.pt'} after epoch {state['epoch']}")
     net = DistributedDataParallel(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None) \
@@ -178,7 +183,7 @@ def main() -> None:
     epochs = tqdm(range(start, args.epochs), desc="epochs", unit="epoch", initial=start,
                   total=args.epochs, disable=not ctx.main)
     for epoch in epochs:
-        if since_best >= args.patience:
+        if select.since_best >= args.patience:
             break
         torch.manual_seed(args.run_seed * 100_003 + epoch)  # the epoch's flips, same on resume
         train_ds.set_neighbors(data.sampler.sample(args.run_seed, epoch))
@@ -196,18 +201,21 @@ def main() -> None:
             seen += len(b["image_ids"]) * ctx.world
             log.add(step, loss, parts, optimizer.param_groups[0]["lr"])
         log.flush()
+        trained_s, t1 = time.time() - t0, time.time()
         val = validate(model, val_ds, args, ctx, precision, val_objective)
         log.check(step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
-        scheduler.step(val)
-        improved = val < best
-        best, since_best = (val, 0) if improved else (best, since_best + 1)
+        t2 = time.time()
+        recall = validation_recall(model, data.items, data.val_docs, data.val_tokens, data.read,
+                                   args.image_size, precision, args.batch_size, ctx)
+        recall_s, epoch_s = time.time() - t2, time.time() - t0
+        scheduler.step(select.value(val, recall))
+        improved = select.update(select.value(val, recall))
         if ctx.main:
-            writer.add_scalar("data/val_loss", val, epoch)
-            writer.flush()
+            log_validation(writer, step, val, recall)
             state = {"model": model.state_dict(), "model_config": model_config.to_dict(), "vocab": data.vocab.to_state(),
                      "vocab_fingerprint": data.vocab.fingerprint(), "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, "best_val": best,
-                     "since_best": since_best, "val_loss": val, "config": config_record,
+                     "scheduler": scheduler.state_dict(), "epoch": epoch, "step": step, **select.state(),
+                     "val_loss": val, "val_recall": recall, "config": config_record,
                      "provenance": data.provenance}
             # best.pt first: a disk that fills between the two leaves last.pt at the epoch
             # before, which --resume repeats, rather than a last.pt whose best.pt is missing.
@@ -216,20 +224,22 @@ def main() -> None:
                 wrote_best = True
             save_checkpoint(state, log_dir / "last.pt")
             log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {epoch})"
-            rate = seen / max(time.time() - t0, 1e-9)
+            rate = seen / max(trained_s, 1e-9)
             mean_loss = float(loss_sum) / max(len(loader), 1)
-            epochs.write(f"epoch {epoch}: train loss {mean_loss:.4f} (mean), val loss {val:.4f}"
-                         f"{' (best)' if improved else ''}, {rate:.1f} items/s")
+            epochs.write(f"epoch {epoch}: train loss {mean_loss:.4f} (mean), val loss {val:.4f}, "
+                         f"val rsum {recall['rsum']:.1f}{' (best)' if improved else ''}, "
+                         f"{rate:.1f} items/s; validation loss {t2 - t1:.1f}s, recall {recall_s:.1f}s "
+                         f"({100 * recall_s / max(epoch_s, 1e-9):.1f}% of the epoch)")
     if ctx.main:
         writer.close()
-        if since_best >= args.patience:
-            print(f"stopped early: no better validation loss for {args.patience} epochs")
+        if select.since_best >= args.patience:
+            print(f"stopped early: no better validation {select.by} for {args.patience} epochs")
         # Only a best.pt of this run: written now, or earlier in the run --resume continues.
         if wrote_best or (resumed is not None and (log_dir / "best.pt").is_file()):
             print(log_dir / "best.pt")
         elif resumed is not None:   # e.g. best.pt removed by hand: say what is there instead
             print(f"no best.pt in {log_dir}: the run's last.pt is after epoch {start - 1} and no "
-                  f"epoch since improved on its best validation loss (--epochs {args.epochs})")
+                  f"epoch since improved on its best validation {select.by} (--epochs {args.epochs})")
         else:
             print(f"no epoch was trained (--epochs {args.epochs}): no checkpoint written")
     folder.release()

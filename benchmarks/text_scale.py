@@ -9,6 +9,8 @@ image paths, no images) and runs, each in a fresh process, through the scripts' 
   infer           extract_doc2vec_vectors.py         bare: infer_vector in a process pool, all cores
   knn hnsw        knn_document_features.py           bare: nmslib build + knnQueryBatch, all threads
   knn exact       knn_document_features.py --backend exact --device cpu   bare: torch matmul + topk
+  knn faiss-exact, knn faiss-ivf, knn faiss-hnsw   knn_document_features.py --backend faiss-*
+                  (no bare program: faiss is the library; its recall against exact is printed)
   sampler         NeighborSampler's table + one draw (training/neighbors.py)
   trainer prep    training.prepare.prepare up to the first batch (images replaced, see the steps file)
 The bare programs (benchmarks/text_scale_steps.py) read the same manifest and include their own
@@ -20,7 +22,11 @@ all its descendants together, as the largest sum of their proportional set sizes
 shared by forked workers once rather than once per process), or the largest single process's exact peak RSS (VmHWM) when that
 is larger; and the bytes of the files the step writes. Goals (issue 13): every step within
 1.25x of the bare library; time growing no faster than N log N; peak memory at 1M documents with
-k = 200 under 6 GB; the whole text side at 250,000 documents finishing on 2 cores.
+k = 200 under 6 GB; the whole text side at 250,000 documents finishing on 2 cores. Issue 17:
+every kNN backend side by side with its recall@10 against exact search on 1,000 sampled
+queries; at 1,000,000 documents the kNN step in at most 10 minutes at recall@10 >= 0.98 and the
+whole text side (Doc2Vec 5 epochs) in at most 45 minutes. Each kNN backend writes into its own
+folder except --train-knn's, whose file the sampler and the trainer's preparation then read.
 """
 from __future__ import annotations
 
@@ -28,6 +34,8 @@ import argparse
 import json
 import math
 import os
+import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -43,7 +51,10 @@ from cli import HelpFormatter  # noqa: E402
 from data.workdir import DOC2VEC_FEATURES  # noqa: E402
 
 STEPS_PY = str(ROOT / "benchmarks" / "text_scale_steps.py")
-STEP_NAMES = ("preprocess", "doc2vec", "infer", "knn hnsw", "knn exact", "sampler", "trainer prep")
+KNN_BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-hnsw")
+STEP_NAMES = ("preprocess", "doc2vec", "infer", *(f"knn {b}" for b in KNN_BACKENDS), "sampler",
+              "trainer prep")
+CHEAP_GRAPH = ["--ef-construction", "20", "--ef-search", "200"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,7 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--k", type=int, default=config.K)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes / threads")
     p.add_argument("--exact-max", type=int, default=250_000,
-                   help="largest size the exact kNN (CPU, all pairs) runs at")
+                   help="largest size the exact kNN backends (CPU, all pairs) run at")
+    p.add_argument("--hnsw-max", type=int, default=None,
+                   help="above this size nmslib builds its cheap graph (efConstruction 20, "
+                        "efSearch 200), labelled so (default: the default graph at every size)")
+    p.add_argument("--train-knn", choices=KNN_BACKENDS, default="hnsw",
+                   help="the backend whose kNN file the sampler and the trainer's preparation read")
     p.add_argument("--steps", default=",".join(STEP_NAMES),
                    help="comma-separated steps to run (each needs the earlier steps' files in --work-dir)")
     p.add_argument("--bare-steps", default=",".join(STEP_NAMES),
@@ -122,9 +138,12 @@ def tree_memory_kib(pid: int) -> tuple[int, int]:
 
 
 def run_measured(cmd: list[str], writes: Path | None, log: Path) -> dict:
-    """Run `cmd` (stdout to `log`, stderr and its progress bars through); wall time, peak memory,
-    bytes written under `writes`, and the last JSON line it printed, if any."""
+    """Run `cmd` (stdout to `log`, stderr and its progress bars through); wall time, CPU time
+    (user + system of the process and the children it waited for: on a busy machine the wall
+    time says how long the step waited too, its CPU time does not), peak memory, bytes written
+    under `writes`, and the last JSON line it printed, if any."""
     before = _files(writes)
+    used = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "a") as out:
         out.write(f"\n$ {' '.join(cmd)}\n")
         out.flush()
@@ -138,12 +157,14 @@ def run_measured(cmd: list[str], writes: Path | None, log: Path) -> dict:
             # only while the interpreter is still starting.
             time.sleep(0.01 if time.perf_counter() - t < 2 else 0.2)
         wall = time.perf_counter() - t
+    now = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = now.ru_utime + now.ru_stime - used.ru_utime - used.ru_stime
     text = log.read_text()[start:]
     if proc.returncode:
         raise RuntimeError(f"{cmd[1]} failed ({proc.returncode}); its output is in {log}:\n{text[-2000:]}")
     after = _files(writes)
     last = next((json.loads(x) for x in reversed(text.splitlines()) if x.startswith("{")), {})
-    return {"seconds": wall, "peak_mib": peak / 1024,
+    return {"seconds": wall, "cpu_s": cpu, "peak_mib": peak / 1024,
             "written_mib": sum(s for p, (s, m) in after.items() if before.get(p) != (s, m)) / 2**20,
             **{f"reported_{k}": v for k, v in last.items() if k != "step"}}
 
@@ -168,23 +189,46 @@ def steps(args: argparse.Namespace, n: int, manifest: Path, work: Path) -> list[
     def b(step: str, out: str | None = None, extra: list | None = None) -> list:
         return [py, STEPS_PY, step, *shared, *(extra or []), *(["--out", str(bare / out)] if out else [])]
 
-    exact = work / "exact"
     plan = [
         ("preprocess", [py, STEPS_PY, "preprocess", *shared], b("bare-preprocess"), work),
         ("doc2vec", [py, "train_doc2vec.py", *shared, *d2v], b("bare-doc2vec", "d2v.gensim", d2v), work),
         ("infer", [py, "extract_doc2vec_vectors.py", *shared], b("bare-infer", "vectors.pickle"), work),
-        ("knn hnsw", [py, "knn_document_features.py", *shared, "--k", str(args.k)],
-         b("bare-hnsw", "hnsw.pickle", ["--k", str(args.k)]), work),
     ]
-    if n <= args.exact_max:
-        ex_shared = [*shared[:2], "--work-dir", str(exact), *shared[4:]]
-        plan.append(("knn exact", [py, "knn_document_features.py", *ex_shared, "--k", str(args.k),
-                                   "--backend", "exact", "--device", "cpu"],
-                     b("bare-exact", "exact.pickle", ["--k", str(args.k)]), exact))
+    bare_knn = {"hnsw": b("bare-hnsw", "hnsw.pickle", ["--k", str(args.k)]),
+                "exact": b("bare-exact", "exact.pickle", ["--k", str(args.k)])}
+    for backend in KNN_BACKENDS:
+        if backend in ("exact", "faiss-exact") and n > args.exact_max:
+            continue
+        folder = knn_folder(args, work, backend)
+        extra = ["--device", "cpu"] if backend in ("exact", "faiss-exact") else []
+        if backend == "hnsw" and args.hnsw_max is not None and n > args.hnsw_max:
+            extra = CHEAP_GRAPH
+        ours = [py, "knn_document_features.py", *shared[:2], "--work-dir", str(folder), *shared[4:],
+                "--k", str(args.k), "--backend", backend, *extra]
+        plan.append((f"knn {backend}", ours, bare_knn.get(backend), folder))
     plan += [("sampler", [py, STEPS_PY, "sampler", *shared], None, work),
              ("trainer prep", [py, STEPS_PY, "trainer-prep", *shared], None, work)]
     return [(name, ours, bare if name in args.bare_steps else None, writes)
             for name, ours, bare, writes in plan if name in args.steps]
+
+
+def knn_folder(args: argparse.Namespace, work: Path, backend: str) -> Path:
+    """Where a kNN backend writes: --train-knn's into the work folder, the others beside."""
+    return work if backend == args.train_knn else work / backend
+
+
+def parse_knn_output(text: str, backend: str) -> dict:
+    """The search's own seconds and its recall, from knn_document_features.py's output."""
+    out: dict = {}
+    m = re.search(r"kNN, k=\d+, \d+ documents: ([0-9.]+)s", text)
+    if m:
+        out["knn_s"] = float(m.group(1))
+    m = re.search(r"recall@(\d+) against exact on (\d+) queries: ([0-9.]+)", text)
+    if m:
+        out.update(recall_k=int(m.group(1)), recall_queries=int(m.group(2)), recall=float(m.group(3)))
+    elif backend in ("exact", "faiss-exact"):
+        out["recall"] = 1.0   # exact by construction (tests/test_knn_faiss.py checks it)
+    return out
 
 
 def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
@@ -193,15 +237,22 @@ def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
     manifest = write_manifest(Path(args.work_dir) / f"corpus_{args.kind}_{n}_seed{args.seed}.jsonl",
                               n, args.seed, args.kind)
     (work / "bare").mkdir(parents=True, exist_ok=True)
-    (work / "exact").mkdir(exist_ok=True)
     log = Path(args.work_dir) / f"log_{args.kind}_{n}.txt"   # outside `work`: not counted as written
     for name, ours, bare, writes in steps(args, n, manifest, work):
-        if name == "knn exact":   # its own folder, so that it leaves the HNSW file in place
-            link = work / "exact" / DOC2VEC_FEATURES
+        if name.startswith("knn") and writes != work:   # its own folder, beside the vectors
+            writes.mkdir(exist_ok=True)
+            link = writes / DOC2VEC_FEATURES
             link.unlink(missing_ok=True)
             link.symlink_to(work / DOC2VEC_FEATURES)
         print(f"[{n:,}] {name} ...", file=sys.stderr, flush=True)
+        start = log.stat().st_size if log.exists() else 0
         row = {"n": n, "step": name, "ours": run_measured(ours, writes, log)}
+        if name.startswith("knn"):
+            with open(log, "rb") as f:
+                f.seek(start)
+                row["ours"].update(parse_knn_output(f.read().decode("utf-8", "replace"), name[4:]))
+            if "--ef-construction" in ours:
+                row["label"] = "cheap graph: efConstruction 20, efSearch 200"
         if bare:
             row["bare"] = run_measured(bare, None, log)
             row["ratio"] = row["ours"]["seconds"] / row["bare"]["seconds"]
@@ -213,35 +264,43 @@ def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
 def _line(r: dict) -> str:
     o = r["ours"]
     s = f"ours {o['seconds']:.1f}s, peak {o['peak_mib']:.0f} MiB"
+    if "recall" in o:
+        s += f", recall@10 {o['recall']:.4f}"
     if "bare" in r:
         s += f"; bare {r['bare']['seconds']:.1f}s, peak {r['bare']['peak_mib']:.0f} MiB; ratio {r['ratio']:.2f}"
     return s
 
 
-# The whole text side as a user runs it: the three scripts and the trainer's preparation (the
-# preprocessing and the sampler happen inside those).
-WHOLE = ("doc2vec", "infer", "knn hnsw", "trainer prep")
+# The whole text side as a user runs it: the three scripts (with one kNN backend) and the
+# trainer's preparation (the preprocessing and the sampler happen inside those).
+WHOLE = ("doc2vec", "infer", "trainer prep")
 
 
 def table(results: dict) -> str:
     s, rows = results["settings"], results["rows"]
     lines = [f"{s['kind']} texts, Doc2Vec {s['epochs']} epochs (min_count {s['min_count']}), k = {s['k']}, "
              f"{s['workers']} workers, {s['cpus']} CPUs", "",
-             "| documents | step | ours s | bare s | ours / bare | ours peak MiB | bare peak MiB | writes MiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| documents | step | ours s | bare s | ours / bare | ours peak MiB | bare peak MiB "
+             "| writes MiB | kNN recall@10 |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         o, b = r["ours"], r.get("bare")
-        lines.append(f"| {r['n']:,} | {r['step']} | {o['seconds']:.1f} | "
+        recall = ("exact" if r["step"] in ("knn exact", "knn faiss-exact") else
+                  f"{o['recall']:.4f}" if "recall" in o else "")
+        step = r["step"] + (f" ({r['label']})" if r.get("label") else "")
+        lines.append(f"| {r['n']:,} | {step} | {o['seconds']:.1f} | "
                      + (f"{b['seconds']:.1f} | {r['ratio']:.2f} | " if b else "- | - | ")
                      + f"{o['peak_mib']:,.0f} | " + (f"{b['peak_mib']:,.0f}" if b else "-")
-                     + f" | {o['written_mib']:,.1f} |")
+                     + f" | {o['written_mib']:,.1f} | {recall} |")
     sizes = sorted({r["n"] for r in rows})
     for n in sizes:
-        done = {r["step"]: r["ours"]["seconds"] for r in rows if r["n"] == n and r["step"] in WHOLE}
-        if len(done) < len(WHOLE):   # a run cut short: no total of part of the steps
+        done = {r["step"]: r["ours"]["seconds"] for r in rows if r["n"] == n}
+        if any(step not in done for step in WHOLE):   # a run cut short: no total of part of the steps
             continue
-        total = sum(done.values())
-        lines.append(f"| {n:,} | whole text side ({' + '.join(WHOLE)}) | {total:.1f} | | | | | |")
+        for knn in [step for step in done if step.startswith("knn")]:
+            total = sum(done[step] for step in WHOLE) + done[knn]
+            lines.append(f"| {n:,} | whole text side (doc2vec + infer + {knn} + trainer prep) "
+                         f"| {total:.1f} | | | | | | |")
     if len(sizes) > 1:
         lines += ["", "Growth between sizes: time ratio against the N log N ratio (goal: not above it)", "",
                   "| step | " + " | ".join(f"{a:,} -> {c:,}" for a, c in zip(sizes, sizes[1:])) + " |",

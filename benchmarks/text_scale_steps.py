@@ -75,10 +75,10 @@ def preprocess_ours(args) -> dict:
 def sampler(args) -> dict:
     from cli import load_items
     from data.items import documents
-    from data.workdir import KNN, load_pickle
+    from data.knn_file import load_knn
     from training.neighbors import NeighborSampler
     docs = documents(load_items(_shared(args)), ["train"])
-    knn = load_pickle(args.work_dir, KNN)
+    knn = load_knn(args.work_dir)
     t = time.perf_counter()
     s = NeighborSampler(knn, docs)
     s.sample(args.seed, 0)

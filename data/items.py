@@ -23,6 +23,9 @@ class Item:
     # What Doc2Vec and the kNN read instead of `texts` (a GoodNews article while the GRU reads its
     # caption): None, or one text per entry of `texts`.
     doc2vec_text: tuple[str, ...] | None = None
+    # Items of one group are never each other's negatives or training neighbours, whatever their
+    # images (e.g. the pictures of one article). Items showing one image share a group anyway.
+    group: str | None = None
 
     def __post_init__(self):
         if self.doc2vec_text is not None and len(self.doc2vec_text) != len(self.texts):
@@ -58,6 +61,13 @@ def assign_validation(items: list[Item], val_size: int | None, seed: int) -> lis
         raise InputError(f"validation size {n} leaves no training items (only {len(train)} "
                            "train items): pass a smaller --val-size")
     chosen = set(random.Random(seed).sample(train, n))
+    # The pictures of one article go to validation together: a slice cutting through an article
+    # would validate on the text the model trained on.
+    groups = {items[i].group for i in chosen if items[i].group is not None}
+    chosen |= {i for i in train if items[i].group in groups}
+    if len(chosen) >= len(train):
+        raise InputError(f"validation size {n} takes every training item once the articles it "
+                         "cuts are kept whole: pass a smaller --val-size")
     return [replace(it, split="val") if i in chosen else it for i, it in enumerate(items)]
 
 

@@ -124,13 +124,30 @@ def check_data(record: object, now: dict, path: str | Path, step: str, fix: str 
                      f"differ): {fix}")
 
 
+# Exact searches give the same neighbours (up to ties) whichever library or device ran them.
+EXACT_KNN = ("exact", "faiss-exact")
+
+
+def neighbour_settings(settings: dict | None) -> dict | None:
+    """The kNN step's settings that decide its neighbours: a file remade by another exact
+    backend, or on another device, is the same table; an approximate one with other settings
+    (or another library's graph) is not."""
+    if not settings or settings.get("backend") not in EXACT_KNN:
+        return settings
+    return {key: value for key, value in settings.items() if key not in ("device", "deterministic")
+            } | {"backend": "exact"}
+
+
 def check_steps(record: dict, current: dict, path: str | Path, now_path: str | Path,
                 fix: str | None = None) -> None:
     """Stop when the file at `path` was made from other text-side outputs than those `current`
     (the record of the file now at `now_path`) was: e.g. a kNN file of an earlier Doc2Vec model.
-    Names the first setting that differs (or says the settings are equal: another training)."""
+    Names the first setting that differs (or says the settings are equal: another training).
+    kNN settings count only where they change the neighbours (neighbour_settings)."""
     for step in SCRIPTS:
         made, have = record["steps"].get(step), current["steps"].get(step)
+        if step == "knn":
+            made, have = neighbour_settings(made), neighbour_settings(have)
         if made == have or have is None:
             continue
         later = list(SCRIPTS)[list(SCRIPTS).index(step) + 1:]

@@ -1,12 +1,13 @@
-"""Dataset readers: a JSONL manifest (the project's format), the authors' Politics pickles, the
-Karpathy split JSON (COCO, Flickr30K) and the GoodNews release (data/goodnews.py). Each returns a
-list of `Item`s."""
+"""Dataset readers: a JSONL manifest (the project's format), open_clip-style CSV (data/tabular.py),
+the authors' Politics pickles, the Karpathy split JSON (COCO, Flickr30K) and the GoodNews release
+(data/goodnews.py). Each returns a list of `Item`s."""
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .files import NotRegularFile, kind_of, open_regular
 from .goodnews import is_goodnews, read_goodnews
@@ -14,7 +15,10 @@ from .items import (SPLITS, InputError, Item, assign_validation, check_split, ch
                     check_unique_ids)
 from .workdir import atomic_write, read_pickle
 
-FORMATS = ("jsonl", "karpathy", "politics", "goodnews")
+if TYPE_CHECKING:
+    from .tabular import CsvKeys
+
+FORMATS = ("jsonl", "csv", "karpathy", "politics", "goodnews")
 POLITICS_FILES = ("complete_db.pickle", "db.pickle")   # in order of preference
 
 
@@ -25,6 +29,8 @@ def detect_format(path: Path) -> str:
         return "politics"
     if path.suffix == ".jsonl":
         return "jsonl"
+    if path.suffix in (".csv", ".tsv"):
+        return "csv"
     if path.suffix == ".json":
         return "karpathy"
     raise InputError(f"{path}: cannot tell the dataset format from the name: pass "
@@ -96,6 +102,27 @@ def _doc2vec_texts(rec: dict, n_texts: int, where: str) -> list | None:
     return value
 
 
+def _images(rec: dict, where: str) -> list[str]:
+    """The item's image paths: "image" (one) or "images" (an article's several), never both."""
+    if "images" in rec:
+        if "image" in rec:
+            raise InputError(f'{where}: both "image" and "images": give one of them')
+        images = rec["images"]
+        if not isinstance(images, list) or not images:
+            raise InputError(f'{where}: "images" must be a non-empty list of paths: fix the item')
+        for image in images:
+            if not isinstance(image, str) or not image:
+                raise InputError(f'{where}: "images" holds {image!r}, not a path: every entry must '
+                                 "be a non-empty string")
+        twice = next((i for k, i in enumerate(images) if i in images[:k]), None)
+        if twice is not None:
+            raise InputError(f'{where}: "images" lists {twice!r} twice: list each picture once')
+        return images
+    if not isinstance(rec.get("image"), str) or not rec["image"]:
+        raise InputError(f'{where}: no "image" path (or "images" list): add one')
+    return [rec["image"]]
+
+
 def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or path.parent
     items, empty, empty_d2v = [], [], []
@@ -112,8 +139,7 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
             raise InputError(f"{where}: not valid JSON ({msg}): fix or remove the line") from None
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected a JSON object per line: fix or remove the line")
-        if not isinstance(rec.get("image"), str) or not rec["image"]:
-            raise InputError(f'{where}: no "image" path: add one')
+        images = _images(rec, where)
         if "texts" in rec:
             texts = rec["texts"] if isinstance(rec["texts"], list) else [rec["texts"]]
         elif "text" in rec:
@@ -140,9 +166,14 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
         if not texts:
             continue
         split = check_split(rec.get("split", "train"), where)
-        label = rec.get("label")
-        items.append(Item(item_id, _resolve(rec["image"], root), texts, split,
-                          None if label is None else str(label), d2v))
+        label = None if rec.get("label") is None else str(rec["label"])
+        if len(images) == 1:
+            items.append(Item(item_id, _resolve(images[0], root), texts, split, label, d2v))
+            continue
+        # An article with several pictures: one item per picture, all with its text, in one
+        # group so that they are never each other's negatives or neighbours.
+        items.extend(Item(f"{item_id}@{k}", _resolve(image, root), texts, split, label, d2v,
+                          group=f"{where} (id {item_id})") for k, image in enumerate(images))
     _report_dropped(empty, "empty texts")
     _report_dropped(empty_d2v, "texts whose doc2vec_text is empty")
     check_unique_ids(items, str(path))
@@ -275,16 +306,20 @@ def _report_politics_file(path: Path, preferred: bool, n_records: int, short: di
 
 
 def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Path | None = None,
-                 val_size: int | None = None, seed: int = 0, politics_min_chars: int = 500) -> list[Item]:
+                 val_size: int | None = None, seed: int = 0, politics_min_chars: int = 500,
+                 csv_keys: "CsvKeys | None" = None) -> list[Item]:
     """Read any supported dataset and assign the seeded validation slice."""
     path = Path(path)
     if not path.exists():
-        raise InputError(f"{path}: dataset not found: pass --dataset with a .jsonl manifest, a "
-                           "Karpathy .json, a Politics folder or a GoodNews folder")
+        raise InputError(f"{path}: dataset not found: pass --dataset with a .jsonl manifest, a .csv "
+                           "file, a Karpathy .json, a Politics folder or a GoodNews folder")
     fmt = fmt or detect_format(path)
     root = Path(image_root) if image_root else None
     if fmt == "jsonl":
         items = read_jsonl(path, root)
+    elif fmt == "csv":
+        from .tabular import CsvKeys, read_csv   # here: it builds on this module's helpers
+        items = read_csv(path, root, csv_keys or CsvKeys())
     elif fmt == "karpathy":
         items = read_karpathy(path, root)
     elif fmt == "politics":

@@ -29,11 +29,13 @@ from models.precision import PRECISIONS, Precision
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
 FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
-                   "politics_min_chars", "max_sentences", "doc2vec_max_sentences", "max_chars",
+                   "politics_min_chars", "csv_image_key", "csv_caption_key", "csv_separator",
+                   "max_sentences", "doc2vec_max_sentences", "max_chars",
                    "keep_unicode", "max_tokens", "image_size")
 # Those that decide the evaluation split and its tokens: given on the command line, the user
 # evaluates on other data on purpose, and the checkpoint's record is not checked.
 DATA_FLAGS = ("dataset", "dataset_format", "image_root", "seed", "val_size", "politics_min_chars",
+              "csv_image_key", "csv_caption_key", "csv_separator",
               "max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
 
 
@@ -154,8 +156,8 @@ def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 @torch.no_grad()
 def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device: torch.device,
                  batch_size: int = 128, workers: int = 0, precision: str = "bf16",
-                 desc: str = "embedding images", read: Callable[[int], torch.Tensor] | None = None
-                 ) -> tuple[torch.Tensor, dict[int, str]]:
+                 desc: str = "embedding images", read: Callable[[int], torch.Tensor] | None = None,
+                 progress: bool = True) -> tuple[torch.Tensor, dict[int, str]]:
     """(float32 CPU [N, D] unit rows in the order of `paths`, {index: reason} of unreadable files).
 
     `model` must already be on `device` (see prepare_model). `read(i)`, when given, returns the
@@ -172,7 +174,7 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     failures: dict[int, str] = {}
     run = Precision.resolve(device, precision)
     for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
-                                       disable=len(loader) < 2):
+                                       disable=len(loader) < 2 or not progress):
         x = run.images(images, train=False)
         with run.autocast():
             out[index.to(device)] = model.embed_images(x).float()
@@ -190,12 +192,21 @@ def embed_texts(model: CrossModalModel, vocab: Vocabulary, tokens: Sequence[list
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    encoded = [vocab.encode(t, max_tokens) for t in tokens]
+    return embed_token_ids(model, [vocab.encode(t, max_tokens) for t in tokens], device,
+                           batch_size, precision, desc)
+
+
+@torch.no_grad()
+def embed_token_ids(model: CrossModalModel, encoded: Sequence[list[int]], device: torch.device,
+                    batch_size: int = 128, precision: str = "bf16", desc: str = "embedding texts",
+                    progress: bool = True) -> torch.Tensor:
+    """embed_texts for texts already encoded by the vocabulary (START ... END id lists)."""
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]), reverse=True)
     out = torch.empty(len(encoded), model.text.embed_dim, device=device)
     starts = range(0, len(order), batch_size)
     run = Precision.resolve(device, precision)
-    for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0, disable=len(starts) < 2):
+    for s in tqdm(starts, desc=desc, unit="batch", mininterval=1.0,
+                  disable=len(starts) < 2 or not progress):
         rows = order[s:s + batch_size]
         ids, lengths = pad_batch([encoded[i] for i in rows])
         with run.autocast():

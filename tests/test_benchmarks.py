@@ -1,7 +1,10 @@
 """Both benchmarks end to end on the CPU at tiny sizes, and the device script's syntax."""
 import importlib.util
 import json
+import pickle
 import subprocess
+
+import numpy as np
 
 import pytest
 import torch
@@ -70,6 +73,35 @@ def test_knn_throughput_is_exact_and_reports_hnsw_recall(tmp_path, one_thread):
     assert h["n"] == 800 and h["build_s"] > 0 and h["query_s"] > 0 and h["recall_at_10"] > 0.95
     assert "nmslib HNSW" in (tmp_path / "knn.md").read_text()
     assert json.loads((tmp_path / "knn.json").read_text())["exact"]["n"] == 1500
+
+
+def test_knn_throughput_compares_every_backend_side_by_side(tmp_path):
+    from data import provenance
+    bench = load("knn_throughput")
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((8, 12)) * 5
+    vectors = (centres[rng.integers(0, 8, 1500)] + rng.standard_normal((1500, 12))).astype(np.float32)
+    with open(tmp_path / "doc2vec_features.pickle", "wb") as f:
+        pickle.dump({"ids": [f"d{i}" for i in range(1500)], "vectors": vectors,
+                     provenance.KEY: provenance.new_record({"items": 1500}, "vectors", {})}, f)
+    results = bench.main(["--compare-sizes", "600,1200", "--k", "15", "--workers", "2",
+                          "--vectors", str(tmp_path / "doc2vec_features.pickle"),
+                          "--exact-max", "600", "--hnsw-max", "600", "--work-dir",
+                          str(tmp_path / "work"), "--out", str(tmp_path / "cmp.json")])
+    rows = {(r["n"], r["backend"]): r for r in results["compare"]}
+    assert set(rows) == {(n, b) for n in (600, 1200) for b in bench.BACKENDS}
+    assert "skipped" in rows[1200, "exact"] and "skipped" in rows[1200, "faiss-exact"]
+    assert rows[1200, "hnsw"]["label"].startswith("cheap graph")
+    for key, r in rows.items():
+        if "skipped" not in r:
+            assert 0 < r["knn_s"] < r["seconds"] and r["peak_mib"] > 20 and r["recall"] >= 0.9
+            assert 0 < r["cpu_s"] < 2.5 * r["seconds"]   # 2 threads at most
+    # The sample is seeded, and each size's sample is what its kNN file holds.
+    with open(tmp_path / "work" / "n600" / "document_feats_knn.pickle", "rb") as f:
+        assert len(pickle.load(f)["ids"]) == 600
+    table = (tmp_path / "cmp.md").read_text()
+    assert "| 1,200 | exact | - | - | - | - | - | not run: above --exact-max 600 |" in table
+    assert "| 600 | faiss-exact |" in table and "| exact |" in table
 
 
 def test_device_script_is_valid_bash():

@@ -136,3 +136,58 @@ def test_foreign_knn_file_is_an_error():
     knn = knn_rows(["a", "b", "c", "d"], [[0, 1]] * 4, [[0, 1]] * 4)
     with pytest.raises(InputError, match="re-run"):
         NeighborSampler(knn, docs, source="work/document_feats_knn.pickle")
+
+
+@pytest.mark.parametrize("captions,foreign", [(1, 0), (5, 7)])
+def test_table_read_from_the_file_in_blocks_equals_the_table_from_arrays(tmp_path, monkeypatch,
+                                                                          captions, foreign):
+    from data.knn_file import Rows, load_knn
+    from data.workdir import save_pickle
+    rng = np.random.default_rng(captions)
+    docs, knn = random_knn(rng, 3000, captions, 120, foreign)
+    knn["ids"][5] = knn["ids"][2900]   # a repeated id: its last row counts
+    save_pickle(knn, tmp_path / "document_feats_knn.pickle")
+    lazy = load_knn(tmp_path)
+    assert isinstance(lazy["neighbors"], Rows) and isinstance(lazy["distances"], Rows)
+    monkeypatch.setattr("training.neighbors.CHUNK_ROWS", 700)   # several blocks, one short
+    a, b = NeighborSampler(knn, docs, pool=10), NeighborSampler(lazy, docs, pool=10)
+    for name in ("counts", "offsets", "candidates"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    want = reference_pools(knn, docs, 10)
+    assert [b.candidates[o:o + c].tolist() for o, c in zip(b.offsets, b.counts)] == want
+
+
+def test_tables_of_another_length_than_the_ids_are_an_error():
+    docs = docs_for(4)
+    knn = knn_rows([d.id for d in docs], [[0, 1]] * 3, [[0, .1]] * 3)
+    with pytest.raises(InputError, match="3 rows of neighbours for 4 ids"):
+        NeighborSampler(knn, docs)
+
+
+def test_knn_file_reader_refuses_cut_and_crafted_files(tmp_path):
+    import os
+    import pickle
+
+    from data.knn_file import load_knn
+    from data.workdir import save_pickle
+    nb = np.arange(600_000, dtype=np.int32).reshape(3000, 200)
+    save_pickle({"ids": [str(i) for i in range(3000)], "neighbors": nb,
+                 "distances": nb.astype(np.float32), "space": "l2"},
+                tmp_path / "document_feats_knn.pickle")
+    path = tmp_path / "document_feats_knn.pickle"
+    knn = load_knn(tmp_path)
+    np.testing.assert_array_equal(knn["neighbors"][2990:], nb[2990:])
+    np.testing.assert_array_equal(np.asarray(knn["distances"]), nb.astype(np.float32))
+    with open(path, "rb") as f:                       # still a plain pickle
+        np.testing.assert_array_equal(pickle.load(f)["neighbors"], nb)
+    os.truncate(path, os.path.getsize(path) - 100)   # cut inside the last table
+    with pytest.raises(InputError, match="document_feats_knn.pickle: unreadable pickle"):
+        load_knn(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo crafted",))
+    with open(path, "wb") as f:
+        pickle.dump({"ids": [], "neighbors": Evil()}, f)
+    with pytest.raises(InputError, match="posix.system|os.system"):
+        load_knn(tmp_path)

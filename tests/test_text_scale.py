@@ -8,7 +8,8 @@ import pytest
 from data.text import preprocess
 from test_benchmarks import load
 
-STEPS = ["preprocess", "doc2vec", "infer", "knn hnsw", "knn exact", "sampler", "trainer prep"]
+KNN_STEPS = ["knn hnsw", "knn exact", "knn faiss-exact", "knn faiss-ivf", "knn faiss-hnsw"]
+STEPS = ["preprocess", "doc2vec", "infer", *KNN_STEPS, "sampler", "trainer prep"]
 BARE = {"preprocess", "doc2vec", "infer", "knn hnsw", "knn exact"}
 
 # Two children of the measured process, each holding 150 MiB at the same time: the step's
@@ -79,8 +80,12 @@ def test_tiny_run_measures_every_step_against_the_bare_library(tmp_path, capsys)
         assert pre["ours"]["reported_tokens"] == pre["bare"]["reported_tokens"] > 0
         assert pre["ours"]["reported_documents"] == rows[n, "doc2vec"]["bare"]["reported_documents"]
         assert rows[n, "doc2vec"]["bare"]["reported_tokens"] == pre["ours"]["reported_tokens"]
-        for step in ("doc2vec", "infer", "knn hnsw", "knn exact"):
+        for step in ("doc2vec", "infer", *KNN_STEPS):
             assert rows[n, step]["ours"]["written_mib"] > 0
+        for step in KNN_STEPS:   # every backend's search time and recall, side by side
+            o = rows[n, step]["ours"]
+            assert 0 < o["knn_s"] < o["seconds"] and 0.9 <= o["recall"] <= 1
+            assert ("recall_queries" in o) == (step not in ("knn exact", "knn faiss-exact"))
         assert rows[n, "preprocess"]["ours"]["written_mib"] == 0
         sampler = rows[n, "sampler"]["ours"]
         assert 0 < sampler["reported_mean_pool"] <= 10 and sampler["reported_table_s"] >= 0
@@ -97,8 +102,11 @@ def test_tiny_run_measures_every_step_against_the_bare_library(tmp_path, capsys)
     assert (f"| 800 | doc2vec | {r['ours']['seconds']:.1f} | {r['bare']['seconds']:.1f} | "
             f"{r['ratio']:.2f} | {r['ours']['peak_mib']:,.0f} | {r['bare']['peak_mib']:,.0f} | ") in table
     assert "| 400 | sampler |" in table and "| 800 | trainer prep |" in table
-    total = sum(rows[800, s]["ours"]["seconds"] for s in ("doc2vec", "infer", "knn hnsw", "trainer prep"))
-    assert f"| 800 | whole text side (doc2vec + infer + knn hnsw + trainer prep) | {total:.1f} |" in table
+    for knn in KNN_STEPS:
+        total = sum(rows[800, s]["ours"]["seconds"] for s in ("doc2vec", "infer", knn, "trainer prep"))
+        assert f"| 800 | whole text side (doc2vec + infer + {knn} + trainer prep) | {total:.1f} |" in table
+    ivf = rows[400, "knn faiss-ivf"]["ours"]
+    assert f"| {ivf['written_mib']:,.1f} | {ivf['recall']:.4f} |" in table
     growth = rows[800, "infer"]["ours"]["seconds"] / rows[400, "infer"]["ours"]["seconds"]
     assert f"| infer | {growth:.1f}x (N log N 2.2x) |" in table
     worst = max(x["ratio"] for x in results["rows"] if "ratio" in x)
@@ -137,6 +145,14 @@ def test_a_run_can_take_some_steps_and_time_some_against_the_bare_library(tmp_pa
     assert [name for name, *_ in plan] == ["infer", "knn hnsw", "sampler"]
     assert [bare is not None for _, _, bare, _ in plan] == [False, True, False]
     assert "knn_document_features.py" in plan[1][1][1] and "bare-hnsw" in plan[1][2]
+    # Each kNN backend writes beside the others; --train-knn's file is the one training reads.
+    args = bench.parse_args(["--sizes", "2000", "--steps", "knn hnsw,knn faiss-ivf,knn exact",
+                             "--train-knn", "faiss-ivf", "--exact-max", "1000", "--hnsw-max",
+                             "1500", "--work-dir", str(tmp_path)])
+    plan = bench.steps(args, 2000, tmp_path / "m.jsonl", tmp_path)
+    assert [(name, folder) for name, _, _, folder in plan] == [
+        ("knn hnsw", tmp_path / "hnsw"), ("knn faiss-ivf", tmp_path)]
+    assert plan[0][1][-4:] == ["--ef-construction", "20", "--ef-search", "200"]
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "knn,infer"])
     assert "--steps: unknown step 'knn'" in capsys.readouterr().err

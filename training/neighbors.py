@@ -39,27 +39,44 @@ class NeighborSampler:
                                "train_doc2vec.py, extract_doc2vec_vectors.py and "
                                "knn_document_features.py on it")
         image_of = np.fromiter((d.item for d in docs), dtype=np.int64, count=len(docs))
-        nbrs, dists = np.asarray(knn["neighbors"]), np.asarray(knn["distances"])
+        # The tables are read a block of rows at a time (data.knn_file.Rows, or arrays): the
+        # whole [N, k] pair is 1.6 GB at a million documents, k = 200.
+        nbrs, dists = knn["neighbors"], knn["distances"]
+        if not (len(nbrs) == len(dists) == len(knn_ids) and nbrs.ndim == dists.ndim == 2):
+            raise InputError(f"{source}: {len(nbrs)} rows of neighbours for {len(knn_ids)} ids "
+                             f"(and {len(dists)} rows of distances): run "
+                             "knn_document_features.py again")
         # The kNN row of each document (the last one if an id repeats), -1 for none.
         row_of = np.full(len(docs), -1, dtype=np.int64)
         in_train = np.flatnonzero(to_doc >= 0)
         row_of[to_doc[in_train]] = in_train
-        with_row = np.flatnonzero(row_of >= 0)
 
         counts = np.zeros(len(docs), dtype=np.int64)
-        parts: list[np.ndarray] = []
-        for s in range(0, len(with_row), CHUNK_ROWS):
-            doc = with_row[s:s + CHUNK_ROWS]
-            rows = row_of[doc]
-            cand = to_doc[nbrs[rows]]                                  # [m, k] document indices
-            ok = (cand >= 0) & (dists[rows] > 0)
+        parts: list[tuple[np.ndarray, np.ndarray]] = []
+        for s in range(0, len(knn_ids), CHUNK_ROWS):
+            rows = np.arange(s, min(s + CHUNK_ROWS, len(knn_ids)))
+            doc = to_doc[rows]
+            used = doc >= 0
+            used[used] = row_of[doc[used]] == rows[used]       # a repeated id's last row only
+            if not used.any():
+                continue
+            block_nbrs = np.asarray(nbrs[s:s + CHUNK_ROWS])[used]
+            block_d = np.asarray(dists[s:s + CHUNK_ROWS])[used]
+            doc = doc[used]
+            cand = to_doc[block_nbrs]                                  # [m, k] document indices
+            ok = (cand >= 0) & (block_d > 0)
             ok &= image_of[np.maximum(cand, 0)] != image_of[doc][:, None]
             chosen = ok & (np.cumsum(ok, axis=1) <= pool)              # first `pool` qualifying
             counts[doc] = chosen.sum(1)
-            parts.append(cand[chosen])                                 # row-major: doc order
+            parts.append((doc, cand[chosen]))                          # row-major: doc by doc
         self.counts = counts
         self.offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
-        self.candidates = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        # Blocks come in file order; the table is in document order.
+        self.candidates = np.empty(int(counts.sum()), dtype=np.int64)
+        for doc, cand in parts:
+            c = counts[doc]
+            start = np.repeat(self.offsets[doc] - np.concatenate([[0], np.cumsum(c)[:-1]]), c)
+            self.candidates[start + np.arange(len(cand))] = cand
         self.missing = [docs[i].id for i in np.flatnonzero(counts == 0)]
 
     def report(self) -> None:

@@ -15,7 +15,8 @@ from data import provenance
 from data.corpus import drop_empty, tokenized_documents
 from data.items import InputError, Document, Item
 from data.doc2vec import load_model
-from data.workdir import DOC2VEC_MODEL, KNN, load_pickle, require
+from data.knn_file import load_knn
+from data.workdir import DOC2VEC_MODEL, KNN, require
 from models import END, START, Vocabulary
 
 from .distributed import Context, broadcast
@@ -81,7 +82,7 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     d2v = load_model(require(args.work_dir, DOC2VEC_MODEL))
     vocab = Vocabulary(d2v.wv.index_to_key)
     knn_path = require(args.work_dir, KNN)
-    knn = load_pickle(args.work_dir, KNN)
+    knn = load_knn(args.work_dir)   # its [N, k] tables stay in the file, read in blocks
     items = load_items(args)
     record = check_provenance(items, args, d2v, knn, resumed)
     docs, tokens = drop_empty(*tokenized_documents(items, ["train", "val"], args), "train/val")

@@ -22,7 +22,9 @@ PATHS = ("dataset", "work_dir", "image_root")   # resolved: evaluation may run f
 # Not compared: where things are. The folder is the run's own (its last.pt is read), and what
 # the paths hold (the dataset, the text side) is checked by its provenance record, so a moved
 # or copied work folder resumes.
-NOT_COMPARED = ("run_name", "log_dir", *PATHS)
+# --select-by is checked by training.validate.Selection.resumed, which also knows what a
+# checkpoint from before the flag followed.
+NOT_COMPARED = ("run_name", "log_dir", "select_by", *PATHS)
 WEIGHTS = ("w_sym", "w_img", "w_text")
 
 

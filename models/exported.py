@@ -1,0 +1,159 @@
+"""The image and text encoders on their own, as export_encoders.py writes them: plain state dicts
+in safetensors files (no pickle: loading runs no code), their settings as JSON, the vocabulary.
+
+    image_encoder.safetensors   ImageEncoder.state_dict()
+    text_encoder.safetensors    TextEncoder.state_dict()
+    config.json                 shapes, and how an image and a text are prepared for them
+    vocab.json                  the words; word i is row 3 + i (rows 0, 1, 2: PAD, START, END)
+
+Embedding here is what evaluate_retrieval.py does: an image squashed (not cropped) to
+image_size x image_size, ImageNet-normalised; a text preprocessed as in training, cut to
+max_tokens words of the vocabulary between START and END.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from data.images import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
+from data.items import InputError
+from data.text import preprocess
+from data.workdir import atomic_write
+from models.image import ImageEncoder
+from models.text import TextEncoder
+from models.vocab import Vocabulary, pad_batch
+
+FORMAT = 1
+IMAGE_FILE, TEXT_FILE = "image_encoder.safetensors", "text_encoder.safetensors"
+CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
+FILES = (IMAGE_FILE, TEXT_FILE, CONFIG_FILE, VOCAB_FILE)
+# The settings a text or an image must be prepared with, copied from the training record.
+PREPARATION = ("image_size", "max_tokens", "max_sentences", "max_chars", "keep_unicode")
+
+
+def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder, vocab: Vocabulary,
+                   preparation: dict, source: dict) -> list[Path]:
+    """The four files in `folder` (created), each written atomically; returns their paths."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"format": FORMAT, "arch": image.arch, "embed_dim": image.embed_dim,
+              "word_dim": text.embedding.embedding_dim, "hidden": text.gru.hidden_size,
+              "vocab_size": text.embedding.num_embeddings,
+              **{k: preparation[k] for k in PREPARATION},
+              "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+              "image_resize": "squashed to image_size x image_size (bilinear), not cropped",
+              "source": source}
+    for name, module in ((IMAGE_FILE, image), (TEXT_FILE, text)):
+        # contiguous copies: safetensors refuses views and tensors sharing memory
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in module.state_dict().items()}
+        atomic_write(folder / name, lambda tmp, s=state: _save(s, tmp))
+    for name, obj in ((CONFIG_FILE, config), (VOCAB_FILE, vocab.to_state())):
+        text_out = json.dumps(obj, indent=1, ensure_ascii=False) + "\n"
+        atomic_write(folder / name, lambda tmp, t=text_out: Path(tmp).write_text(t, encoding="utf-8"))
+    return [folder / name for name in FILES]
+
+
+def _save(state: dict[str, Tensor], tmp: str) -> None:
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+    except SafetensorError as e:
+        # Its write errors carry the OS error code in the text: a full disk gets the usual line.
+        code = re.search(r"code: (\d+)", str(e))
+        raise OSError(int(code.group(1)) if code else errno.EIO, str(e)) from None
+
+
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{path}: not found: pass the folder export_encoders.py wrote") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise InputError(f"{path}: unreadable ({type(e).__name__}): export the encoders again") from None
+
+
+def _state(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise InputError(f"{path}: not found: pass the folder export_encoders.py wrote")
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise InputError(f"{path}: not a readable safetensors file ({type(e).__name__}): export "
+                         "the encoders again") from None
+
+
+def _load(module: torch.nn.Module, path: Path) -> None:
+    try:
+        module.load_state_dict(_state(path))
+    except RuntimeError as e:
+        first = " ".join(str(e).split())[:160]
+        raise InputError(f"{path}: does not fit config.json ({first}): export the encoders "
+                         "again") from None
+
+
+@dataclass
+class Encoders:
+    """The exported encoders, in eval mode on `device`, with what embedding needs."""
+    image: ImageEncoder
+    text: TextEncoder
+    vocab: Vocabulary
+    config: dict
+    device: torch.device
+
+    @torch.no_grad()
+    def embed_images(self, paths: Sequence[str | os.PathLike]) -> Tensor:
+        """[N, embed_dim] unit rows, one per image file."""
+        size = self.config["image_size"]
+        batch = torch.stack([read_image(str(p), size) for p in paths]).to(self.device)
+        return self.image(normalize(batch))
+
+    def tokens(self, text: str) -> list[int]:
+        """The token ids the text encoder reads for `text` (START ... END)."""
+        c = self.config
+        words = preprocess(text, c["max_sentences"] or None, c["max_chars"], c["keep_unicode"])
+        return self.vocab.encode(words, c["max_tokens"])
+
+    @torch.no_grad()
+    def embed_texts(self, texts: Sequence[str]) -> Tensor:
+        """[N, embed_dim] unit rows, one per text; a text with no word of the vocabulary is
+        refused (its embedding would be that of an empty text)."""
+        encoded = [self.tokens(t) for t in texts]
+        empty = [t for t, e in zip(texts, encoded) if len(e) == 2]
+        if empty:
+            shown = " ".join(empty[0].split())[:60]
+            raise InputError(f"text {shown!r} has no word of the vocabulary after preprocessing: "
+                             "write it with words the model was trained on")
+        ids, lengths = pad_batch(encoded)
+        return self.text(ids.to(self.device), lengths)
+
+
+def load_encoders(folder: str | Path, device: str | torch.device = "cpu") -> Encoders:
+    """The encoders export_encoders.py wrote to `folder` (no pretrained weights are fetched)."""
+    folder = Path(folder)
+    config = _read_json(folder / CONFIG_FILE)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise InputError(f"{folder / CONFIG_FILE}: not an encoder config of format {FORMAT}: "
+                         "export the encoders again with this version")
+    words = _read_json(folder / VOCAB_FILE)
+    try:
+        vocab = Vocabulary.from_state(words)
+    except ValueError as e:
+        raise InputError(f"{folder / VOCAB_FILE}: {e}") from None
+    if len(vocab) != config["vocab_size"]:
+        raise InputError(f"{folder / VOCAB_FILE}: {len(vocab) - 3} words but config.json says "
+                         f"{config['vocab_size'] - 3}: export the encoders again")
+    image = ImageEncoder(config["arch"], config["embed_dim"], pretrained=False)
+    text = TextEncoder(config["vocab_size"], config["word_dim"], config["hidden"], config["embed_dim"])
+    _load(image, folder / IMAGE_FILE)
+    _load(text, folder / TEXT_FILE)
+    device = torch.device(device)
+    return Encoders(image.to(device).eval(), text.to(device).eval(), vocab, config, device)
