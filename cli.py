@@ -4,10 +4,12 @@ from __future__ import annotations
 import argparse
 import errno
 import math
+import os
 import sys
 
 import config
 
+from data import signals
 from data.items import InputError, Item
 from data.readers import FORMATS, load_dataset
 from data.tabular import CsvKeys
@@ -37,6 +39,12 @@ def whole(low: int = 0, high: int | None = None):
         return value
     parse.__name__ = "whole number"
     return parse
+
+
+def max_workers() -> int:
+    """The most --workers a script takes: 4 per CPU (at least 8). More only wait on each
+    other, and 100,000 fails after minutes on the threads the system will not start."""
+    return max(8, 4 * (os.cpu_count() or 1))
 
 
 def real(low: float = 0.0, high: float | None = None, above: bool = False):
@@ -75,7 +83,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     g.add_argument("--image-root", default=config.IMAGE_ROOT,
                    help="folder relative image paths start from (default: the dataset's folder)")
     g.add_argument("--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
-    g.add_argument("--workers", type=whole(0), default=config.WORKERS, help="worker processes")
+    g.add_argument("--workers", type=whole(0, max_workers()), default=config.WORKERS,
+                   help="worker processes")
     # numpy and gensim take 32-bit seeds.
     g.add_argument("--seed", type=whole(0, 2**32 - 1), default=config.SEED)
     g.add_argument("--val-size", type=whole(0), default=config.VAL_SIZE,
@@ -122,9 +131,15 @@ WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPE
 
 def run_main(main) -> None:
     """Run a script's main(), turning input errors (and a full or read-only disk) into one line
-    on stderr and exit status 2."""
+    on stderr and exit status 2, and a stop (Ctrl-C, SIGTERM, SIGHUP) into one line and 128 + the
+    signal, after every `finally` has removed what it was writing."""
+    handlers = signals.install()
     try:
         main()
+    except (signals.Stopped, KeyboardInterrupt) as e:
+        print(f"stopped by {e.name if isinstance(e, signals.Stopped) else 'SIGINT'}: files being "
+              "written were removed", file=sys.stderr)
+        sys.exit(signals.status_of(e))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
@@ -134,3 +149,5 @@ def run_main(main) -> None:
         from data.workdir import write_error
         print(f"error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
         sys.exit(2)
+    finally:
+        signals.restore(handlers)

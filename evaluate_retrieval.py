@@ -45,6 +45,7 @@ import config
 from cli import check_flags, load_items, real, run_main
 from data import provenance
 from data.doc2vec import infer_vectors
+from data.items import shown
 from data.workdir import check_writable
 from data.image_cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
@@ -134,7 +135,7 @@ class Cache:
         empty = [i for i, t in zip(ids, tokens) if not t]
         if empty:
             return None, (f"{len(empty)} images' Doc2Vec texts leave no token after preprocessing "
-                          f"(first: {', '.join(empty[:3])})")
+                          f"(first: {', '.join(map(shown, empty[:3]))})")
         key = (str(model_path.resolve()), tuple(map(tuple, tokens)))
         if key not in self.vectors:
             self.vectors[key] = infer_vectors(str(model_path), tokens, workers)

@@ -22,7 +22,7 @@ from data.knn_faiss import BACKENDS as FAISS_BACKENDS, SettingsError, ivf_settin
 
 BACKENDS = ("hnsw", "exact", *FAISS_BACKENDS)
 EXACT = ("exact", "faiss-exact")
-from data.workdir import DOC2VEC_FEATURES, KNN, check_writable, load_pickle, save_pickle
+from data.workdir import DOC2VEC_FEATURES, KNN, check_vectors, check_writable, load_pickle, save_pickle
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
                            "run extract_doc2vec_vectors.py again")
     made_from = provenance.require_record(feats.get(provenance.KEY),
                                           Path(args.work_dir) / DOC2VEC_FEATURES, "vectors")
-    vectors = feats["vectors"]
+    vectors = check_vectors(feats["vectors"], Path(args.work_dir) / DOC2VEC_FEATURES)
     n = len(vectors)
     if args.k > n:
         raise InputError(f"--k {args.k} is larger than the corpus ({n} documents in "

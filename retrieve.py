@@ -119,11 +119,10 @@ def image_queries(paths: list[str], embedded: torch.Tensor, model: CrossModalMod
 def print_results(results: list[QueryResult]) -> None:
     for n, result in enumerate(results, 1):
         target = "images" if result.kind == "text" else "texts"
-        # shown(): ids, texts and file names may hold control characters or undecodable bytes.
-        print(f"\nquery {n} ({result.kind} -> {target}): {shown(result.query, None)}\n"
-              f"  {shown(result.truth, None)}")
+        print(f"\nquery {n} ({result.kind} -> {target}): {shown(result.query)}\n  "
+              f"{shown(result.truth, 400)}")
         for hit in result.hits:
-            extra = f"  {shown(hit.image, None)}" if result.kind == "text" else ""
+            extra = f"  {shown(hit.image, 200)}" if result.kind == "text" else ""
             print(f"  {hit.rank:3d}  {hit.score:6.3f}  {shown(hit.label, 100)}{extra}"
                   f"{'  [GT]' if hit.correct else ''}")
 

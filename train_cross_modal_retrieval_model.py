@@ -174,8 +174,8 @@ def main() -> None:
     # The release's validation loss: L_i2t alone, not tiled.
     val_objective = CrossModalObjective(replace(loss_config, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False))
     release = loss_config.negatives == "release"
-    train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
-    val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read)
+    train_ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read, data.groups)
+    val_ds = PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read, data.groups)
     no_negative = data_problem(len(train_ds), len(val_ds), args.batch_size, ctx.world, loss_config.negatives)
     if no_negative:
         raise InputError(no_negative)

@@ -37,9 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import HelpFormatter, load_items, run_main
+from cli import HelpFormatter, load_items, max_workers, run_main, whole
 from data.items import InputError
-from data.workdir import DOC2VEC_MODEL
+from data.workdir import DOC2VEC_MODEL, check_writable
 from evaluation.report import K
 from evaluation.metrics import TIES
 from tuning.grid import BASELINE, format_triple, parse_grid, parse_values, product_grid
@@ -82,7 +82,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="one run at a time on each: cpu, cuda, cuda:0,cuda:1, cpu,cpu; auto: "
                         "every visible GPU, else the CPU")
     g.add_argument("--out", default=None, help="the sweep's folder (default: WORK_DIR/sweep)")
-    g.add_argument("--eval-workers", type=int, default=None,
+    g.add_argument("--eval-workers", type=whole(0, max_workers()), default=None,
                    help="evaluate_retrieval.py --workers (default: the trainer's --workers)")
     args = p.parse_args(own)
 
@@ -246,6 +246,7 @@ def main() -> None:
     args = parse_args()
     check_data(args)
     out = Path(args.out or Path(args.trainer.work_dir) / "sweep").resolve()
+    check_writable(out, folder=True, fix="pass another --out")   # before the runs, not after
     triples = list(args.triples)
     if BASELINE not in triples:
         triples.insert(0, BASELINE)

@@ -103,7 +103,7 @@ def trainer_prep(args) -> dict:
     targs = train_script.parse_args()
     ctx = distributed.setup("cpu")
     data = training.prepare.prepare(targs, ctx)
-    ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read)
+    ds = PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read, data.groups)
     ds.set_neighbors(data.sampler.sample(targs.seed, 0))
     order = epoch_order(len(ds), targs.seed, 0)
     batch = next(iter(make_loader(ds, order, targs.batch_size, 0, False, True)))

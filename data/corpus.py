@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from .items import Document, Item, documents
+from .items import Document, Item, documents, shown
 from .text import preprocess_all
 
 
@@ -69,6 +69,6 @@ def drop_empty(docs: list[Document], tokens: list[list[str]], what: str
     empty = [d.id for d, t in zip(docs, tokens) if not t]
     if empty:
         print(f"dropped {len(empty)} {what} documents with no tokens after preprocessing "
-              f"(first: {', '.join(empty[:3])})")
+              f"(first: {', '.join(map(shown, empty[:3]))})")
     keep = [i for i, t in enumerate(tokens) if t]
     return [docs[i] for i in keep], [tokens[i] for i in keep]

@@ -46,13 +46,42 @@ def train_doc2vec(tokens: Sequence[list[str]], vector_size: int, window: int, mi
     model = Doc2Vec(vector_size=vector_size, window=window, min_count=min_count, epochs=epochs,
                     workers=1 if deterministic else max(1, workers), seed=seed)
     model.lifecycle_events = None   # dates, host and Python build: they would differ every run
-    model.build_vocab(corpus)
+    _build_vocab(model, corpus)
     if len(model.wv) == 0:
         raise InputError(f"the Doc2Vec vocabulary is empty: no word occurs {min_count} times in the "
                            f"{len(corpus)} training documents; pass a smaller --min-count")
     model.train(corpus, total_examples=len(corpus), epochs=model.epochs)
     model.total_train_time = 0.0    # seconds, different on every run; nothing reads it
     return model
+
+
+def available_memory() -> int | None:
+    """Bytes of memory this machine can still give (MemAvailable), None where it cannot say."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _build_vocab(model: Doc2Vec, corpus: list) -> None:
+    """model.build_vocab(corpus), in gensim's own steps, stopping with one line before the
+    vectors are allocated when they cannot fit in memory (--vector-size 100000000 would
+    otherwise take every byte until the kernel kills the process)."""
+    total_words, count = model.scan_vocab(corpus_iterable=corpus, progress_per=10000, trim_rule=None)
+    model.corpus_count, model.corpus_total_words = count, total_words
+    report = model.prepare_vocab(update=False, keep_raw_vocab=False, trim_rule=None)
+    need = model.estimate_memory(vocab_size=report["num_retained_words"])["total"]
+    free = available_memory()
+    if free is not None and need > free:
+        raise InputError(f"--vector-size {model.vector_size}: Doc2Vec's vectors for "
+                         f"{report['num_retained_words']} words and {count} documents need "
+                         f"{need / 2**30:.1f} GiB, and {free / 2**30:.1f} GiB of memory are "
+                         "available: pass a smaller --vector-size (the authors' is 200)")
+    model.prepare_weights(update=False)
 
 
 def model_id(model: Doc2Vec) -> str:

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from .files import open_regular
-from .items import InputError, Item, check_split, check_unique_ids
+from .items import InputError, Item, check_split, check_unique_ids, quoted, shown
 
 ARTICLE_FILES = ("article+caption.json", "article_caption.json", "captioning_dataset.json")
 SPLIT_FILE = "img_splits.json"
@@ -54,6 +54,8 @@ def _load(path: Path, layout: str) -> dict:
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): download the file "
                            "again") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read: download the file again") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a JSON object {layout}, found a {type(data).__name__}")
     return data
@@ -61,7 +63,7 @@ def _load(path: Path, layout: str) -> dict:
 
 def _check_article(article_id: str, entry, path: Path) -> dict:
     """The entry's {index: caption}; the entry must be an object with "images" and "article"."""
-    where = f"{path}: article {article_id!r}"
+    where = f"{path}: article {quoted(article_id)}"
     if not isinstance(entry, dict):
         raise InputError(f"{where} is a {type(entry).__name__}, not an object with \"article\" and "
                            "\"images\": download the file again")
@@ -74,7 +76,7 @@ def _check_article(article_id: str, entry, path: Path) -> dict:
         raise InputError(f'{where}: "article" is a {type(entry["article"]).__name__}, not a string')
     for index, caption in images.items():
         if caption is not None and not isinstance(caption, str):
-            raise InputError(f"{where}: the caption of image {index!r} is a "
+            raise InputError(f"{where}: the caption of image {quoted(index)} is a "
                                f"{type(caption).__name__}, not a string")
     return images
 
@@ -95,17 +97,17 @@ def read_goodnews(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or folder / "images"
     items, no_caption, no_article = [], [], []
     for image_id, split in splits.items():
-        where = f"{split_path}: image {image_id!r}"
+        where = f"{split_path}: image {quoted(image_id)}"
         check_split(split, where)
         article_id, sep, index = image_id.rpartition("_")
         if not sep or not article_id:
             raise InputError(f"{where} is not named <article id>_<index>: use the release's split file")
         if article_id not in captions:
-            raise InputError(f"{where} is not in {articles_path.name} (no article {article_id!r}): "
+            raise InputError(f"{where} is not in {articles_path.name} (no article {quoted(article_id)}): "
                                "use the split file of the same release")
         if index not in captions[article_id]:
             have = ", ".join(sorted(captions[article_id])[:5]) or "none"
-            raise InputError(f"{where} is not in {articles_path.name} (article {article_id!r} has "
+            raise InputError(f"{where} is not in {articles_path.name} (article {quoted(article_id)} has "
                                f"images {have}): use the split file of the same release")
         caption, article = captions[article_id][index], articles[article_id]["article"]
         if not caption or not caption.strip():
@@ -117,11 +119,11 @@ def read_goodnews(path: Path, image_root: Path | None = None) -> list[Item]:
                               doc2vec_text=(article,)))
     for dropped, what in ((no_caption, "an empty caption"), (no_article, "an empty article")):
         if dropped:
-            print(f"dropped {len(dropped)} images with {what} (first: {', '.join(dropped[:3])})")
+            print(f"dropped {len(dropped)} images with {what} (first: {', '.join(map(shown, dropped[:3]))})")
     unsplit = [f"{aid}_{ix}" for aid, images in captions.items() for ix in images
                if f"{aid}_{ix}" not in splits]
     if unsplit:
         print(f"left out {len(unsplit)} images that {SPLIT_FILE} puts in no split "
-              f"(first: {', '.join(unsplit[:3])})")
+              f"(first: {', '.join(map(shown, unsplit[:3]))})")
     check_unique_ids(items, str(split_path))
     return items

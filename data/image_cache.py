@@ -1,15 +1,15 @@
 """The image cache: every image of a dataset decoded and resized once, into one uint8 array file.
 
 WORK_DIR/image_cache/<size>/ holds images.npy, [N, 3, size, size] uint8 rows in the layout the
-model takes, and index.json: the sorted image paths (row r is paths[r]), each file's size and
-mtime when it was decoded, the images that could not be decoded with the reason, and a hash of
-all that (the fingerprint). prepare_image_cache.py builds it; the trainer and the evaluation
-read rows through a memory map, so loader workers copy 150 KB from the OS page cache instead
-of decoding a JPEG with PIL for every image of every step.
+model takes, and index.json: the sorted image paths (row r is paths[r]), each file's size,
+mtime, ctime and inode when it was decoded, the images that could not be decoded with the
+reason, and a hash of all that (the fingerprint). prepare_image_cache.py builds it; the
+trainer and the evaluation read rows through a memory map, so loader workers copy 150 KB from
+the OS page cache instead of decoding a JPEG with PIL for every image of every step.
 
 A build is written into a hidden folder and renamed into place at the end: an interrupted build
-never looks complete. A cache is used only while every file it is asked for still has the size
-and mtime it had when decoded.
+never looks complete. A cache is used only while every file it is asked for still has the size,
+mtime, ctime and inode it had when decoded.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ from data.images import ImageFiles, find_bad_images, try_read_image
 
 CACHE_DIR = "image_cache"
 ARRAY, INDEX = "images.npy", "index.json"
-FORMAT = 1
+FORMAT = 2          # 2: ctime and inode in the stats, EXIF orientation applied
 MODES = ("auto", "off", "require")
 CHUNK = 64          # images per worker task: big enough to amortise the task, small for the bar
 BUILD_HINT = "run prepare_image_cache.py with the same --dataset, --work-dir and --image-size"
@@ -51,12 +51,14 @@ def cache_folder(work_dir: str | Path, size: int) -> Path:
 
 
 def file_stats(paths: Sequence[str]) -> list[list[int] | None]:
-    """[size in bytes, mtime in ns] of each file, None for one that cannot be stat'ed."""
+    """[size in bytes, mtime, ctime (both in ns), inode] of each file, None for one that cannot be
+    stat'ed. The ctime is what no user can set back: a file rewritten with the same size and its
+    mtime restored (touch -r) still reads as changed."""
     out: list[list[int] | None] = []
     for p in paths:
         try:
             st = os.stat(p)
-            out.append([st.st_size, st.st_mtime_ns])
+            out.append([st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
         except OSError:
             out.append(None)
     return out

@@ -10,14 +10,15 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from data.files import open_regular
-from data.items import InputError
+from data.items import InputError, shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ORIENTATION = 0x0112   # the EXIF tag
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -26,8 +27,13 @@ def to_rgb(img: Image.Image) -> Image.Image:
     PIL's own convert("RGB") clips 16- and 32-bit greys to 255 (a mid-grey 16-bit PNG comes out
     white) and drops transparency, showing whatever colour the transparent pixels hold. Here
     16-bit and integer greys are scaled from 0..65535, float greys from 0..1 (or clipped to
-    0..255 when they go beyond 1), and transparent images are laid over white.
+    0..255 when they go beyond 1), and transparent images are laid over white. An EXIF
+    orientation (a phone photo taken sideways) is applied first, as a viewer does.
     """
+    if img.getexif().get(ORIENTATION, 1) != 1:
+        img = ImageOps.exif_transpose(img)
+    if img.mode == "La":          # premultiplied alpha: PIL converts it only to LA
+        img = img.convert("LA")
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         grey = np.asarray(img, dtype=np.float64)
         grey = np.clip(grey, 0, 65535) / 257.0      # 65535 -> 255 exactly
@@ -98,7 +104,7 @@ def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: s
     """Print the count and first examples; stop when more than `max_share` of images are bad."""
     if not bad:
         return
-    first = "; ".join(f"{p} ({r})" for p, r in list(bad.items())[:3])
+    first = "; ".join(f"{shown(p, 200)} ({shown(r, 200)})" for p, r in list(bad.items())[:3])
     share = len(bad) / max(total, 1)
     print(f"left out {len(bad)} of {total} {what} images that are missing or unreadable: {first}")
     if share > max_share:

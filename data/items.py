@@ -1,16 +1,35 @@
 """The one item type every reader yields, the split logic and the document view of items."""
 from __future__ import annotations
 
+import os
 import random
-import re
 from dataclasses import dataclass, replace
 from typing import Iterable, Sequence
+
+import numpy as np
 
 SPLITS = ("train", "val", "test")
 
 
 class InputError(ValueError):
     """Bad input: the message is one line naming the file or item and the fix."""
+
+
+QUOTE_LIMIT = 80    # characters of a quoted input a message shows
+
+
+def shown(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` as a message or a terminal line may show it: characters that are not printable
+    (newlines, escape sequences, bidirectional overrides) escaped, so that one input cannot
+    break the line or take over the terminal, and cut after `limit` characters, the full
+    length said."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text)[:limit])
+    return s if len(str(text)) <= limit else f"{s}... ({len(str(text))} characters)"
+
+
+def quoted(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """shown(text) in quotes: for a value a message names (an id, a query)."""
+    return f"'{shown(text, limit)}'"
 
 
 @dataclass(frozen=True)
@@ -29,7 +48,7 @@ class Item:
 
     def __post_init__(self):
         if self.doc2vec_text is not None and len(self.doc2vec_text) != len(self.texts):
-            raise ValueError(f"item {self.id!r}: {len(self.doc2vec_text)} Doc2Vec texts for "
+            raise ValueError(f"item {quoted(self.id)}: {len(self.doc2vec_text)} Doc2Vec texts for "
                              f"{len(self.texts)} texts: give one per text")
 
     def doc2vec(self, j: int) -> str:
@@ -43,6 +62,44 @@ class Document:
     id: str          # "<item id>" for single-text items, "<item id>#<j>" otherwise
     item: int        # index into the item list
     text: int        # index into the item's texts
+
+
+def image_key(item: Item) -> str:
+    """What makes two items show the same image: the file they name, known by its device and
+    inode, so that two spellings of one path, a symbolic or a hard link to it are one image (one
+    stat, where resolving every link of the path would take six times as long). A file that
+    cannot be stat'ed (missing: it is reported as unreadable later) is known by its path."""
+    try:
+        st = os.stat(item.image)
+    except (OSError, ValueError):
+        return "path:" + item.image
+    return f"file:{st.st_dev}:{st.st_ino}"
+
+
+def item_groups(items: Sequence[Item]) -> np.ndarray:
+    """int64 [len(items)]: a group id per item, the one same-image rule of training and evaluation.
+
+    Items showing the same image file (image_key) share a group, and so do items with the same
+    explicit `group`; groups joined by either are merged. Training never takes an item of the
+    anchor's group as a negative or a neighbour; evaluation ranks each image once.
+    """
+    parent = list(range(len(items)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first: dict[tuple[str, str], int] = {}
+    for i, it in enumerate(items):
+        for key in (("image", image_key(it)),) + ((("group", it.group),) if it.group is not None else ()):
+            j = first.setdefault(key, i)
+            if j != i:
+                parent[root(i)] = root(j)
+    roots = [root(i) for i in range(len(items))]
+    _, ids = np.unique(np.asarray(roots, dtype=np.int64), return_inverse=True)
+    return ids.astype(np.int64)
 
 
 def assign_validation(items: list[Item], val_size: int | None, seed: int) -> list[Item]:
@@ -94,32 +151,35 @@ def check_unique_ids(items: Sequence[Item], source: str) -> None:
     seen: set[str] = set()
     for it in items:
         if it.id in seen:
-            raise InputError(f"{source}: duplicate id {it.id!r}: make every item id unique")
+            raise InputError(f"{source}: duplicate id {quoted(it.id)}: make every item id unique")
         seen.add(it.id)
     # Separate pass: item "a" with two texts and item "a#1" with one both make document "a#1".
     owner: dict[str, str] = {}
     for it in items:
         for doc_id in _document_ids(it):
             if owner.setdefault(doc_id, it.id) != it.id:
-                raise InputError(f"{source}: items {owner[doc_id]!r} and {it.id!r} both make document "
-                                   f"id {doc_id!r} (an item with several texts numbers them "
-                                   "<id>#<j>): rename one of them")
+                raise InputError(f"{source}: items {quoted(owner[doc_id])} and {quoted(it.id)} both "
+                                 f"make document id {quoted(doc_id)} (an item with several texts "
+                                 "numbers them <id>#<j>): rename one of them")
 
 
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
-
-
-_SPACES = str.maketrans("\t\n\r\x0b\x0c", "     ")
-
-
-def shown(text: str, limit: int | None = 80) -> str:
-    """`text` as it can be printed on one terminal line and written in any UTF-8 file: tabs and
-    line breaks as spaces, other control characters (a terminal escape) as \\x1b, a lone
-    surrogate (an undecodable byte of a file name or command line) as \\udcff; cut to `limit`
-    characters."""
-    text = text.translate(_SPACES).encode("utf-8", "backslashreplace").decode("utf-8")
-    text = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
-    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
+def check_strings(items: Sequence[Item], source: str) -> None:
+    """Every string of every item must be one that later steps can write: an unpaired surrogate
+    ("\\ud800" in JSON) cannot be encoded as UTF-8 for a hash, a pickle's record, a TSV or a
+    page, and an image path holding a NUL byte cannot be opened. One line naming the item."""
+    for it in items:
+        if "\0" in it.image:
+            raise InputError(f"{source}: item {quoted(it.id)}: its image path {quoted(it.image)} "
+                             "holds a NUL character: fix the path")
+        for field, value in (("id", it.id), ("image", it.image), ("label", it.label or ""),
+                             *(("texts", t) for t in it.texts),
+                             *(("doc2vec_text", t) for t in it.doc2vec_text or ())):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise InputError(f"{source}: item {quoted(it.id)}: its {field} holds "
+                                 f"{quoted(value[e.start:e.end])}, half of a UTF-16 pair (not a "
+                                 "character): fix or remove it") from None
 
 
 def not_text(value: str) -> int | None:
@@ -132,28 +192,7 @@ def not_text(value: str) -> int | None:
         return e.start
 
 
-def check_text(items: Sequence[Item], source: str | object) -> None:
-    """Every string of every item must be writable as UTF-8 (a JSON escape such as "\\ud800"
-    reads as a lone surrogate, and a non-UTF-8 file name does): refused here, naming the item,
-    rather than failing in a later step's hash or output file."""
-    for it in items:
-        fields = [("id", it.id), ("image path", it.image), ("label", it.label),
-                  *(("text", t) for t in it.texts),
-                  *(("doc2vec_text", t) for t in it.doc2vec_text or ())]
-        if isinstance(it.image, str) and "\0" in it.image:   # no file name can hold one
-            raise InputError(f"{source}: item '{shown(it.id, 60)}': its image path holds a NUL "
-                             "character (\\x00), which no file name can: fix the path")
-        for field, value in fields:
-            at = not_text(value) if isinstance(value, str) else None
-            if at is not None:
-                fix = ("rename the file to a UTF-8 name" if field == "image path" else
-                       "write it as UTF-8 text")
-                raise InputError(f"{source}: item '{shown(it.id, 60)}': its {field} holds "
-                                 f"{shown(value[at])}, an undecodable byte or a lone surrogate "
-                                 f"escape, not text: {fix}")
-
-
 def check_split(split: str, where: str) -> str:
     if split not in SPLITS:
-        raise InputError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        raise InputError(f"{where}: split {quoted(split)} is not one of {', '.join(SPLITS)}")
     return split

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from .files import NotRegularFile, kind_of, open_regular
 from .goodnews import is_goodnews, read_goodnews
-from .items import (SPLITS, InputError, Item, assign_validation, check_split, check_text,
-                    check_unique_ids)
+from .items import (SPLITS, InputError, Item, assign_validation, check_split, check_strings,
+                    check_unique_ids, quoted, shown)
 from .workdir import atomic_write, read_pickle
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ def _clean_pairs(texts: list, doc2vec: list[str], where: str, dropped: list[str]
 
 def _report_dropped(dropped: list[str], what: str) -> None:
     if dropped:
-        print(f"dropped {len(dropped)} {what} (first: {', '.join(dropped[:3])})")
+        print(f"dropped {len(dropped)} {what} (first: {', '.join(map(shown, dropped[:3]))})")
 
 
 def _doc2vec_texts(rec: dict, n_texts: int, where: str) -> list | None:
@@ -134,9 +134,10 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
         where = f"{path}:{n}"
         try:
             rec = json.loads(line)
-        except (json.JSONDecodeError, RecursionError) as e:   # RecursionError: nested too deep
-            msg = getattr(e, "msg", "nested too deeply")
-            raise InputError(f"{where}: not valid JSON ({msg}): fix or remove the line") from None
+        except json.JSONDecodeError as e:
+            raise InputError(f"{where}: not valid JSON ({e.msg}): fix or remove the line") from None
+        except RecursionError:   # [[[[...]]]] nested deeper than Python's stack
+            raise InputError(f"{where}: JSON nested too deeply to read: fix or remove the line") from None
         if not isinstance(rec, dict):
             raise InputError(f"{where}: expected a JSON object per line: fix or remove the line")
         images = _images(rec, where)
@@ -263,7 +264,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
     repeated = [p for p, c in seen.items() if c > 1]
     if repeated:
         print(f"{len(repeated)} image paths appear more than once in {path.name}: the last text of "
-              f"each is kept (first: {', '.join(map(str, repeated[:3]))})")
+              f"each is kept (first: {', '.join(map(shown, repeated[:3]))})")
     _report_politics_file(path, both, sum(seen.values()), short, min_chars, isinstance(db, dict))
     splits = read_pickle(split_file, "re-create the file")
     if (not isinstance(splits, dict) or not {"train", "test"} <= set(splits)
@@ -276,7 +277,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
             if p not in texts:
                 if p in short:
                     continue
-                raise InputError(f"{split_file}: {split} path {p!r} has no text in {path.name}: "
+                raise InputError(f"{split_file}: {split} path {quoted(p)} has no text in {path.name}: "
                                    "use the split file made with this db")
             unsplit.discard(p)
             kept = _clean_texts([texts[p]], f"{path.name} ({p})", empty)
@@ -285,7 +286,7 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
     _report_dropped(empty, "empty texts")
     if unsplit:
         print(f"left out {len(unsplit)} items that {split_file.name} puts in no split "
-              f"(first: {', '.join(sorted(unsplit)[:3])})")
+              f"(first: {', '.join(map(shown, sorted(unsplit)[:3]))})")
     check_unique_ids(items, str(split_file))
     return items
 
@@ -300,7 +301,7 @@ def _report_politics_file(path: Path, preferred: bool, n_records: int, short: di
     if min_chars <= 0:
         print("no length filter (--politics-min-chars 0)")
         return
-    first = f" (first: {', '.join(list(short)[:3])})" if short else ""
+    first = f" (first: {', '.join(map(shown, list(short)[:3]))})" if short else ""
     print(f"dropped {len(short)} items of {min_chars} characters or fewer{first}; "
           "--politics-min-chars 0 keeps them")
 
@@ -328,7 +329,7 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
         items = read_goodnews(path, root)
     else:
         raise InputError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
+    check_strings(items, str(path))
     if not any(it.split == "train" for it in items):
         raise InputError(f"{path}: no training items: mark some items \"split\": \"train\"")
-    check_text(items, path)
     return assign_validation(items, val_size, seed)

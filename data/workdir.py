@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import errno
+import glob
 import io
 import os
 import pickle
+import secrets
 import tempfile
 from pathlib import Path
 
@@ -93,6 +95,32 @@ def check_writable(path: str | Path, folder: bool = False, fix: str | None = Non
         raise write_error(path if not folder else where, e, fix) from None
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(path: str | Path) -> list[str]:
+    """Remove the temporary files of `path` that a process killed mid-write (kill -9, a power
+    cut) left: those whose writer's PID is gone. Returns their names."""
+    path = Path(path)
+    gone = []
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.pid*-*.tmp"):
+        pid = tmp.name[len(path.name) + 5:].split("-", 1)[0]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                tmp.unlink()
+                gone.append(tmp.name)
+            except OSError:
+                pass
+    return gone
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path), then move it over `path`: a crash never leaves a half-written file.
 
@@ -104,8 +132,10 @@ def atomic_write(path: str | Path, write) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
+        remove_stale_temps(path)
+        # Named before it exists: a signal between creating it and naming it would leave it.
+        tmp = str(path.parent / f".{path.name}.pid{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         write(tmp)
         os.chmod(tmp, default_mode())
         os.replace(tmp, path)
@@ -180,3 +210,22 @@ def load_pickle(work_dir: str | Path, name: str) -> dict:
     if not isinstance(obj, dict):
         raise InputError(f"{path}: not a file {WRITER.get(name, 'this project')} wrote: run it again")
     return obj
+
+
+def check_vectors(vectors: object, path: str | Path) -> "np.ndarray":
+    """The Doc2Vec vectors read from `path` as a float32 [N, d] array, or one line saying why
+    they are not: a NaN or infinite vector would make every distance to it NaN, and the kNN
+    would rank it anywhere without a word."""
+    import numpy as np   # here: the text scripts' other files need no numpy
+    fix = "run extract_doc2vec_vectors.py again (and train_doc2vec.py if the model diverged)"
+    try:
+        arr = np.asarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise InputError(f"{path}: 'vectors' is not an array of numbers: {fix}") from None
+    if arr.ndim != 2 or arr.shape[1] < 1:
+        raise InputError(f"{path}: 'vectors' has shape {arr.shape}, not [documents, size]: {fix}")
+    bad = np.flatnonzero(~np.isfinite(arr).all(axis=1))
+    if len(bad):
+        raise InputError(f"{path}: {len(bad)} of its {len(arr)} vectors hold NaN or infinite "
+                         f"values (first: row {bad[0]}): {fix}")
+    return arr

@@ -1,4 +1,5 @@
 """`python -m demo`: the whole pipeline on built-in data (see demo/run.py)."""
+from cli import run_main
 from demo.run import main
 
-main()
+run_main(main)   # a stop (Ctrl-C, SIGTERM) stops the running step too

@@ -9,10 +9,11 @@ reuses every finished run.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from data import signals
 
 ROOT = Path(__file__).resolve().parent.parent
 # The baseline, the paper's weights, and each constraint alone: which of them moves what.
@@ -77,11 +78,12 @@ def main() -> None:
     ]
     for cmd in steps:
         print(f"== {' '.join(cmd)}", flush=True)
-        code = subprocess.run([sys.executable, *cmd], cwd=ROOT).returncode
+        code = signals.run_child([sys.executable, *cmd], cwd=ROOT)
         if code != 0:
             sys.exit(f"experiment stopped: {cmd[0]} failed (exit {code})")
     print(f"experiment finished in {time.time() - t0:.0f}s; figures in {args.run_dir / 'experiment'}")
 
 
 if __name__ == "__main__":
-    main()
+    from cli import run_main   # a stop (Ctrl-C, SIGTERM) stops the sweep and its runs too
+    run_main(main)

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from cli import max_workers, real, whole
+from data import signals
+from data.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
 from models import ARCHS, imagenet_cache_path
 from losses import NEGATIVES
 from models.checkpoint import run_name
@@ -25,6 +27,8 @@ DEFAULTS = {
     "synthetic": dict(items=800, image_size=64, epochs=6, min_count=5, max_sentences=0),
     "openclipart": dict(items=1600, image_size=64, epochs=5, min_count=3, max_sentences=2),
 }
+MIN_ITEMS = 40   # fewer leave too few validation and test items for the evaluation's k = 10
+K = 50           # the demo's kNN size, cut to the corpus when it has fewer training documents
 QUERIES = {"synthetic": ["rocket orbit astronaut", "guitar concert melody"],
            "openclipart": ["cat", "red car", "christmas tree"]}
 
@@ -33,14 +37,17 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", choices=sorted(DEFAULTS), default="openclipart")
     p.add_argument("--run-dir", default=None, help="default: runs/demo/DATA")
-    p.add_argument("--items", type=int, default=None, help="synthetic items / Open Clip Art pictures")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--epochs", type=int, default=None, help="training epochs of each run")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3,
+    # Every value checked here, before the first step: a bad one would otherwise stop the
+    # demo only when the step that takes it runs, after minutes of the earlier ones.
+    p.add_argument("--items", type=whole(MIN_ITEMS), default=None,
+                   help="synthetic items / Open Clip Art pictures")
+    p.add_argument("--image-size", type=whole(16), default=None)
+    p.add_argument("--epochs", type=whole(1), default=None, help="training epochs of each run")
+    p.add_argument("--batch-size", type=whole(2), default=32)
+    p.add_argument("--lr", type=real(0, above=True), default=1e-3,
                    help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
     p.add_argument("--arch", choices=sorted(ARCHS), default="resnet18")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=whole(0, max_workers()), default=2)
     p.add_argument("--negatives", default="release",
                    help="the trainer's --negatives for both runs; 'release,clean' trains and "
                         "evaluates both objectives side by side (four columns)")
@@ -52,7 +59,11 @@ def parse_args() -> argparse.Namespace:
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    # A small corpus has fewer repeats of each word: with the default --min-count a few
+    # dozen items leave the queries' words out of the vocabulary.
+    args.min_count = max(2, min(args.min_count, args.items // 50))
     args.run_dir = Path(args.run_dir or ROOT / "runs" / "demo" / args.data)
+    check_writable(args.run_dir, folder=True, fix="pass another --run-dir")
     return args
 
 
@@ -73,10 +84,10 @@ class Steps:
         print(f"== {name}: {key}", flush=True)
         t = time.time()
         # Unbuffered, so the child's lines (one per training epoch) interleave with ours in a log.
-        proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT,
-                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if proc.returncode != 0:
-            sys.exit(f"demo stopped: step {name} failed (exit {proc.returncode})")
+        code = signals.run_child([sys.executable, *map(str, cmd)], cwd=ROOT,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        if code != 0:
+            sys.exit(f"demo stopped: step {name} failed (exit {code})")
         print(f"   ({time.time() - t:.0f}s)")
         # An always-run step (the evaluation) changes nothing later steps read from disk.
         self.changed = self.changed or not always
@@ -95,8 +106,7 @@ def build_data(args: argparse.Namespace, steps: Steps) -> Path:
     cmd = ["-m", "demo.build_openclipart", "--out", data_dir, "--cache", ROOT / "runs" / "openclipart-cache",
            "--limit", args.items, "--workers", args.workers]
     print(f"== dataset: {' '.join(map(str, cmd))}", flush=True)
-    proc = subprocess.run([sys.executable, *map(str, cmd)], cwd=ROOT)
-    if proc.returncode != 0:
+    if signals.run_child([sys.executable, *map(str, cmd)], cwd=ROOT) != 0:
         sys.exit("demo stopped: the Open Clip Art packages could not be fetched or built; "
                  "run the demo on the built-in synthetic data instead: make demo DATA=synthetic")
     return manifest
@@ -116,7 +126,9 @@ def main() -> None:
     steps.run("doc2vec", ["train_doc2vec.py", *common, "--min-count", args.min_count, "--deterministic"],
               work / "doc2vec_model.gensim", inputs=f" (data {manifest.stat().st_mtime_ns})")
     steps.run("vectors", ["extract_doc2vec_vectors.py", *common], work / "doc2vec_features.pickle")
-    steps.run("neighbours", ["knn_document_features.py", *common, "--k", 50, "--deterministic"],
+    # k from the corpus's size: a small --items has fewer than K training documents.
+    k = min(K, len(load_pickle(work, DOC2VEC_FEATURES)["ids"]))
+    steps.run("neighbours", ["knn_document_features.py", *common, "--k", k, "--deterministic"],
               work / "document_feats_knn.pickle")
     steps.run("image cache", ["prepare_image_cache.py", *common, "--image-size", args.image_size],
               work / "image_cache" / str(args.image_size) / "index.json")

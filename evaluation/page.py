@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import os
 import textwrap
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -17,7 +18,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from data.files import NotRegularFile, kind_of, open_regular
 from data.images import to_rgb
-from data.items import InputError, shown
+from data.items import InputError, quoted, shown
 from data.text import preprocess
 from data.workdir import atomic_write
 from evaluation.split import EvalSplit
@@ -39,6 +40,13 @@ class QueryResult:
     query: str              # the text, or the image file
     truth: str              # what the ground truth is, or why there is none
     hits: list[Hit] = field(default_factory=list)
+
+
+def _text(s: str) -> str:
+    """Text for the page: HTML-escaped, and control characters (NUL, ESC, ...) and unpaired
+    surrogates, which HTML cannot hold, shown as escapes."""
+    return html.escape("".join(c if c in "\n\t" or unicodedata.category(c) not in ("Cc", "Cs")
+                               else repr(c)[1:-1] for c in s))
 
 
 # --- queries ----------------------------------------------------------------------------------
@@ -67,10 +75,11 @@ def query_tokens(queries: Sequence[str], vocab: Vocabulary, max_sentences: int |
     for n, query in enumerate(queries, 1):
         tokens = preprocess(query, max_sentences or None, max_chars, keep_unicode)
         if not tokens:
-            raise InputError(f"query {n} {query!r} leaves no token after preprocessing (stop "
+            raise InputError(f"query {n} {quoted(query)} leaves no token after preprocessing (stop "
                              "words and words under 3 letters are dropped): use content words")
         if not any(t in vocab for t in tokens):
-            raise InputError(f"query {n} {query!r}: none of its words ({' '.join(tokens[:8])}) "
+            raise InputError(f"query {n} {quoted(query)}: none of its words "
+                             f"({shown(' '.join(tokens[:8]))}) "
                              f"is in the model's vocabulary of {len(vocab.words)} words: use "
                              "words that occur in the training texts")
         out.append(tokens)
@@ -150,17 +159,11 @@ figcaption { font-size: 12px; overflow-wrap: anywhere; }
 """
 
 
-def _h(text: str) -> str:
-    """Text for the page: escaped, with undecodable bytes of file names and control characters
-    written out (a UTF-8 page cannot hold a lone surrogate)."""
-    return html.escape(shown(text, None))
-
-
 def _query_block(result: QueryResult, thumbs: Thumbnails) -> str:
     if result.kind == "image":
-        return (f'<div class="query"><img src="{_h(thumbs(result.query))}" alt="query">'
-                f"<div>{_h(result.query)}</div></div>")
-    return f'<div class="query"><q>{_h(result.query)}</q></div>'
+        return (f'<div class="query"><img src="{html.escape(thumbs(result.query))}" alt="query">'
+                f"<div>{_text(result.query)}</div></div>")
+    return f'<div class="query"><q>{_text(result.query)}</q></div>'
 
 
 def write_page(out_dir: str | Path, results: Sequence[QueryResult], sheets: Sequence[str],
@@ -168,21 +171,21 @@ def write_page(out_dir: str | Path, results: Sequence[QueryResult], sheets: Sequ
     """index.html in out_dir: one section per query; `sheets` are the contact sheets' relative
     paths, one per query."""
     out_dir = Path(out_dir)
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_h(title)}"
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_text(title)}"
              f"</title><style>{STYLE}</style></head><body style='--w: {thumbs.size}px'>",
-             f"<h1>{_h(title)}</h1>"]
+             f"<h1>{_text(title)}</h1>"]
     for n, (result, sheet) in enumerate(zip(results, sheets), 1):
         target = "images" if result.kind == "text" else "texts"
         parts.append(f"<section><h2>query {n}: {result.kind} &rarr; {target}</h2>")
         parts.append(_query_block(result, thumbs))
-        parts.append(f'<p class="truth">{_h(result.truth)} &middot; '
-                     f'<a href="{_h(sheet)}">contact sheet</a></p><div class="hits">')
+        parts.append(f'<p class="truth">{_text(result.truth)} &middot; '
+                     f'<a href="{html.escape(sheet)}">contact sheet</a></p><div class="hits">')
         for hit in result.hits:
             mark = " &#10003; ground truth" if hit.correct else ""
             parts.append(f'<figure class="{"correct" if hit.correct else ""}">'
-                         f'<img src="{_h(thumbs(hit.image))}" alt="rank {hit.rank}">'
+                         f'<img src="{html.escape(thumbs(hit.image))}" alt="rank {hit.rank}">'
                          f"<figcaption><b>#{hit.rank}</b> {hit.score:.3f}{mark}<br>"
-                         f"{_h(hit.label)}</figcaption></figure>")
+                         f"{_text(hit.label)}</figcaption></figure>")
         parts.append("</div></section>")
     parts.append("</body></html>")
     page = out_dir / "index.html"
@@ -208,7 +211,7 @@ def _font() -> ImageFont.ImageFont:
 
 def _wrap(text: str, width_px: int, lines: int) -> list[str]:
     chars = max(8, width_px // 6)   # about 6 px per character at size 11
-    wrapped = textwrap.wrap(shown(" ".join(text.split()), None), chars) or [""]
+    wrapped = textwrap.wrap(shown(" ".join(text.split()), len(text)), chars) or [""]
     if len(wrapped) > lines:
         wrapped = wrapped[:lines]
         wrapped[-1] = wrapped[-1][:chars - 3] + "..."

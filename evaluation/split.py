@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from data.corpus import drop_empty, has_doc2vec_text, tokenized_documents
-from data.items import InputError, Item
+from data.items import InputError, Item, image_key
 from data.images import report_bad_images
 from data.text import preprocess_all
 
@@ -79,12 +79,13 @@ def load_split(items: Sequence[Item], split: str, args: argparse.Namespace) -> E
     paths, ids, labels, owner = [], [], [], []
     for d in docs:
         item = items[d.item]
-        if item.image not in index:
-            index[item.image] = len(paths)
+        key = image_key(item)    # the image's identity, as training's same-image rule has it
+        if key not in index:
+            index[key] = len(paths)
             paths.append(item.image)
             ids.append(item.id)
             labels.append(item.label)
-        owner.append(index[item.image])
+        owner.append(index[key])
     return EvalSplit(split, paths, ids, labels, [d.id for d in docs],
                      [items[d.item].texts[d.text] for d in docs], tokens,
                      np.asarray(owner, dtype=np.int64), [items[d.item].label for d in docs],

@@ -17,11 +17,16 @@ VALIDATION_SEED = 9485629
 
 
 class PairDataset(Dataset):
-    """Item i is document i: its image (uint8), token ids, image id, and its neighbour's."""
+    """Item i is document i: its image (uint8), token ids, image id, and its neighbour's.
+
+    `image_ids` are what `read` takes (item indices); `groups` (data.items.item_groups, per item)
+    give the ids the objective compares, so documents of one image or group are never each
+    other's negatives. Without it each image id is its own group."""
 
     def __init__(self, image_ids: Sequence[int], token_ids: Sequence[list[int]],
-                 read: Callable[[int], torch.Tensor]):
+                 read: Callable[[int], torch.Tensor], groups: Sequence[int] | None = None):
         self.image_ids = np.asarray(image_ids, dtype=np.int64)
+        self.groups = None if groups is None else np.asarray(groups, dtype=np.int64)
         self.tokens = token_ids
         self.read = read                       # image id -> uint8 [3, H, W]
         self.neighbors = np.full(len(token_ids), -1, dtype=np.int64)
@@ -35,15 +40,19 @@ class PairDataset(Dataset):
     def __getitem__(self, key: Key) -> dict:
         i, random_text = key if isinstance(key, tuple) else (key, -1)
         out = {"image": self.read(int(self.image_ids[i])), "tokens": self.tokens[i],
-               "image_id": int(self.image_ids[i]), "nb": int(self.neighbors[i])}
+               "image_id": self._group(i), "nb": int(self.neighbors[i])}
         if random_text >= 0:
             out["random_tokens"] = self.tokens[random_text]
         if out["nb"] >= 0:
             nb = out["nb"]
             out["nb_image"] = self.read(int(self.image_ids[nb]))
             out["nb_tokens"] = self.tokens[nb]
-            out["nb_image_id"] = int(self.image_ids[nb])
+            out["nb_image_id"] = self._group(nb)
         return out
+
+    def _group(self, i: int) -> int:
+        image = int(self.image_ids[i])
+        return image if self.groups is None else int(self.groups[image])
 
 
 def collate(samples: list[dict]) -> dict:

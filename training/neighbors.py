@@ -5,7 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
-from data.items import InputError, Document
+from data.items import InputError, Document, shown
 
 # kNN rows handled at once while building the table: bounds the temporaries to a few hundred
 # MiB whatever the corpus (k = 200: 200 MiB of candidate ids and masks per 65,536 rows).
@@ -19,26 +19,30 @@ class NeighborSampler:
     entries that qualify. An entry qualifies when it is at distance > 0 (not the document itself,
     not a duplicate text) and is a training document here (documents dropped from training, e.g.
     for an unreadable image or no tokens, are not in `docs`). This project adds one rule: an entry
-    sharing the document's image (another caption of it) does not qualify either, since its image
-    would be the anchor's own. A document with no qualifying entry in its whole row has no
+    sharing the document's image (another caption of it, or another item naming the same file) or
+    its explicit group does not qualify either (`groups`: data.items.item_groups, per item), since
+    its image would be the anchor's own. A document with no qualifying entry in its whole row has no
     neighbour; those are counted in `missing`.
 
     The table is `candidates[offsets[i]:offsets[i] + counts[i]]`: document indices, nearest first.
     """
 
-    def __init__(self, knn: dict, docs: Sequence[Document], pool: int = 10, source: str = "kNN file"):
+    def __init__(self, knn: dict, docs: Sequence[Document], pool: int = 10, source: str = "kNN file",
+                 groups: np.ndarray | None = None):
         position = {d.id: i for i, d in enumerate(docs)}
         knn_ids = list(knn["ids"])
         to_doc = np.fromiter((position.get(i, -1) for i in knn_ids), dtype=np.int64, count=len(knn_ids))
         foreign = int((to_doc < 0).sum())
         # Documents dropped from training (bad images) are expected; a mostly-foreign file is not.
         if foreign > len(knn_ids) // 2:
-            first = [knn_ids[i] for i in np.flatnonzero(to_doc < 0)[:3]]
+            first = [shown(knn_ids[i]) for i in np.flatnonzero(to_doc < 0)[:3]]
             raise InputError(f"{source}: {foreign} of its {len(knn_ids)} documents are not "
                                f"training documents of this dataset (first: {first}): re-run "
                                "train_doc2vec.py, extract_doc2vec_vectors.py and "
                                "knn_document_features.py on it")
         image_of = np.fromiter((d.item for d in docs), dtype=np.int64, count=len(docs))
+        if groups is not None:
+            image_of = np.asarray(groups, dtype=np.int64)[image_of]
         # The tables are read a block of rows at a time (data.knn_file.Rows, or arrays): the
         # whole [N, k] pair is 1.6 GB at a million documents, k = 200.
         nbrs, dists = knn["neighbors"], knn["distances"]
@@ -82,7 +86,7 @@ class NeighborSampler:
     def report(self) -> None:
         if self.missing:
             print(f"{len(self.missing)} training documents have no usable neighbour and get no "
-                  f"L_img / L_text term (first: {', '.join(self.missing[:3])})")
+                  f"L_img / L_text term (first: {', '.join(map(shown, self.missing[:3]))})")
 
     def sample(self, seed: int, epoch: int) -> np.ndarray:
         """One neighbour per document (-1 for none), uniform over its candidates; the same for the

@@ -13,7 +13,7 @@ from gensim.models.doc2vec import Doc2Vec
 from cli import load_items
 from data import provenance
 from data.corpus import drop_empty, tokenized_documents
-from data.items import InputError, Document, Item
+from data.items import InputError, Document, Item, item_groups, shown
 from data.doc2vec import load_model
 from data.knn_file import load_knn
 from data.workdir import DOC2VEC_MODEL, KNN, require
@@ -36,6 +36,7 @@ class TrainingData:
     val_tokens: list[list[int]]
     sampler: NeighborSampler
     read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s]
+    groups: np.ndarray                     # item index -> its same-image group (item_groups)
     provenance: dict                       # what the run is made from, saved in its checkpoints
 
 
@@ -47,7 +48,7 @@ def drop_unknown(docs: list[Document], encoded: list[list[int]], ctx: Context
     empty = [d.id for d, e in zip(docs, encoded) if e == [START, END]]
     if empty and ctx.main:
         print(f"dropped {len(empty)} train/val documents with no word in the Doc2Vec vocabulary "
-              f"(first: {', '.join(empty[:3])})")
+              f"(first: {', '.join(map(shown, empty[:3]))})")
     keep = [i for i, e in enumerate(encoded) if e != [START, END]]
     return [docs[i] for i in keep], [encoded[i] for i in keep]
 
@@ -113,10 +114,12 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
         raise InputError(f"{args.dataset}: {len(val)} usable validation documents: mark items "
                            '"split": "val" or pass a larger --val-size')
     train_docs = [docs[i] for i in train]
-    sampler = NeighborSampler(knn, train_docs, args.neighbor_pool, source=str(knn_path))
+    groups = item_groups(items)
+    sampler = NeighborSampler(knn, train_docs, args.neighbor_pool, source=str(knn_path), groups=groups)
     if ctx.main:
         print(f"{len(train_docs)} training and {len(val)} validation documents; "
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, record)
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, groups,
+                        record)

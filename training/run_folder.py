@@ -99,6 +99,13 @@ def claim(path: Path, resume: bool, overwrite: bool, main: bool) -> RunFolder:
         except OSError as e:
             raise write_error(path, e) from None
         fd = _lock(path)
+        # Under the lock no other trainer writes here: any checkpoint's temporary file is a
+        # leftover of a run killed mid-save (kill -9), as large as the checkpoint.
+        stale = [t for name in CHECKPOINTS for t in path.glob(f".{name}.*.tmp")]
+        for t in stale:
+            t.unlink(missing_ok=True)
+        if stale:
+            print(f"removed {len(stale)} temporary file(s) of a save that was cut short from {path}")
     found = earlier_run(path)
     try:
         if found and not (resume or overwrite):
@@ -123,9 +130,16 @@ class LogWriter:
     naming the folder."""
 
     def __init__(self, path: Path, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
-        self.path = path
-        self._writer = self._guard(lambda: SummaryWriter(str(path), purge_step=purge_step))
+        self.path, self._purge_step, self._made = path, purge_step, None
+
+    @property
+    def _writer(self):
+        # Made at the first value, not before: a run that logs nothing (--epochs 0) leaves no
+        # events file, which would make the folder look used.
+        if self._made is None:
+            from torch.utils.tensorboard import SummaryWriter
+            self._made = self._guard(lambda: SummaryWriter(str(self.path), purge_step=self._purge_step))
+        return self._made
 
     def _guard(self, call):
         try:
@@ -137,7 +151,9 @@ class LogWriter:
         self._guard(lambda: self._writer.add_scalar(tag, value, step))
 
     def flush(self) -> None:
-        self._guard(self._writer.flush)
+        if self._made is not None:
+            self._guard(self._made.flush)
 
     def close(self) -> None:
-        self._guard(self._writer.close)
+        if self._made is not None:
+            self._guard(self._made.close)

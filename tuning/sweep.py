@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from data import signals
 from data.workdir import atomic_write
 from models.checkpoint import exact_number, run_name
 from tuning.grid import Triple, format_triple
@@ -160,7 +161,7 @@ def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> str:
     with open(log, "a", encoding="utf-8") as f:   # a continued run keeps its earlier part
         f.write(f"== {time.strftime('%Y-%m-%d %H:%M:%S')} on {device.name}: {' '.join(cmd)}\n")
         f.flush()
-        code = subprocess.run(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+        code = signals.run_child(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if code == 0:
         return ""
     lines = [line for line in log.read_text(errors="replace").replace("\r", "\n").splitlines()
@@ -219,7 +220,7 @@ def run_all(jobs: Sequence, devices: Sequence[Device], work: Callable[[object, D
     def worker(device: Device) -> None:
         while True:
             with lock:
-                i = next(queue, None)
+                i = None if signals.stopping() else next(queue, None)   # none after a stop
             if i is None:
                 return
             try:
@@ -233,6 +234,10 @@ def run_all(jobs: Sequence, devices: Sequence[Device], work: Callable[[object, D
     threads = [threading.Thread(target=worker, args=(d,), daemon=True) for d in devices]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except BaseException as e:   # Ctrl-C or SIGTERM: no run may outlive the sweep
+        signals.stop_children(e)
+        raise
     return outcomes
