@@ -779,8 +779,8 @@ def test_an_image_query_with_an_undecodable_name_gets_its_page(pipeline, tmp_pat
 
 
 def test_a_dataset_string_that_cannot_be_utf8_names_its_item(tmp_path):
-    for field, fix in (("texts", "write it as UTF-8 text"), ("id", "write it as UTF-8 text"),
-                       ("image", "rename the file to a UTF-8 name")):
+    for field, fix in (("texts", "half of a UTF-16 pair"), ("id", "half of a UTF-16 pair"),
+                       ("image", "half of a UTF-16 pair")):
         record = {"id": "a", "image": "a.jpg", "texts": ["Rockets launched."], "split": "train"}
         record[field] = ["Rock\ud800ets."] if field == "texts" else "a\udcff.jpg"
         manifest = tmp_path / f"{field}.jsonl"
