@@ -615,7 +615,7 @@ def script(name: str, *args, timeout: int = 180) -> subprocess.CompletedProcess:
     """The script in its own process group, killed whole (loader and pool workers too) if it
     outlives `timeout`: a step blocked on a FIFO fails the test instead of hanging it."""
     proc = subprocess.Popen([sys.executable, name, *map(str, args)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
