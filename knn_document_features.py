@@ -12,17 +12,17 @@ cosinesimil. It reads only the vectors file and carries its record on, adding it
 import time
 from pathlib import Path
 
-
 import config
 from cli import parser, run_main, whole
 from data import provenance
 from data.items import InputError
 from data.knn import SPACES, exact_knn, hnsw_knn, sampled_recall
 from data.knn_faiss import BACKENDS as FAISS_BACKENDS, SettingsError, ivf_settings
+from data.workdir import (DOC2VEC_FEATURES, KNN, check_vectors, check_writable, load_pickle,
+                          save_pickle)
 
 BACKENDS = ("hnsw", "exact", *FAISS_BACKENDS)
 EXACT = ("exact", "faiss-exact")
-from data.workdir import DOC2VEC_FEATURES, KNN, check_vectors, check_writable, load_pickle, save_pickle
 
 
 def main() -> None:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import hashlib
-import multiprocessing as mp
 import zlib
 from contextlib import contextmanager
 from functools import partial
@@ -12,7 +11,7 @@ from typing import Iterator, Sequence
 import gensim.models.doc2vec as gensim_doc2vec
 import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
-from tqdm import tqdm
+from .pool import fork_map
 
 from .files import require_regular
 from .items import InputError
@@ -143,22 +142,18 @@ def infer_vectors(model: str | Path | Doc2Vec, tokens: Sequence[list[str]], work
     does not depend on the process, the document order or the worker count.
     """
     global _model
-    bar = dict(total=len(tokens), desc="inferring Doc2Vec vectors", unit="doc", mininterval=1.0)
+    bar = dict(desc="inferring Doc2Vec vectors", unit="doc")
     _model = model if isinstance(model, Doc2Vec) else Doc2Vec.load(str(model))
     try:
         with _stable_start_vectors():  # forked workers inherit it
             # One preallocated array, filled as vectors arrive: a list of a million small arrays
             # would cost twice the memory of the result and a copy at the end.
             out = np.empty((len(tokens), _model.vector_size), dtype=np.float32)
-            if workers <= 1 or len(tokens) < 1000:
-                for i, t in enumerate(tqdm(tokens, **bar)):
-                    out[i] = _infer(t)
-            else:
-                # Forked workers share the parent's model (inference reads its arrays and never
-                # writes them, so the pages stay shared) instead of each loading a copy.
-                with mp.get_context("fork").Pool(workers) as pool:
-                    for i, v in enumerate(tqdm(pool.imap(_infer, tokens, chunksize=256), **bar)):
-                        out[i] = v
+            # Forked workers share the parent's model (inference reads its arrays and never
+            # writes them, so the pages stay shared) instead of each loading a copy.
+            for i, v in enumerate(fork_map(_infer, tokens, workers, serial_below=1000,
+                                           chunksize=256, progress=bar)):
+                out[i] = v
     finally:
         _model = None
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
+from data.pool import fork_map
 
 from data.files import not_regular
 from data.items import InputError
@@ -179,22 +178,10 @@ def _decode_all(array_path: Path, paths: list[str], size: int, workers: int,
                 progress: bool) -> list[str | None]:
     jobs = [(str(array_path), s, paths[s:s + CHUNK], size) for s in range(0, len(paths), CHUNK)]
     reasons: list[str | None] = [None] * len(paths)
-    with tqdm(total=len(paths), desc=f"caching images at {size}px", unit="img",
-              mininterval=1.0, disable=not progress) as bar:
-        if workers <= 1 or len(jobs) == 1:
-            results = map(_decode_chunk, jobs)
-            pool = None
-        else:
-            pool = mp.get_context("fork").Pool(workers)
-            results = pool.imap_unordered(_decode_chunk, jobs)
-        try:
-            for start, chunk in results:
-                reasons[start:start + len(chunk)] = chunk
-                bar.update(len(chunk))
-        finally:
-            if pool is not None:
-                pool.terminate()
-                pool.join()
+    bar = dict(total=len(paths), desc=f"caching images at {size}px", unit="img", disable=not progress)
+    for start, chunk in fork_map(_decode_chunk, jobs, workers, serial_below=2, ordered=False,
+                                 progress=bar, count=lambda result: len(result[1])):
+        reasons[start:start + len(chunk)] = chunk
     return reasons
 
 

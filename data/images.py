@@ -5,13 +5,13 @@ the ImageNet normalisation then run batched wherever the model runs.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
 from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from tqdm import tqdm
+
+from data.pool import fork_map
 
 from data.files import open_regular
 from data.items import InputError, shown
@@ -90,13 +90,9 @@ def find_bad_images(paths: Sequence[str], size: int, workers: int = 1) -> dict[s
     """Decode every image once; returns {path: reason} for those that are missing or broken."""
     unique = sorted(set(paths))
     jobs = [(p, size) for p in unique]
-    bar = dict(total=len(jobs), desc="checking images", unit="img", mininterval=1.0,
-               disable=len(jobs) < 2000)
-    if workers <= 1 or len(jobs) < 500:
-        reasons = [_probe(j) for j in tqdm(jobs, **bar)]
-    else:
-        with mp.get_context("fork").Pool(workers) as pool:
-            reasons = list(tqdm(pool.imap(_probe, jobs, chunksize=64), **bar))
+    reasons = list(fork_map(_probe, jobs, workers, serial_below=500, chunksize=64,
+                            progress=dict(desc="checking images", unit="img",
+                                          disable=len(jobs) < 2000)))
     return {p: r for p, r in zip(unique, reasons) if r is not None}
 
 

@@ -42,6 +42,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--devices", default="cpu,cpu",
                    help="two CPU runs at a time, one thread each, use 2 cores better than one")
     p.add_argument("--bootstrap", type=int, default=2000)
+    p.add_argument("--pretrained", action="store_true",
+                   help="ImageNet weights for the ResNet (torch's cache) instead of random ones")
     args = p.parse_args()
     for key, value in DEFAULTS[args.data].items():
         if getattr(args, key, None) is None:
@@ -59,8 +61,6 @@ def main() -> None:
     if not manifest.is_file() or not (work / "document_feats_knn.pickle").is_file():
         sys.exit(f"error: {args.run_dir} lacks the demo's data or neighbourhoods: run "
                  f"make demo{'' if args.data == 'openclipart' else ' DATA=' + args.data} first")
-    from models import imagenet_cache_path   # here: the check above needs no torch
-    pretrained = imagenet_cache_path("resnet18").exists()   # as the demo decides
     # Absolute paths: the image cache knows its images by the paths it was built with.
     common = ["--dataset", str(manifest), "--work-dir", str(work), "--max-sentences",
               str(args.max_sentences)]
@@ -71,7 +71,7 @@ def main() -> None:
          *(["--also-test", args.also_test] if args.also_test.strip() else []),
          *([] if args.objectives == "none" else ["--objectives", args.objectives]),
          "--eval-workers", "0", "--",
-         *common, "--arch", "resnet18", *([] if pretrained else ["--no-pretrained"]),
+         *common, "--arch", "resnet18", *([] if args.pretrained else ["--no-pretrained"]),
          "--image-size", str(args.image_size),
          "--epochs", str(args.epochs), "--batch-size", str(args.batch_size), "--lr", str(args.lr),
          "--workers", "0", "--image-cache", "require"],

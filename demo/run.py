@@ -16,6 +16,7 @@ from pathlib import Path
 from cli import max_workers, real, whole
 from data import signals
 from data.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
+from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 from models import ARCHS, imagenet_cache_path
 from losses import NEGATIVES
 from models.checkpoint import run_name
@@ -48,6 +49,9 @@ def parse_args() -> argparse.Namespace:
                    help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
     p.add_argument("--arch", choices=sorted(ARCHS), default="resnet18")
     p.add_argument("--workers", type=whole(0, max_workers()), default=2)
+    p.add_argument("--pretrained", action="store_true",
+                   help="start the ResNet from ImageNet weights (torch's cache, downloaded there "
+                        "when absent) instead of random weights; the README's tables use random ones")
     p.add_argument("--negatives", default="release",
                    help="the trainer's --negatives for both runs; 'release,clean' trains and "
                         "evaluates both objectives side by side (four columns)")
@@ -121,8 +125,8 @@ def main() -> None:
     work = args.run_dir / "work"
     common = ["--dataset", manifest, "--work-dir", work, "--workers", args.workers,
               "--max-sentences", args.max_sentences]
-    # --deterministic: one Doc2Vec thread and a one-thread HNSW build, so that the demo's table
-    # is the same on every machine (gensim's threads race).
+    # --deterministic: one Doc2Vec thread and a one-thread HNSW build, so that a rerun on the same
+    # machine gives the same table (gensim's threads race); another CPU may still round otherwise.
     steps.run("doc2vec", ["train_doc2vec.py", *common, "--min-count", args.min_count, "--deterministic"],
               work / "doc2vec_model.gensim", inputs=f" (data {manifest.stat().st_mtime_ns})")
     steps.run("vectors", ["extract_doc2vec_vectors.py", *common], work / "doc2vec_features.pickle")
@@ -132,9 +136,14 @@ def main() -> None:
               work / "document_feats_knn.pickle")
     steps.run("image cache", ["prepare_image_cache.py", *common, "--image-size", args.image_size],
               work / "image_cache" / str(args.image_size) / "index.json")
-    pretrained = imagenet_cache_path(args.arch).exists()
-    print(f"== image branch: {args.arch}, "
-          f"{'ImageNet weights from the torch cache' if pretrained else 'random init (no ImageNet weights in the torch cache)'}")
+    fingerprints = {"doc2vec vectors": vectors_fingerprint(work / "doc2vec_features.pickle"),
+                    "neighbour table": knn_fingerprint(work / "document_feats_knn.pickle")}
+    for name in fingerprints:
+        print(f"   fingerprint of the {name}: {fingerprints[name]}")
+    # Stated, never inferred from what torch's cache happens to hold: the table depends on it.
+    image_weights = (f"ImageNet weights ({imagenet_cache_path(args.arch)})" if args.pretrained
+                     else "random weights (--no-pretrained)")
+    print(f"== image branch: {args.arch} from {image_weights}")
     checkpoints = []
     for negatives in args.negatives:
         for name, weights in RUNS.items():
@@ -145,10 +154,12 @@ def main() -> None:
             label = f"train {name} ({' '.join(weights)})" + (f" {other}" if other else "")
             steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
                               "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
-                              args.batch_size, "--lr", args.lr, *([] if pretrained else ["--no-pretrained"]),
+                              args.batch_size, "--lr", args.lr, *([] if args.pretrained else ["--no-pretrained"]),
                               "--negatives", negatives, "--run-name", folder,
                               "--overwrite"], best)   # a step that reruns replaces its earlier run
             checkpoints.append(best)
+            fingerprints[f"{folder}/best.pt"] = checkpoint_fingerprint(best)
+            print(f"   fingerprint of {folder}/best.pt: {fingerprints[folder + '/best.pt']}")
     steps.run("evaluate", ["evaluate_retrieval.py", *sum((["--checkpoint", c] for c in checkpoints), []),
                            "--workers", args.workers, "--out", args.run_dir / "metrics.json"], always=True)
     print("   (a single run of each, one seed: the difference between the columns includes the "
@@ -157,6 +168,12 @@ def main() -> None:
     # The paper's weights under the first objective.
     steps.run("retrieve", ["retrieve.py", "--checkpoint", checkpoints[1], "--out", page,
                            *sum((["--query", q] for q in QUERIES[args.data]), [])], page / "index.html")
+    # Same machine and packages: the same fingerprints. Another CPU may round differently; the
+    # first fingerprint that differs names the step where the two machines parted.
+    print(f"fingerprints ({args.arch} from {image_weights}):")
+    for name, value in fingerprints.items():
+        print(f"  {value}  {name}")
+    (args.run_dir / "fingerprints.json").write_text(json.dumps(fingerprints, indent=1) + "\n")
     print(f"demo finished in {time.time() - t0:.0f}s; retrieval page: {page / 'index.html'}")
 
 

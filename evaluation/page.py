@@ -150,10 +150,12 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.5em; }
 section { border-top: 1px solid #ccc; padding: 0.5em 0 1em; }
 .query img { max-height: 160px; border: 1px solid #888; }
-.hits { display: flex; flex-wrap: wrap; gap: 10px; }
-figure { margin: 0; width: var(--w); border: 3px solid transparent; padding: 2px; }
+/* Every tile the same box, each picture contained in a square of it whatever its shape, so a
+   tall or wide picture never moves the others and the columns line up. */
+.hits { display: grid; grid-template-columns: repeat(auto-fill, calc(var(--w) + 10px)); gap: 10px; }
+figure { margin: 0; border: 3px solid transparent; padding: 2px; min-width: 0; }
 figure.correct { border-color: #1a9e3a; background: #e9f7ec; }
-figure img { width: 100%; display: block; }
+figure img { width: var(--w); height: var(--w); object-fit: contain; display: block; background: #f3f3f3; }
 figcaption { font-size: 12px; overflow-wrap: anywhere; }
 .truth { color: #555; }
 """

@@ -12,8 +12,8 @@ import torch
 from data.workdir import atomic_write
 from evaluation.metrics import fold_metrics, rank_parts, summarize
 from evaluation.neighborhood import knn_overlap_hits, label_precision_hits
+from evaluation.registry import K, METRICS, format_table as layout, lookup
 
-K = 10             # neighbourhood and label precision depth
 FOLD_SIZE = 1000   # the COCO "1K" protocol
 
 
@@ -88,45 +88,26 @@ def evaluate_embeddings(images: torch.Tensor, texts: torch.Tensor, text_image: t
     return metrics, notes
 
 
-_RECALLS = (("R@1", "r1"), ("R@5", "r5"), ("R@10", "r10"), ("medr", "medr"), ("meanr", "meanr"))
-
-
 def _rows() -> list[tuple[str, tuple[str, ...], str]]:
-    """(row label, key path into the metrics dict, format)."""
+    """(row label, key path into the metrics dict, format): the counts, then the registry's
+    metrics, the ranking ones again over the 1K folds where there are folds."""
+    ranking = [m for m in METRICS.values() if m.unit != "fraction" and m.name != "rsum"] + [METRICS["rsum"]]
     rows = [("images", ("n_images",), "d"), ("texts", ("n_texts",), "d")]
     for prefix, path in (("", ()), ("1K ", ("folds_1k",))):
-        for direction in ("i2t", "t2i"):
-            rows += [(f"{prefix}{direction} {name}", (*path, direction, key), ".1f")
-                     for name, key in _RECALLS]
-        rows.append((f"{prefix}rsum", (*path, "rsum"), ".1f"))
-    rows += [("image overlap@10", ("neighborhood", "image_overlap@10"), ".3f"),
-             ("text overlap@10", ("neighborhood", "text_overlap@10"), ".3f")]
-    rows += [(f"label P@10 {d}", ("label_precision@10", d), ".3f")
-             for d in ("i2t", "t2i", "i2i", "t2t")]
+        rows += [(prefix + m.label, (*path, *m.path), m.fmt) for m in ranking]
+    rows += [(m.label, m.path, m.fmt) for m in METRICS.values() if m.unit == "fraction"]
     return rows
-
-
-def _lookup(metrics: dict, path: tuple[str, ...]):
-    for key in path:
-        if not isinstance(metrics, dict) or key not in metrics:
-            return None
-        metrics = metrics[key]
-    return metrics
 
 
 def format_table(names: Sequence[str], results: Sequence[dict]) -> str:
     """Rows of metrics, one column per run; a row no run has is left out, a missing cell is '-'."""
     lines = []
     for label, path, fmt in _rows():
-        cells = [_lookup(m, path) for m in results]
+        cells = [lookup(m, path) for m in results]
         if all(c is None for c in cells):
             continue
         lines.append([label] + ["-" if c is None else format(c, fmt) for c in cells])
-    header = ["metric", *names]
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    out = [header, ["-" * w for w in widths], *lines]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))) for row in out)
+    return layout(["metric", *names], lines)
 
 
 def run_names(checkpoints: Sequence[str | Path]) -> list[str]:

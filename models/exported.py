@@ -110,11 +110,13 @@ class Encoders:
     device: torch.device
 
     @torch.no_grad()
-    def embed_images(self, paths: Sequence[str | os.PathLike]) -> Tensor:
-        """[N, embed_dim] unit rows, one per image file."""
-        size = self.config["image_size"]
-        batch = torch.stack([read_image(str(p), size) for p in paths]).to(self.device)
-        return self.image(normalize(batch))
+    def embed_images(self, paths: Sequence[str | os.PathLike], batch_size: int = 64) -> Tensor:
+        """[N, embed_dim] unit rows, one per image file, decoded `batch_size` at a time."""
+        size, out = self.config["image_size"], []
+        for s in range(0, len(paths), batch_size):
+            batch = torch.stack([read_image(str(p), size) for p in paths[s:s + batch_size]])
+            out.append(self.image(normalize(batch.to(self.device))))
+        return torch.cat(out) if out else torch.empty(0, self.image.embed_dim, device=self.device)
 
     def tokens(self, text: str) -> list[int]:
         """The token ids the text encoder reads for `text` (START ... END)."""

@@ -33,6 +33,14 @@ def test_demo_runs_every_step_and_prints_the_side_by_side_table(demo):
     assert "rocket orbit astronaut" in page
     assert "a single run of each, one seed" in out and "make experiment" in out
     assert "demo finished" in out
+    # Random image weights, stated and passed to both runs, whatever torch's cache holds.
+    assert "== image branch: resnet18 from random weights (--no-pretrained)" in out
+    assert sum("--no-pretrained" in line for line in out.splitlines() if line.startswith("== train")) == 2
+    fingerprints = json.loads((run_dir / "fingerprints.json").read_text())
+    assert list(fingerprints) == ["doc2vec vectors", "neighbour table", *(f"{r}/best.pt" for r in RUNS)]
+    assert "fingerprints (resnet18 from random weights (--no-pretrained)):" in out
+    for name, value in fingerprints.items():
+        assert f"  {value}  {name}" in out
 
 
 @pytest.mark.slow   # the whole demo at tiny sizes (minutes)

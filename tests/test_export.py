@@ -28,7 +28,7 @@ def test_exported_encoders_embed_as_evaluation_does(exported, tmp_path):
     ids = json.loads((tmp_path / "emb" / "ids.json").read_text())
     enc = load_encoders(out)
     assert enc.config["image_size"] == 32 and enc.config["arch"] == "resnet18"
-    images = enc.embed_images(ids["image_paths"])
+    images = enc.embed_images(ids["image_paths"], batch_size=5)   # several batches
     assert torch.allclose(images, torch.from_numpy(np.load(tmp_path / "emb" / "images.npy")), atol=1e-5)
     items = load_dataset(manifest)
     raw = {d.id: items[d.item].texts[d.text] for d in documents(items, ["test"])}

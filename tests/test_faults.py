@@ -494,6 +494,8 @@ def test_a_dataset_in_another_script_is_told_about_keep_unicode(tmp_path):
     # drop shorter ones.
     words = ["东京都 天气预报 晴朗温暖", "北京市 火箭发射 圆满成功", "音乐会 吉他独奏 优美旋律"]
     records = [{"id": str(i), "image": f"{i}.jpg", "texts": [words[i % 3] + "。"]} for i in range(30)]
+    records += [{"id": f"{split}{i}", "image": f"{split}{i}.jpg", "texts": [words[i] + "。"],
+                 "split": split} for split in ("test", "val") for i in range(3)]
     manifest = tmp_path / "zh.jsonl"
     manifest.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
     common = ["--dataset", manifest, "--work-dir", tmp_path / "w", "--workers", "0"]

@@ -157,3 +157,32 @@ def test_a_csv_dataset_trains_and_evaluates_with_its_keys_from_the_checkpoint(tm
               "--out", tmp_path / "m.json", "--device", "cpu", "--workers", "0").out
     n_test = sum(r["split"] == "test" for r in rows)
     assert f"{n_test} images, {n_test} texts" in out
+
+
+def test_an_articles_items_share_a_group_and_are_never_each_others_neighbours_or_negatives(tmp_path):
+    import numpy as np
+    import torch
+    from data.items import documents, item_groups
+    from training.data import PairDataset
+    from training.neighbors import NeighborSampler
+    path = jsonl(tmp_path / "m.jsonl", [
+        {"id": "art", "images": ["a.jpg", "b.jpg", "c.jpg"], "text": "One story."},
+        {"id": "x", "image": "x.jpg", "text": "Other."},
+        {"id": "y", "image": "y.jpg", "text": "Another."},
+    ])
+    items = read_jsonl(path)
+    groups = item_groups(items)
+    assert groups[0] == groups[1] == groups[2] and len(set(groups.tolist())) == 3
+    docs = documents(items)
+    # Each article picture's nearest documents are its mates (same text, a tiny distance).
+    n = len(docs)
+    order = [[i] + [j for j in range(n) if j != i] for i in range(n)]
+    knn = {"ids": [d.id for d in docs], "neighbors": np.array(order),
+           "distances": np.array([[0.0] + [0.01 * (k + 1) for k in range(n - 1)]] * n, dtype=np.float32)}
+    sampler = NeighborSampler(knn, docs, pool=10, groups=groups)
+    for row in range(3):
+        start = sampler.offsets[row]
+        assert set(sampler.candidates[start:start + sampler.counts[row]].tolist()) == {3, 4}
+    ds = PairDataset([d.item for d in docs], [[1, 2]] * n, lambda i: torch.zeros(3, 2, 2), groups)
+    ids = [ds[i]["image_id"] for i in range(n)]
+    assert ids[0] == ids[1] == ids[2] and len(set(ids)) == 3   # what the objective compares

@@ -149,8 +149,9 @@ def test_training_images_modes(tmp_path):
 def test_script_reports_bad_images_and_reuses_its_cache(tmp_path):
     paths = write_images(tmp_path / "img", n=10)
     manifest = tmp_path / "data.jsonl"
-    manifest.write_text("".join(f'{{"id": "{i}", "image": "{p}", "texts": ["a text"]}}\n'
-                                for i, p in enumerate(paths)))
+    split = lambda i: "test" if i == 0 else "val" if i == 1 else "train"   # noqa: E731
+    manifest.write_text("".join(f'{{"id": "{i}", "image": "{p}", "texts": ["a text"], '
+                                f'"split": "{split(i)}"}}\n' for i, p in enumerate(paths)))
     args = ["--dataset", manifest, "--work-dir", tmp_path / "work", "--image-size", SIZE,
             "--workers", "2"]
     result = cli("prepare_image_cache.py", *args, "--max-bad-images", "0.5")

@@ -158,6 +158,8 @@ def test_large_model_is_one_loadable_file(tmp_path):
     # every later step (at 200 dimensions, from about 52,000 documents on).
     rows = [json.dumps({"id": str(i), "image": f"{i}.jpg", "text": f"alpha beta gamma w{i % 50}x"})
             for i in range(14_000)]
+    rows += [json.dumps({"id": f"{split}{i}", "image": f"{split}{i}.jpg", "text": "alpha",
+                         "split": split}) for split in ("test", "val") for i in range(10)]
     manifest = tmp_path / "m.jsonl"
     manifest.write_text("\n".join(rows) + "\n")
     work = tmp_path / "work"

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from data.items import Document, InputError, Item
+from data.items import Document, InputError, Item, image_key
 from evaluation.embed import embed_images, embed_token_ids
 from evaluation.metrics import RECALL_AT, retrieval_metrics
 from models import CrossModalModel, Precision
@@ -54,15 +54,15 @@ def validation_recall(model: CrossModalModel, items: Sequence[Item], docs: Seque
     """retrieval_metrics of the validation documents (`tokens`: their encoded texts; `read`: item
     index -> uint8 image, as training reads it). The model is left in eval mode."""
     model.eval()
-    image_of: dict[str, int] = {}
+    image_of: dict[object, int] = {}
     first_item: list[int] = []         # the item whose image each distinct file is read from
     text_image = []
     for d in docs:
-        path = items[d.item].image
-        if path not in image_of:
-            image_of[path] = len(first_item)
+        key = image_key(items[d.item])   # one image as evaluation has it (evaluation/split.py)
+        if key not in image_of:
+            image_of[key] = len(first_item)
             first_item.append(d.item)
-        text_image.append(image_of[path])
+        text_image.append(image_of[key])
     run = "bf16" if precision.bf16 else "fp32"
     mine = first_item[ctx.rank::ctx.world]
     # No DataLoader workers: the images are already decoded (the cache) or checked readable, and

@@ -8,6 +8,7 @@ from typing import Sequence
 
 import numpy as np
 
+from evaluation.registry import format_table as _table
 from tuning.grid import NAMES, Triple, format_triple
 from tuning.metrics import HEADLINE, METRICS
 
@@ -63,14 +64,7 @@ def choose(by_triple: dict[Triple, dict[str, dict]], select: str) -> Triple:
 
 
 def _format(value: float, name: str) -> str:
-    return f"{value:.3f}" if METRICS[name].unit == "fraction" else f"{value:.1f}"
-
-
-def _table(header: list[str], lines: list[list[str]]) -> str:
-    widths = [max(len(row[i]) for row in [header, *lines]) for i in range(len(header))]
-    rows = [header, ["-" * w for w in widths], *lines]
-    return "\n".join("  ".join(cell.ljust(w) if i == 0 else cell.rjust(w)
-                               for i, (cell, w) in enumerate(zip(row, widths))) for row in rows)
+    return METRICS[name].format(value)
 
 
 def validation_table(by_triple: dict[Triple, dict[str, dict]], select: str, chosen: Triple) -> str:
@@ -99,7 +93,6 @@ def test_table(comparison: dict[str, dict], label: str = "chosen") -> str:
     lines = []
     for name, c in comparison.items():
         lines.append([METRICS[name].label, _format(c["baseline"], name), _format(c["chosen"], name),
-                      f"{c['difference']:+.3f}" if METRICS[name].unit == "fraction"
-                      else f"{c['difference']:+.1f}",
+                      METRICS[name].format(c["difference"], sign=True),
                       _interval(c["seed_ci"], name), _interval(c["bootstrap_ci"], name)])
     return _table(header, lines)

@@ -14,15 +14,11 @@ from typing import Sequence
 import numpy as np
 from scipy import stats
 
-from evaluation.report import K
+from evaluation.registry import K, METRICS, RECALLS
 
 # Per-query array and level ("image": one value per image, "text": one per text) of each
 # fraction metric; the hits are out of K.
-_FRACTIONS = {"image_overlap": ("image_overlap_hits", "image"),
-              "text_overlap": ("text_overlap_hits", "image"),
-              "label_p10_i2t": ("label_hits_i2t", "image"), "label_p10_i2i": ("label_hits_i2i", "image"),
-              "label_p10_t2i": ("label_hits_t2i", "text"), "label_p10_t2t": ("label_hits_t2t", "text")}
-RECALLS = ("i2t_r1", "i2t_r5", "i2t_r10", "t2i_r1", "t2i_r5", "t2i_r10")
+_FRACTIONS = {m.name: m.hits for m in METRICS.values() if m.hits is not None}
 
 
 def seed_interval(differences: Sequence[float], level: float = 0.95) -> tuple[float, float] | None:
@@ -36,8 +32,7 @@ def seed_interval(differences: Sequence[float], level: float = 0.95) -> tuple[fl
 
 def available(per_query: dict[str, np.ndarray]) -> list[str]:
     """The metrics (tuning.metrics names) the per-query arrays can give."""
-    names = ["rsum", *RECALLS, "i2t_medr", "i2t_meanr", "t2i_medr", "t2i_meanr"]
-    return names + [n for n, (key, _) in _FRACTIONS.items() if key in per_query]
+    return [n for n, m in METRICS.items() if m.hits is None or m.hits[0] in per_query]
 
 
 def _weighted_medr(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
