@@ -149,7 +149,7 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     # the precision, resolved once.
     model, vocab, run = load_model(path, args)
     # Checked before the embedding, so that a wrong work folder fails in seconds.
-    d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab)
+    d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab, run.trained_from)
     split = cache.split(run, path)
     print(f"{path}: {run.split} split of {run.dataset}: {split.n_images} images, "
           f"{split.n_texts} texts")

@@ -18,7 +18,7 @@ import torch
 import config
 from cli import check_flags, load_items, real, run_main
 from data import provenance
-from data.items import InputError, shown
+from data.items import InputError, not_text, shown
 from data.workdir import check_writable
 from data.image_cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
@@ -46,6 +46,10 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if not (args.query or args.queries or args.image):
         p.error("give at least one query: --query TEXT, --queries FILE or --image FILE")
+    for n, query in enumerate(args.query, 1):
+        if not_text(query) is not None:   # an undecodable byte: no page or sheet could show it
+            p.error(f"--query {n} '{shown(query)}' is not UTF-8 text (the shell passed a byte "
+                    "that does not decode): pass the query in UTF-8")
     check_flags(p, args, "batch_size", "k", "block")
     if args.thumb_size < 16:
         p.error("--thumb-size must be at least 16")

@@ -19,15 +19,17 @@ from tqdm import tqdm
 import config
 from cli import check_flags, parser, real, run_main, whole
 from data.image_cache import MODES
+from data.items import InputError
 from losses import LOSSES, NEGATIVES
 from models import ARCHS, HEADS, Precision
 from models.checkpoint import Progress, checkpoint_state, load_resume, restore
 from models.precision import PRECISIONS
 from training import distributed
-from training.build import build_trainee, config_record, datasets, image_mode, objectives, optimization, wrap
+from training.build import build_trainee, datasets, image_mode, objectives, optimization, wrap
 from training.loop import ending, epoch_line, epoch_loader, save_epoch, train_epoch, validate
 from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
+from training.settings import check_resume_settings, data_problem, negatives_problem, settings_record
 from training.step import StepLog
 from training.validate import SELECT_BY, Selection, log_validation, validation_recall
 
@@ -107,6 +109,9 @@ def parse_args(argv: list[str] | None = None):
     bad_name = check_run_name(args.run_name)
     if bad_name:
         p.error(bad_name)
+    no_negative = negatives_problem(args.batch_size, args.negatives, args.w_sym, args.w_img)
+    if no_negative:
+        p.error(no_negative)
     return args
 
 
@@ -118,6 +123,11 @@ def main() -> None:
     log_dir = log_folder(args)
     folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
     resumed = (log_dir / "last.pt", load_resume(log_dir / "last.pt", ctx.device)) if args.resume else None
+    record = settings_record(args)   # the flags the checkpoints keep
+    if resumed is not None:   # before any data is read: only --epochs and --patience may change
+        notes = check_resume_settings(resumed[1].get("config"), record, resumed[0])
+        if ctx.main and notes:
+            print("\n".join(notes))
     data = prepare(args, ctx, resumed)
     precision = Precision.resolve(ctx.device, args.precision)
     if ctx.device.type == "cuda":
@@ -140,7 +150,10 @@ def main() -> None:
         log.last_checkpoint = f"{resumed[0]} (epoch {progress.epoch})"
     objective, val_objective = objectives(args)
     train_ds, val_ds = datasets(data)
-    record, wrote_best = config_record(args), False
+    no_negative = data_problem(len(train_ds), len(val_ds), args.batch_size, ctx.world, args.negatives)
+    if no_negative:
+        raise InputError(no_negative)
+    wrote_best = False
 
     epochs = tqdm(range(progress.epoch + 1, args.epochs), desc="epochs", unit="epoch",
                   initial=progress.epoch + 1, total=args.epochs, disable=not ctx.main)
@@ -167,7 +180,7 @@ def main() -> None:
             epochs.write(epoch_line(epoch, train_loss, val, recall, improved, rate, seconds))
     if ctx.main:
         writer.close()
-        print(ending(args, select, log_dir, wrote_best, resumed is not None))
+        print(ending(args, select, log_dir, wrote_best, resumed is not None, progress.epoch))
     folder.release()
     distributed.teardown(ctx)
 

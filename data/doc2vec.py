@@ -13,6 +13,7 @@ import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
 from .pool import fork_map
 
+from .files import require_regular
 from .items import InputError
 
 
@@ -97,6 +98,7 @@ def load_model(path: str | Path) -> Doc2Vec:
 
     gensim's format is a pickle, which can run code when loaded: load models you made or trust.
     """
+    require_regular(path, "rerun train_doc2vec.py")   # gensim's open would wait on a FIFO
     try:
         return Doc2Vec.load(str(path))
     except Exception as e:  # noqa: BLE001 - a damaged or foreign file can raise anything

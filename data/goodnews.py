@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .files import open_regular
 from .items import InputError, Item, check_split, check_unique_ids, quoted, shown
 
 ARTICLE_FILES = ("article+caption.json", "article_caption.json", "captioning_dataset.json")
@@ -43,10 +44,13 @@ def _locate(path: Path) -> tuple[Path, Path]:
 
 def _load(path: Path, layout: str) -> dict:
     try:
-        with open(path, encoding="utf-8-sig") as f:   # a byte-order mark is no error
+        with open_regular(path, "r", encoding="utf-8-sig") as f:   # a byte-order mark is no error
             data = json.load(f)
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
+    except RecursionError:
+        raise InputError(f"{path}: not valid JSON (nested too deeply): download the file "
+                         "again") from None
     except json.JSONDecodeError as e:
         raise InputError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}): download the file "
                            "again") from None

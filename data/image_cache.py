@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from data.pool import fork_map
 
+from data.files import not_regular
 from data.items import InputError
 from data.workdir import default_mode, write_error
 
@@ -131,6 +132,9 @@ def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]
     folder = cache_folder(work_dir, size)
     if not (folder / INDEX).is_file():
         return None, f"no image cache in {folder}"
+    odd = not_regular(folder / ARRAY)   # np.load would wait forever on a FIFO
+    if odd:
+        return None, f"the image cache in {folder} is unreadable ({ARRAY} is {odd})"
     try:
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
         array = np.load(folder / ARRAY, mmap_mode="r")

@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from data.pool import fork_map
 
+from data.files import open_regular
 from data.items import InputError, shown
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +56,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 def read_image(path: str, size: int) -> torch.Tensor:
     """Decode and resize to [3, size, size] uint8, aspect ratio not kept (as the authors)."""
-    with Image.open(path) as img:
+    # A FIFO or a device in place of the file would make a plain open() wait forever.
+    with open_regular(path) as f, Image.open(f) as img:
         img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
         img = to_rgb(img).resize((size, size), Image.BILINEAR)
         arr = np.asarray(img, dtype=np.uint8)

@@ -182,6 +182,16 @@ def check_strings(items: Sequence[Item], source: str) -> None:
                                  "character): fix or remove it") from None
 
 
+def not_text(value: str) -> int | None:
+    """The position of the first lone surrogate in `value`, or None: such a string cannot be
+    written as UTF-8, so hashing, pickles, TSV and HTML would each fail on it later."""
+    try:
+        value.encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return e.start
+
+
 def check_split(split: str, where: str) -> str:
     if split not in SPLITS:
         raise InputError(f"{where}: split {quoted(split)} is not one of {', '.join(SPLITS)}")

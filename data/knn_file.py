@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .files import open_regular
 from .items import InputError
 from .workdir import KNN, WRITER, _ALLOWED, require
 
@@ -130,7 +131,7 @@ def load_knn(work_dir: str | Path) -> dict:
     Rows where the file allows (an ndarray otherwise: both slice the same way)."""
     path = require(work_dir, KNN)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:   # a FIFO would block a plain open()
             obj = _resolve(_RowsUnpickler(f, path).load(), path)
     except InputError:
         raise

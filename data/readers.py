@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .files import NotRegularFile, kind_of, open_regular
 from .goodnews import is_goodnews, read_goodnews
 from .items import (SPLITS, InputError, Item, assign_validation, check_split, check_strings,
                     check_unique_ids, quoted, shown)
@@ -42,7 +43,11 @@ def _resolve(image: str, root: Path) -> str:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8-sig")  # a byte-order mark is no error
+        with open_regular(path, "r", encoding="utf-8-sig") as f:  # a byte-order mark is no error
+            return f.read()
+    except NotRegularFile as e:
+        raise InputError(f"{path}: is {kind_of(e)}, not a regular file: pass the dataset's "
+                         "file") from None
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
 

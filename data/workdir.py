@@ -10,6 +10,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
+from .files import open_regular
 from .items import InputError
 
 DOC2VEC_MODEL = "doc2vec_model.gensim"
@@ -196,7 +197,7 @@ def safe_unpickle(data: bytes | io.BufferedIOBase) -> object:
 def read_pickle(path: str | Path, fix: str) -> object:
     """The unpickled file (plain data only), or a one-line InputError that ends with `fix`."""
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:   # a FIFO would block a plain open()
             return safe_unpickle(f)
     except Exception as e:  # a damaged pickle can raise almost anything
         msg = " ".join(str(e).split())[:200]

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import config
-from cli import parser
+from cli import parser, whole
 from data.image_cache import UnreadableImage
 from data.images import try_read_image
 from data.items import SPLITS
@@ -45,9 +45,11 @@ def eval_parser(description: str) -> argparse.ArgumentParser:
     p = parser(description)
     g = p.add_argument_group("model and embedding")
     g.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
-    g.add_argument("--image-size", type=int, help="image side fed to the model")
-    g.add_argument("--max-tokens", type=int, help="longest token sequence fed to the GRU")
-    g.add_argument("--batch-size", type=int, default=128, help="images or texts per forward pass")
+    # Checked here, as the trainer does: a 0 would otherwise fail after the data is loaded.
+    g.add_argument("--image-size", type=whole(1), help="image side fed to the model")
+    g.add_argument("--max-tokens", type=whole(1), help="longest token sequence fed to the GRU")
+    g.add_argument("--batch-size", type=whole(1), default=128,
+                   help="images or texts per forward pass")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when present")
     g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,
@@ -94,6 +96,8 @@ def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.
     # record, unless the user chose other data; the reason when not checked.
     given = [f"--{k.replace('_', '-')}" for k in DATA_FLAGS if k in vars(args)]
     resolved.provenance = None if given else state.get("provenance")
+    # What the checkpoint was trained from, whatever data it is evaluated on: its Doc2Vec model.
+    resolved.trained_from = state.get("provenance")
     resolved.unchecked = (f"{', '.join(given)} given" if given else
                           None if state.get("provenance") else
                           "the checkpoint has no provenance record (an older version wrote it)")

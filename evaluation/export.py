@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from data.workdir import atomic_write
+from data.items import InputError
+from data.workdir import atomic_write, default_mode, write_error
 from evaluation.split import EvalSplit
 from data.images import read_image
 
@@ -39,10 +42,12 @@ def _save_npy(tmp: str, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def _cell(text: str | None, limit: int = 200) -> str:
-    """One TSV cell: tabs and newlines would split the projector's metadata rows."""
+def _cell(text: str | None, limit: int | None = 200) -> str:
+    """One TSV cell: tabs and newlines (and the other line breaks str.split knows) would split
+    the projector's metadata rows; a lone surrogate could not be written as UTF-8."""
     text = " ".join(str(text if text is not None else "").split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if limit is None or len(text) <= limit else text[:limit - 3] + "..."
 
 
 def write_projector(log_dir: str | Path, split: EvalSplit, images: torch.Tensor,
@@ -71,18 +76,42 @@ def write_projector(log_dir: str | Path, split: EvalSplit, images: torch.Tensor,
             thumbs[i] = 0.5
     first = split.first_texts()[:n]
     log_dir = Path(log_dir)
-    if (log_dir / "projector_config.pbtxt").is_file():
-        shutil.rmtree(log_dir)  # a log this function wrote before; a rerun would add to it
-    writer = SummaryWriter(str(log_dir))
+    ours = (log_dir / "projector_config.pbtxt").is_file() or \
+        (log_dir.is_dir() and not any(log_dir.iterdir()))
+    if log_dir.exists() and not ours:
+        raise InputError(f"{log_dir}: exists and is not a projector log this script wrote: "
+                         "remove it, or pass another --save-embeddings folder")
+    # Written into a hidden folder and moved into place when whole: a full disk leaves the
+    # previous log (or none), never a cut tensors.tsv without its projector_config.pbtxt.
+    tmp = None
     try:
-        writer.add_embedding(images[:n], tag="images", label_img=thumbs,
-                             metadata=[[split.image_ids[i], _cell(split.image_labels[i]),
-                                        _cell(split.texts[first[i]])] for i in range(n)],
-                             metadata_header=["id", "label", "text"])
-        writer.add_embedding(texts[keep], tag="texts", label_img=thumbs[split.text_image[keep]],
-                             metadata=[[split.text_ids[t], _cell(split.text_labels[t]),
-                                        _cell(split.texts[t])] for t in keep],
-                             metadata_header=["id", "label", "text"])
+        tmp = Path(tempfile.mkdtemp(dir=log_dir.parent, prefix=f".{log_dir.name}.", suffix=".tmp"))
+        os.chmod(tmp, default_mode(folder=True))   # mkdtemp's 0700, whatever the umask
+        writer = SummaryWriter(str(tmp))
+        try:
+            writer.add_embedding(images[:n], tag="images", label_img=thumbs,
+                                 metadata=[[_cell(split.image_ids[i], None),
+                                            _cell(split.image_labels[i]),
+                                            _cell(split.texts[first[i]])] for i in range(n)],
+                                 metadata_header=["id", "label", "text"])
+            writer.add_embedding(texts[keep], tag="texts", label_img=thumbs[split.text_image[keep]],
+                                 metadata=[[_cell(split.text_ids[t], None),
+                                            _cell(split.text_labels[t]),
+                                            _cell(split.texts[t])] for t in keep],
+                                 metadata_header=["id", "label", "text"])
+        finally:
+            writer.close()
+        if log_dir.exists():
+            shutil.rmtree(log_dir)   # a log this function wrote before; a rerun would add to it
+        os.replace(tmp, log_dir)
+        tmp = None
+    except OSError as e:
+        # tensorboard's file layer often leaves the file name out: name the one being written.
+        where = Path(e.filename) if e.filename else log_dir
+        if tmp is not None and where.is_relative_to(tmp):
+            where = log_dir / where.relative_to(tmp)
+        raise write_error(where, e) from None
     finally:
-        writer.close()
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
     return log_dir

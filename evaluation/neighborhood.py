@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from data import provenance
 from data.items import InputError
 from data.workdir import DOC2VEC_MODEL
 from evaluation.metrics import _check_block, _two_spaces
@@ -135,25 +136,39 @@ def label_precision_hits(queries: torch.Tensor, gallery: torch.Tensor,
     return (gallery_labels[top] == query_labels[:, None]).sum(1).cpu()
 
 
-def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Vocabulary
-                       ) -> tuple[Path | None, str]:
+def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Vocabulary,
+                       record: dict | None = None) -> tuple[Path | None, str]:
     """(path of the work folder's Doc2Vec model, "") or (None, why the metric is skipped).
 
-    A model whose vocabulary is not the checkpoint's is an error, not a skip: its space is not
-    the one the checkpoint was trained to preserve, so the number would be meaningless.
+    A model that is not the one the checkpoint was trained beside is an error, not a skip: its
+    space is not the one the checkpoint was trained to preserve, so the number would be
+    meaningless. The vocabulary tells another dataset; `record`, the checkpoint's provenance,
+    also tells a retraining on the same words (another --window, another seed).
     """
     # Imported here: retrieve.py searches with top_k and never needs gensim.
-    from gensim.models.doc2vec import Doc2Vec
+    from data.doc2vec import load_model
 
     path = Path(work_dir) / DOC2VEC_MODEL
-    if not path.is_file():
+    if not path.exists():
         return None, (f"no Doc2Vec model at {path} (pass --work-dir of the run that trained the "
                       "checkpoint)")
-    words = Doc2Vec.load(str(path)).wv.index_to_key
+    model = load_model(path)
+    words = model.wv.index_to_key
     theirs, ours = Vocabulary(words).fingerprint(), vocab.fingerprint()
     if theirs != ours:
         raise InputError(f"{checkpoint}: the checkpoint's vocabulary ({len(vocab.words)} words, "
                          f"fingerprint {ours}) is not that of the Doc2Vec model {path} "
                          f"({len(words)} words, {theirs}): pass --work-dir of the run that "
                          "trained this checkpoint")
+    if record is not None and record.get("steps", {}).get("doc2vec") is not None:
+        fix = ("the neighbourhood metric needs the model the checkpoint was trained beside: pass "
+               "--work-dir of that run, or retrain the checkpoint on this model")
+        made = getattr(model, "provenance", None)
+        steps = made.get("steps") if isinstance(made, dict) else None
+        have = steps.get("doc2vec") if isinstance(steps, dict) else None
+        if have is None:
+            raise InputError(f"{path}: no provenance record, so it cannot be the Doc2Vec model "
+                             f"{checkpoint} was trained beside: {fix}")
+        provenance.check_steps({"steps": {"doc2vec": record["steps"]["doc2vec"]}},
+                               {"steps": {"doc2vec": have}}, checkpoint, path, fix)
     return path, ""

@@ -16,6 +16,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
+from data.files import NotRegularFile, kind_of, open_regular
 from data.images import to_rgb
 from data.items import InputError, quoted, shown
 from data.text import preprocess
@@ -54,9 +55,11 @@ def read_query_file(path: str | Path) -> list[str]:
     """One query per line; blank lines are skipped."""
     path = Path(path)
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        with open_regular(path, "r", encoding="utf-8") as f:
+            lines = f.read().splitlines()
     except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: cannot read the queries file ({type(e).__name__}): pass a "
+        why = f"it is {kind_of(e)}" if isinstance(e, NotRegularFile) else type(e).__name__
+        raise InputError(f"{path}: cannot read the queries file ({why}): pass a "
                          "UTF-8 text file with one query per line") from None
     queries = [line.strip() for line in lines if line.strip()]
     if not queries:
@@ -108,7 +111,7 @@ THUMBS = "thumbs"
 
 def fit(path: str, size: int) -> Image.Image:
     """The image scaled, up or down, to fit a size x size square, aspect ratio kept."""
-    with Image.open(path) as img:
+    with open_regular(path) as f, Image.open(f) as img:
         img.draft("RGB", (size, size))  # JPEG: let the decoder downscale by 2^n first
         img = to_rgb(img)
     scale = size / max(img.width, img.height)
@@ -210,7 +213,7 @@ def _font() -> ImageFont.ImageFont:
 
 def _wrap(text: str, width_px: int, lines: int) -> list[str]:
     chars = max(8, width_px // 6)   # about 6 px per character at size 11
-    wrapped = textwrap.wrap(" ".join(text.split()), chars) or [""]
+    wrapped = textwrap.wrap(shown(" ".join(text.split()), len(text)), chars) or [""]
     if len(wrapped) > lines:
         wrapped = wrapped[:lines]
         wrapped[-1] = wrapped[-1][:chars - 3] + "..."

@@ -15,6 +15,7 @@ evaluation, restore for --resume):
 """
 from __future__ import annotations
 
+import errno
 import pickle
 import re
 from dataclasses import dataclass
@@ -22,31 +23,59 @@ from pathlib import Path
 
 import torch
 
+from data.files import open_regular, require_regular
 from data.items import InputError
 from data.workdir import atomic_write
 from models import CrossModalModel, ModelConfig, Vocabulary, build_model
 
 
+def exact_number(w: float) -> str:
+    """The shortest text that reads back as exactly `w`: '0.3' for 0.3, '0.3000001' where %g
+    would round it to '0.3' (and two sweep runs would share a folder)."""
+    short = f"{w:g}"
+    return short if float(short) == w else repr(float(w))
+
+
 def run_name(w_sym: float, w_img: float, w_text: float) -> str:
-    """The authors' log folder name: l_i2t_l_sym_1_l_img_0_3_l_text_0_2 for 1 0.3 0.2."""
-    f = lambda w: f"{w:g}".replace(".", "_")  # noqa: E731
+    """The authors' log folder name: l_i2t_l_sym_1_l_img_0_3_l_text_0_2 for 1 0.3 0.2; every
+    weight written exactly, so two weights never share a folder."""
+    f = lambda w: exact_number(w).replace(".", "_")  # noqa: E731
     return f"l_i2t_l_sym_{f(w_sym)}_l_img_{f(w_img)}_l_text_{f(w_text)}"
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
-    """Atomic: an interrupted save leaves the previous file whole."""
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    """Atomic: an interrupted save leaves the previous file whole; a full disk is one line."""
+    atomic_write(path, lambda tmp: torch_save(state, tmp))
+
+
+def torch_save(obj: object, path: str | Path) -> None:
+    """torch.save, raising the OSError behind a failed write. torch's zip writer reports a full
+    disk as RuntimeError ("[enforce fail at inline_container.cc] unexpected pos"); writing
+    through a Python file keeps the OSError that caused it, as the exception's context."""
+    try:
+        with open(path, "wb") as f:
+            torch.save(obj, f)
+    except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        while cause is not None and not isinstance(cause, OSError):
+            cause = cause.__cause__ or cause.__context__
+        if cause is not None:
+            raise cause from None
+        raise OSError(errno.EIO, f"torch.save failed ({' '.join(str(e).split())[:160]})",
+                      str(path)) from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
     path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path}: checkpoint not found: pass the best.pt that "
-                           "train_cross_modal_retrieval_model.py printed")
+    fix = "pass the best.pt that train_cross_modal_retrieval_model.py printed"
+    if not path.exists():
+        raise InputError(f"{path}: checkpoint not found: {fix}")
+    require_regular(path, fix)
     try:
         # weights_only: tensors and plain containers only. A checkpoint is a pickle, and a shared
         # best.pt could otherwise run any code it carries when loaded.
-        state = torch.load(path, map_location=device, weights_only=True)
+        with open_regular(path) as f:
+            state = torch.load(f, map_location=device, weights_only=True)
     except pickle.UnpicklingError as e:
         found = re.search(r"GLOBAL (\S+)", str(e))
         if found is None:   # not a pickle at all

@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from data.files import not_regular
+
 ARCHS = {
     "resnet18": (tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, 512),
     "resnet34": (tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, 512),
@@ -57,9 +59,13 @@ def one_line(error: BaseException) -> str:
 
 def load_backbone_weights(backbone: nn.Module, path: Path, arch: str) -> None:
     """Load a torchvision ResNet state dict from `path`; its fc keys are ignored."""
-    if not path.is_file():
+    if not path.exists():
         raise ValueError(f"image weights file {path} not found: pass an existing file to "
                          "--image-weights, or --no-pretrained")
+    odd = not_regular(path)   # torch.load would wait forever on a FIFO
+    if odd:
+        raise ValueError(f"image weights file {path} is {odd}, not a regular file: pass a "
+                         "torchvision ResNet state dict to --image-weights, or --no-pretrained")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # any unreadable file gets the same one-line answer

@@ -1,7 +1,10 @@
 """What happens when things go wrong: stale intermediates, a used or locked log folder, a
-diverging loss, crafted pickles and checkpoints, folders that cannot be written, a full disk,
-unusual image modes, bad Doc2Vec settings, text the preprocessing drops, and the text side's
-reproducibility. Each case is the README's "What happens when things go wrong"."""
+diverging loss, crafted pickles and checkpoints, folders that cannot be written, a full disk
+(faked, and a real small tmpfs), unusual image modes, bad Doc2Vec settings, text the
+preprocessing drops, the text side's reproducibility, FIFOs where files should be, a resume with
+other settings, a Doc2Vec model retrained after the checkpoint, sweep weights that %g would
+merge, strings that cannot be UTF-8, and batches without negatives. Each case is the README's
+"What happens when things go wrong"."""
 from __future__ import annotations
 
 import builtins
@@ -28,7 +31,7 @@ from data.text import preprocess
 from data.workdir import atomic_write, read_pickle
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
-from conftest import RUN, cli
+from conftest import RUN, cli, input_error
 from pipeline import ROOT, TINY_TRAIN
 
 TRAIN = "train_cross_modal_retrieval_model.py"
@@ -195,6 +198,8 @@ def test_a_second_trainer_is_refused_and_a_killed_ones_lock_does_not_block(pipel
 
 def test_run_name_checks():
     for flags, phrase in ((["--run-name", "a/b"], "plain folder name"),
+                          (["--run-name", "a\nb"], "plain folder name"),
+                          (["--run-name", "a\x1b[2Jb"], "plain folder name"),
                           (["--run-name", "x", "--log-dir", "y"], "pass one"),
                           (["--resume", "--overwrite"], "pass one")):
         result = cli(TRAIN, *WEIGHTS, "--dataset", "missing.jsonl", *flags, check=False)
@@ -383,9 +388,14 @@ def test_a_full_disk_while_saving_a_checkpoint_keeps_the_previous_one(pipeline, 
     folder = work / "models" / RUN
     last = (folder / "last.pt").read_bytes()
 
-    def full(obj, path, *a, **k):
-        Path(path).write_bytes(b"half a checkpoint")
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(obj, f, *a, **k):
+        # What torch.save does on a full disk: the write's OSError, reported as RuntimeError.
+        f.write(b"half a checkpoint")
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 "
+                               "vs 534") from None
     monkeypatch.setattr(torch, "save", full)
     result = train(manifest, work, "--resume", "--epochs", "2", check=False)
     error_line(result, "last.pt: cannot write (no space left on the device)")
@@ -525,3 +535,286 @@ def test_the_text_side_is_the_same_file_for_file_whatever_the_workers(tmp_path):
                         "document_feats_knn.pickle"}
     for name in one:
         assert one[name] == three[name], name
+
+
+# --- 8. a full disk for real, odd files, changed settings, odd strings -------------------------
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """mount(size in bytes) -> a folder on a tmpfs of that size (root only; skipped with the
+    reason elsewhere). A real full disk: torch and tensorboard report it in their own ways."""
+    mounted = []
+
+    def mount(size: int) -> Path:
+        folder = tmp_path / f"tmpfs{len(mounted)}"
+        folder.mkdir()
+        if os.geteuid() != 0 or shutil.which("mount") is None:
+            pytest.skip("mounting a small tmpfs needs root (and mount)")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", folder],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.strip()}")
+        mounted.append(folder)
+        return folder
+    yield mount
+    for folder in mounted:
+        subprocess.run(["umount", folder], check=False)
+
+
+def test_a_really_full_disk_while_saving_a_checkpoint_is_one_line(pipeline, tmp_path, tmpfs):
+    manifest, _ = pipeline
+    work = copy_work(pipeline, tmp_path)
+    size = (pipeline[1] / "models" / RUN / "last.pt").stat().st_size
+    folder = tmpfs(size * 3 // 2) / "run"         # room for one checkpoint, not two
+    result = train(manifest, work, "--log-dir", folder, check=False)
+    error_line(result, f"{folder / 'last.pt'}: cannot write (no space left on the device)")
+    # best.pt is written first and whole; no temporary file is left to fill the disk.
+    assert not (folder / "last.pt").exists() and not tmp_files(folder)
+    assert torch.load(folder / "best.pt", weights_only=True)["epoch"] == 0
+
+
+def test_a_really_full_disk_while_writing_the_projector_log_is_one_line(pipeline, tmp_path, tmpfs):
+    best = copy_work(pipeline, tmp_path, runs=True) / "models" / RUN / "best.pt"
+    out = tmpfs(40 * 1024) / "emb"                # the embeddings fit, the projector log does not
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--workers", "0", "--projector",
+                 "--save-embeddings", out, check=False)
+    line = error_line(result, "cannot write (no space left on the device)")
+    assert f"{out / 'projector'}" in line                  # names the file being written
+    assert "i2t R@10" in result.out and (out / "images.npy").is_file()
+    assert not (out / "projector").exists() and not tmp_files(out)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+
+
+class Alarm:
+    """Fails the test instead of hanging it when a step blocks on a FIFO."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def __enter__(self):
+        def hung(*_):
+            raise AssertionError(f"blocked for {self.seconds}s (a FIFO was opened)")
+        self.old = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
+
+
+def dataset_with_a_fifo(manifest: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the dataset whose first training image is a FIFO; (manifest, the FIFO)."""
+    data = shutil.copytree(manifest.parent, tmp_path / "data")
+    record = next(json.loads(line) for line in manifest.read_text().splitlines()
+                  if json.loads(line)["split"] == "train")
+    fifo = data / record["image"]
+    fifo.unlink()
+    os.mkfifo(fifo)
+    return data / manifest.name, fifo
+
+
+def script(name: str, *args, timeout: int = 180) -> subprocess.CompletedProcess:
+    """The script in its own process group, killed whole (loader and pool workers too) if it
+    outlives `timeout`: a step blocked on a FIFO fails the test instead of hanging it."""
+    proc = subprocess.Popen([sys.executable, name, *map(str, args)], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise AssertionError(f"{name} still ran after {timeout}s (blocked on a FIFO?)") from None
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_a_fifo_as_an_image_is_an_unreadable_image_in_every_step(pipeline, tmp_path):
+    manifest, fifo = dataset_with_a_fifo(pipeline[0], tmp_path)
+    work = copy_work(pipeline, tmp_path)
+    common = ["--dataset", manifest, "--work-dir", work, "--workers", "2"]
+    proc = script("prepare_image_cache.py", *common, "--image-size", "32",
+                  "--max-bad-images", "0.5")
+    assert proc.returncode == 0, proc.stderr
+    assert "left out 1 of 48 dataset images" in proc.stdout and "FIFO" in proc.stdout, proc.stdout
+    # The trainer, from the cache and from the files (two loader workers).
+    for cache in ("require", "off"):
+        proc = script(TRAIN, *WEIGHTS, *TINY_TRAIN, *common, "--epochs", "1", "--overwrite",
+                      "--image-cache", cache, "--max-bad-images", "0.5")
+        assert proc.returncode == 0, proc.stderr
+        assert "left out 1 of" in proc.stdout and "FIFO" in proc.stdout, proc.stdout
+    proc = script(TRAIN, *WEIGHTS, *TINY_TRAIN, *common, "--epochs", "1", "--overwrite",
+                  "--image-cache", "off")
+    assert proc.returncode == 2 and "FIFO" in proc.stderr and "--max-bad-images" in proc.stderr
+
+
+def test_a_fifo_where_any_input_file_should_be_is_refused_without_blocking(pipeline, tmp_path):
+    manifest, _ = pipeline
+    work = copy_work(pipeline, tmp_path, runs=True)
+    best = work / "models" / RUN / "best.pt"
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with Alarm(60):
+        error_line(cli("evaluate_retrieval.py", "--checkpoint", fifo, check=False),
+                   f"{fifo}: is a FIFO (named pipe), not a regular file")
+        error_line(cli("retrieve.py", "--checkpoint", best, "--queries", fifo, "--workers", "0",
+                       check=False), "FIFO")
+        error_line(cli("retrieve.py", "--checkpoint", best, "--image", fifo, "--workers", "0",
+                       check=False), "FIFO")
+        error_line(cli(TRAIN, *WEIGHTS, "--dataset", fifo, "--dataset-format", "jsonl",
+                       "--work-dir", work, *TINY_TRAIN, "--overwrite", check=False), "FIFO")
+        for name in ("document_feats_knn.pickle", "doc2vec_model.gensim"):
+            (work / name).unlink()
+            os.mkfifo(work / name)
+            result = train(manifest, work, "--overwrite", check=False)
+            error_line(result, f"{work / name}", "FIFO")
+        with pytest.raises(ValueError, match="FIFO"):
+            from models.image import load_backbone_weights
+            load_backbone_weights(torch.nn.Linear(1, 1), fifo, "resnet18")
+
+
+def test_resume_with_other_settings_names_each_difference(pipeline, tmp_path):
+    manifest, _ = pipeline
+    work = copy_work(pipeline, tmp_path, runs=True)
+    folder = work / "models" / RUN
+    last = (folder / "last.pt").read_bytes()
+    result = cli(TRAIN, "1", "0", "0", "--dataset", manifest, "--work-dir", work, *TINY_TRAIN,
+                 "--run-name", RUN, "--resume", "--epochs", "2", "--lr", "0.5",
+                 "--batch-size", "8", "--negatives", "clean", "--loss", "triplet", check=False)
+    line = error_line(result, "last.pt: the run was trained with other settings",
+                      "--batch-size: 16 -> 8", "--loss: 'angular' -> 'triplet'",
+                      "--lr: 0.0001 -> 0.5", "--negatives: 'release' -> 'clean'",
+                      "w_img: 0.3 -> 0.0", "w_text: 0.2 -> 0.0",
+                      "only --epochs, --patience, --device and --workers may change")
+    assert "--epochs" not in line.split("(only")[0]          # the stopping rule may change
+    assert (folder / "last.pt").read_bytes() == last and "images:" not in result.out
+    # --epochs and --patience may change, and the new values are printed.
+    out = train(manifest, work, "--resume", "--epochs", "2", "--patience", "7").out
+    assert "resuming with new settings: --epochs: 1 -> 2; --patience: " in out
+    assert "epoch 1:" in out
+    assert torch.load(folder / "last.pt", weights_only=True)["config"]["patience"] == 7
+    # A resumed run with nothing left to train and no best.pt says so, not "no epoch was trained".
+    (folder / "best.pt").unlink()
+    out = train(manifest, work, "--resume", "--epochs", "2", "--patience", "7").out
+    assert "no best.pt in" in out and "after epoch 1" in out, out
+
+
+def test_evaluation_refuses_a_doc2vec_model_retrained_after_the_checkpoint(pipeline, tmp_path):
+    manifest, _ = pipeline
+    work = copy_work(pipeline, tmp_path, runs=True)
+    best = work / "models" / RUN / "best.pt"
+    # The same vocabulary (same texts, same --min-count), another window.
+    cli("train_doc2vec.py", "--dataset", manifest, "--work-dir", work, "--workers", "0",
+        "--min-count", "2", "--epochs", "5", "--window", "3")
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--work-dir", work,
+                 "--workers", "0", check=False)
+    error_line(result, "best.pt was made from a train_doc2vec.py output with --window 20",
+               "doc2vec_model.gensim comes from --window 3", "--work-dir of that run")
+    # With the model it was trained beside, it evaluates.
+    shutil.copy(pipeline[1] / "doc2vec_model.gensim", work / "doc2vec_model.gensim")
+    cli("evaluate_retrieval.py", "--checkpoint", best, "--work-dir", work, "--workers", "0")
+
+
+def test_sweep_folders_and_arguments_carry_each_weight_exactly(tmp_path):
+    from models.checkpoint import run_name
+    from tuning.grid import format_triple, parse_grid
+    from tuning.sweep import Settings, plan
+    triples = parse_grid("1 0 0; 1 0.3 0; 1 0.3000001 0; 1 0.30000000000000004 0")
+    runs = plan(tmp_path, ["release"], triples, 1)
+    assert len({r.folder for r in runs}) == 4
+    assert len({format_triple(t) for t in triples}) == 4
+    settings = Settings(trainer_args=[], negatives=True)
+    for run in runs:
+        weights = settings.train_command(run)[1:4]
+        assert tuple(map(float, weights)) == run.weights          # what the folder is named after
+    assert run_name(1, 0.3, 0.2) == RUN                        # the authors' names are kept
+    assert run_name(1, 0.3000001, 0) == "l_i2t_l_sym_1_l_img_0_3000001_l_text_0"
+
+
+def test_projector_metadata_escapes_ids_as_it_does_texts(tmp_path):
+    from evaluation.export import write_projector
+    from evaluation.split import EvalSplit
+    ids = ["a\tb", "c\nd", "e\rf", "g\u2028h", "plain"]
+    split = EvalSplit("test", [str(tmp_path / f"{i}.png") for i in range(5)], ids,
+                      [None, "x\ty", None, None, None], ids, [f"text\t{i}\nmore" for i in range(5)],
+                      [["text"]] * 5, np.arange(5), [None] * 5)
+    log = write_projector(tmp_path / "projector", split, torch.randn(5, 4), torch.randn(5, 4),
+                          thumb=4)
+    for tag in ("images", "texts"):
+        rows = (log / "00000" / tag / "metadata.tsv").read_text(encoding="utf-8").split("\n")
+        assert rows[-1] == "" and len(rows) == 1 + 5 + 1, rows
+        assert all(len(r.split("\t")) == 3 for r in rows[:-1]), rows
+        assert rows[1].startswith("a b\t") and rows[4].startswith("g h\t")
+
+
+@pytest.mark.parametrize("script, flag, value", [
+    ("evaluate_retrieval.py", "--image-size", "0"), ("evaluate_retrieval.py", "--image-size", "-4"),
+    ("evaluate_retrieval.py", "--max-tokens", "0"), ("evaluate_retrieval.py", "--max-tokens", "-3"),
+    ("retrieve.py", "--image-size", "0"), ("retrieve.py", "--max-tokens", "-3"),
+])
+def test_evaluation_and_retrieval_sizes_are_checked_at_parse_time(script, flag, value):
+    extra = ["--query", "storm"] if script == "retrieve.py" else []
+    result = cli(script, "--checkpoint", "no/such/best.pt", flag, value, *extra, check=False)
+    assert result.code == 2 and f"argument {flag}" in result.err, result.err
+    assert "not found" not in result.err and "Traceback" not in result.err
+
+
+def test_a_query_that_is_not_utf8_is_refused_before_anything_is_written(pipeline, tmp_path):
+    best = copy_work(pipeline, tmp_path, runs=True) / "models" / RUN / "best.pt"
+    out = tmp_path / "page"
+    query = os.fsdecode(b"storm \xff harbour")             # as Python reads such an argv
+    result = cli("retrieve.py", "--checkpoint", best, "--query", query, "--out", out, check=False)
+    assert result.code == 2 and "--query 1" in result.err and "not UTF-8" in result.err
+    assert "\\udcff" in result.err and not out.exists()
+
+
+def test_an_image_query_with_an_undecodable_name_gets_its_page(pipeline, tmp_path):
+    manifest, _ = pipeline
+    best = copy_work(pipeline, tmp_path, runs=True) / "models" / RUN / "best.pt"
+    record = json.loads(manifest.read_text().splitlines()[0])
+    query = tmp_path / os.fsdecode(b"photo\xff\x1b[2J.png")
+    shutil.copy(manifest.parent / record["image"], query)
+    out = tmp_path / "page"
+    result = cli("retrieve.py", "--checkpoint", best, "--image", query, "--out", out,
+                 "--workers", "0", "--k", "3")
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert "photo\\udcff\\x1b[2J.png" in page and "\x1b" not in result.out
+    assert (out / "sheets" / "query_001.png").is_file()
+
+
+def test_a_dataset_string_that_cannot_be_utf8_names_its_item(tmp_path):
+    for field, fix in (("texts", "half of a UTF-16 pair"), ("id", "half of a UTF-16 pair"),
+                       ("image", "half of a UTF-16 pair")):
+        record = {"id": "a", "image": "a.jpg", "texts": ["Rockets launched."], "split": "train"}
+        record[field] = ["Rock\ud800ets."] if field == "texts" else "a\udcff.jpg"
+        manifest = tmp_path / f"{field}.jsonl"
+        manifest.write_text(json.dumps(record) + "\n")       # the JSON escape \ud800 is valid JSON
+        with pytest.raises(InputError) as e:
+            load_dataset(manifest)
+        assert fix in str(e.value) and "\n" not in str(e.value), str(e.value)
+    # A NUL is text, but no file name can hold it (os.stat raised ValueError in the image cache).
+    manifest.write_text(json.dumps({"id": "a", "image": "a\u0000.jpg", "texts": ["Rockets."],
+                                    "split": "train"}) + "\n")
+    assert "NUL" in input_error(load_dataset, manifest)
+    # JSON nested deeper than Python's recursion limit is invalid input, not a RecursionError.
+    manifest.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    assert "nested too deeply" in input_error(load_dataset, manifest)
+    karpathy = tmp_path / "k.json"
+    karpathy.write_text("[" * 100_000 + "]" * 100_000)
+    assert "not a Karpathy split file" in input_error(load_dataset, karpathy)
+
+
+@pytest.mark.parametrize("flags, phrase", [
+    (["1", "0.3", "0.2", "--batch-size", "1", "--negatives", "clean"], "no term has a negative"),
+    (["1", "0", "0", "--batch-size", "1"], "L_sym (w_sym) would have no negative"),
+    (["0", "0.3", "0", "--batch-size", "1"], "L_img (w_img) would have no negative"),
+])
+def test_settings_under_which_a_term_has_no_negative_are_refused_at_parse_time(flags, phrase):
+    result = cli(TRAIN, *flags, "--dataset", "no/such/manifest.jsonl", check=False)
+    assert result.code == 2 and phrase in result.err and "not found" not in result.err, result.err
+
+
+def test_a_split_too_small_for_a_negative_is_refused():
+    from training.settings import data_problem
+    assert data_problem(40, 8, 16, 1, "clean") is None
+    assert data_problem(40, 8, 16, 1, "release") is None
+    assert "validation" in data_problem(40, 1, 16, 1, "clean")
+    assert "training" in data_problem(3, 8, 16, 2, "clean")

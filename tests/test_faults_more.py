@@ -87,8 +87,10 @@ import torch
 save = torch.save
 def slow(obj, f, *a, **k):
     save(obj, f, *a, **k)
-    if str(f).endswith(".tmp"):
-        print("SAVING", f, flush=True)
+    name = str(getattr(f, "name", f))   # checkpoints are saved through an open file
+    if name.endswith(".tmp"):
+        f.flush()
+        print("SAVING", name, flush=True)
         time.sleep(60)
 torch.save = slow
 sys.argv = {argv!r}

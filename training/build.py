@@ -1,11 +1,10 @@
 """The trainer's parts, made from its flags and the prepared data: the model (its backbone
 frozen under --frozen-image), the optimizer and its schedule, the objectives, the datasets and
-the record of the flags that its checkpoints carry."""
+the image mode its checkpoints record."""
 from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 from torch import nn
@@ -53,16 +52,6 @@ def objectives(args: argparse.Namespace) -> tuple[CrossModalObjective, CrossModa
 def datasets(data: TrainingData) -> tuple[PairDataset, PairDataset]:
     return (PairDataset([d.item for d in data.train_docs], data.train_tokens, data.read, data.groups),
             PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read, data.groups))
-
-
-def config_record(args: argparse.Namespace) -> dict:
-    """The flags the checkpoints record (evaluation's defaults), paths made absolute: evaluation
-    may run from another folder."""
-    record = {k: v for k, v in vars(args).items() if k not in ("resume", "overwrite")}
-    for key in ("dataset", "work_dir", "image_root"):
-        if record[key] is not None:
-            record[key] = str(Path(record[key]).resolve())
-    return record
 
 
 def image_mode(args: argparse.Namespace, data: TrainingData) -> dict:

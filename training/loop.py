@@ -77,11 +77,13 @@ def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalOb
 
 
 def save_epoch(state: dict, log_dir: Path, improved: bool, log: StepLog) -> bool:
-    """last.pt, and best.pt when the epoch improved (whether it did)."""
-    save_checkpoint(state, log_dir / "last.pt")
-    log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {state['epoch']})"
+    """best.pt when the epoch improved, then last.pt (whether it improved). best.pt first: a disk
+    that fills between the two leaves last.pt at the epoch before, which --resume repeats, rather
+    than a last.pt whose best.pt is missing."""
     if improved:
         save_checkpoint(state, log_dir / "best.pt")
+    save_checkpoint(state, log_dir / "last.pt")
+    log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {state['epoch']})"
     return improved
 
 
@@ -96,7 +98,7 @@ def epoch_line(epoch: int, train_loss: float, val: float, recall: dict, improved
 
 
 def ending(args: argparse.Namespace, select: Selection, log_dir: Path, wrote_best: bool,
-           resumed: bool) -> str:
+           resumed: bool, last_epoch: int) -> str:
     """The run's last lines: why it stopped, and the best.pt of this run (what tune_weights and
     the user read), or that none was written."""
     lines = []
@@ -105,6 +107,9 @@ def ending(args: argparse.Namespace, select: Selection, log_dir: Path, wrote_bes
     # Only a best.pt of this run: written now, or earlier in the run --resume continues.
     if wrote_best or (resumed and (log_dir / "best.pt").is_file()):
         lines.append(str(log_dir / "best.pt"))
+    elif resumed:   # e.g. best.pt removed by hand: say what is there instead
+        lines.append(f"no best.pt in {log_dir}: the run's last.pt is after epoch {last_epoch} and no "
+                     f"epoch since improved on its best validation {select.by} (--epochs {args.epochs})")
     else:
         lines.append(f"no epoch was trained (--epochs {args.epochs}): no checkpoint written")
     return "\n".join(lines)

@@ -32,8 +32,10 @@ def log_folder(args) -> Path:
 
 def check_run_name(name: str | None) -> str | None:
     """None, or a plain folder name (the message for anything else is the caller's usage line)."""
+    # Control characters (a newline, a terminal escape) would break the evaluation's table and
+    # every line that prints the folder.
     if name is not None and (not name.strip() or name in (".", "..") or "/" in name
-                             or os.sep in name or "\0" in name):
+                             or os.sep in name or any(c < " " or c == "\x7f" for c in name)):
         return f"--run-name {name!r}: pass a plain folder name (no '/'), or --log-dir for a path"
     return None
 

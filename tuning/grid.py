@@ -4,6 +4,8 @@ from __future__ import annotations
 import itertools
 import math
 
+from models.checkpoint import exact_number
+
 Triple = tuple[float, float, float]
 BASELINE: Triple = (1.0, 0.0, 0.0)
 NAMES = ("w_sym", "w_img", "w_text")
@@ -72,5 +74,6 @@ def product_grid(w_sym: list[float], w_img: list[float], w_text: list[float]) ->
 
 
 def format_triple(triple: Triple) -> str:
-    """(1.0, 0.3, 0.0) -> '1 0.3 0', as the trainer's command line takes it."""
-    return " ".join(f"{w:g}" for w in triple)
+    """(1.0, 0.3, 0.0) -> '1 0.3 0', as the trainer's command line takes it; each weight exact
+    (0.3000001 stays 0.3000001), so two triples never print alike."""
+    return " ".join(map(exact_number, triple))

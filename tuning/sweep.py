@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 from data import signals
 from data.workdir import atomic_write
-from models.checkpoint import run_name
+from models.checkpoint import exact_number, run_name
 from tuning.grid import Triple, format_triple
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,7 +118,7 @@ class Settings:
 
 
 def format_weight(w: float) -> str:
-    return f"{w:g}"
+    return exact_number(w)   # the trainer must train the weight the folder is named after
 
 
 def marker(run: Run, split: str) -> Path:
