@@ -74,7 +74,7 @@ def main() -> None:
     settings = backend_settings(args, n)   # every setting checked before the search starts
     t = time.time()
     ids, dists = search(vectors, args, settings)
-    print(f"{args.backend} kNN, k={args.k}, {n} documents: {time.time() - t:.1f}s")
+    print(f"{args.backend} kNN, k={args.k}, {n} documents: {time.time() - t:.3f}s")
     if args.backend not in EXACT:
         # A check on a sample, not all pairs: 1,000 exact queries grow as N, the search as
         # N log N (4 s against 223 s for the search at 100,000 documents, benchmarks/RESULTS.md).
