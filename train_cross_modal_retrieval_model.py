@@ -177,7 +177,7 @@ def main() -> None:
             state = checkpoint_state(model, data.vocab, optimizer, scheduler, progress, select.state(),
                                      record, data.provenance, mode)
             wrote_best |= save_epoch(state, log_dir, improved, log)
-            epochs.write(epoch_line(epoch, train_loss, val, recall, improved, rate, seconds))
+            epochs.write(epoch_line(epoch, train_loss, val, recall, improved, rate, seconds, select.by))
     if ctx.main:
         writer.close()
         print(ending(args, select, log_dir, wrote_best, resumed is not None, progress.epoch))

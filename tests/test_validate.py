@@ -94,3 +94,13 @@ def test_recall_is_logged_at_the_global_step_selects_best_and_matches_evaluation
     assert proc.code == 2 and "--select-by rsum" in proc.err
     assert torch.equal(load_checkpoint(log_dir / "last.pt")["model"]["text.head.bias"],
                        last["model"]["text.head.bias"])
+
+
+def test_epoch_line_marks_the_followed_value_best():
+    from training.loop import epoch_line
+    recall = {"rsum": 111.5}
+    by_loss = epoch_line(4, 14.8, 4.149, recall, True, 15.7, (60.0, 2.0, 1.0), "loss")
+    assert "val loss 4.1490 (best), val rsum 111.5," in by_loss
+    by_rsum = epoch_line(4, 14.8, 4.149, recall, True, 15.7, (60.0, 2.0, 1.0), "rsum")
+    assert "val loss 4.1490, val rsum 111.5 (best)," in by_rsum
+    assert "(best)" not in epoch_line(4, 14.8, 4.149, recall, False, 15.7, (60.0, 2.0, 1.0), "rsum")

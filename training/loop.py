@@ -88,11 +88,13 @@ def save_epoch(state: dict, log_dir: Path, improved: bool, log: StepLog) -> bool
 
 
 def epoch_line(epoch: int, train_loss: float, val: float, recall: dict, improved: bool, rate: float,
-               seconds: tuple[float, float, float]) -> str:
-    """The epoch's line; `seconds`: of training, the validation loss and the validation recall."""
+               seconds: tuple[float, float, float], select_by: str = "loss") -> str:
+    """The epoch's line; `seconds`: of training, the validation loss and the validation recall.
+    "(best)" follows the value --select-by follows, so a lower rsum marked best is not misread."""
     train_s, val_s, recall_s = seconds
-    return (f"epoch {epoch}: train loss {train_loss:.4f} (mean), val loss {val:.4f}, "
-            f"val rsum {recall['rsum']:.1f}{' (best)' if improved else ''}, "
+    best = {k: " (best)" if improved and k == select_by else "" for k in ("loss", "rsum")}
+    return (f"epoch {epoch}: train loss {train_loss:.4f} (mean), val loss {val:.4f}{best['loss']}, "
+            f"val rsum {recall['rsum']:.1f}{best['rsum']}, "
             f"{rate:.1f} items/s; validation loss {val_s:.1f}s, recall {recall_s:.1f}s "
             f"({100 * recall_s / max(sum(seconds), 1e-9):.1f}% of the epoch)")
 
