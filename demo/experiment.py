@@ -76,7 +76,7 @@ def main() -> None:
         ["prepare_image_cache.py", *common, "--image-size", str(args.image_size), "--workers", "2"],
         *([] if args.fine_tuned_only else [[
             "prepare_image_features.py", *common, "--arch", "resnet18",
-            *([] if pretrained else ["--no-pretrained"]), "--image-size", str(args.image_size),
+            *([] if args.pretrained else ["--no-pretrained"]), "--image-size", str(args.image_size),
             "--workers", "2"]]),
         ["tune_weights.py", "--grid", args.grid, "--seeds", str(args.seeds), "--devices",
          args.devices, "--out", str(args.run_dir / "experiment"), "--bootstrap", str(args.bootstrap),
