@@ -29,7 +29,7 @@ from data.pool import fork_map
 
 from data.files import not_regular
 from data.items import InputError
-from data.workdir import default_mode, write_error
+from data.workdir import default_mode, pid_alive, write_error
 
 from data.images import ImageFiles, find_bad_images, try_read_image
 
@@ -185,16 +185,6 @@ def _decode_all(array_path: Path, paths: list[str], size: int, workers: int,
     return reasons
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _remove_leftovers(root: Path) -> None:
     """Folders of builds (and swaps) that died part way: their process is gone."""
     for d in root.glob(".*-pid*-*"):
@@ -202,7 +192,7 @@ def _remove_leftovers(root: Path) -> None:
             pid = int(d.name.split("-pid")[1].split("-")[0])
         except (IndexError, ValueError):
             continue
-        if d.is_dir() and not _pid_alive(pid):
+        if d.is_dir() and not pid_alive(pid):
             shutil.rmtree(d, ignore_errors=True)
 
 

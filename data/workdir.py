@@ -95,7 +95,8 @@ def check_writable(path: str | Path, folder: bool = False, fix: str | None = Non
         raise write_error(path if not folder else where, e, fix) from None
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process of that id runs (one of another user's counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -112,7 +113,7 @@ def remove_stale_temps(path: str | Path) -> list[str]:
     gone = []
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.pid*-*.tmp"):
         pid = tmp.name[len(path.name) + 5:].split("-", 1)[0]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             try:
                 tmp.unlink()
                 gone.append(tmp.name)
