@@ -58,6 +58,23 @@ def input_error(fn, *args, **kw) -> str:
     return msg
 
 
+def error_line(result: Result, *phrases: str) -> str:
+    """Exit status 2 and one error line holding every phrase; no traceback (progress bars may
+    share stderr)."""
+    assert result.code == 2, result.out + result.err
+    assert "Traceback" not in result.err, result.err
+    lines = [line for line in result.err.splitlines() if "error:" in line]
+    assert len(lines) == 1, result.err
+    for phrase in phrases:
+        assert phrase in lines[0], lines[0]
+    return lines[0]
+
+
+def tmp_files(folder: Path) -> list[Path]:
+    """What an interrupted atomic write left behind."""
+    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
+
+
 def one_line_error(result: Result, *phrases: str) -> None:
     """The script stopped with exit status 2 and one line on stderr holding every phrase."""
     assert result.code == 2, result.out + result.err

@@ -31,27 +31,11 @@ from data.text import preprocess
 from data.workdir import atomic_write, read_pickle
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
-from conftest import RUN, cli, input_error
+from conftest import RUN, cli, error_line, input_error, tmp_files
 from pipeline import ROOT, TINY_TRAIN
 
 TRAIN = "train_cross_modal_retrieval_model.py"
 WEIGHTS = ("1", "0.3", "0.2")
-
-
-def error_line(result, *phrases: str) -> str:
-    """Exit status 2 and one error line holding every phrase; no traceback (progress bars may
-    share stderr)."""
-    assert result.code == 2, result.out + result.err
-    assert "Traceback" not in result.err, result.err
-    lines = [line for line in result.err.splitlines() if "error:" in line]
-    assert len(lines) == 1, result.err
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
-    return lines[0]
-
-
-def tmp_files(folder: Path) -> list[Path]:
-    return [p for p in folder.rglob("*") if p.name.endswith(".tmp")]
 
 
 @pytest.fixture(scope="module")
