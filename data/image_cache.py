@@ -29,7 +29,7 @@ from data.pool import fork_map
 
 from data.files import not_regular
 from data.items import InputError
-from data.workdir import default_mode, pid_alive, write_error
+from data.workdir import default_mode, pid_alive, swap_folder, write_error
 
 from data.images import ImageFiles, find_bad_images, try_read_image
 
@@ -233,10 +233,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
         for f in (tmp / ARRAY, tmp / INDEX):
             os.chmod(f, default_mode())
         old = root / f".{size}.old-pid{os.getpid()}-{fp[:8]}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_folder(tmp, final, old)
     except OSError as e:    # a full disk or a folder taken away: one line, the build removed
         raise write_error(final, e) from None
     finally:

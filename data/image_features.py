@@ -28,7 +28,7 @@ from tqdm import tqdm
 from data.image_cache import CachedImages, ImageCache, _remove_leftovers, file_stats
 from data.images import normalize
 from data.items import InputError
-from data.workdir import default_mode, write_error
+from data.workdir import default_mode, swap_folder, write_error
 
 FEATURES_DIR = "image_features"
 ARRAY, RECORD, BACKBONE = "features.npy", "record.json", "backbone.pt"
@@ -143,10 +143,7 @@ def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
         for f in (tmp / ARRAY, tmp / BACKBONE, tmp / RECORD):
             os.chmod(f, default_mode())
         old = root / f".{final.name}.old-pid{os.getpid()}-{cache.fingerprint[:8]}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_folder(tmp, final, old)
     except OSError as e:
         raise write_error(final, e) from None
     finally:

@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -230,3 +231,12 @@ def check_vectors(vectors: object, path: str | Path) -> "np.ndarray":
         raise InputError(f"{path}: {len(bad)} of its {len(arr)} vectors hold NaN or infinite "
                          f"values (first: row {bad[0]}): {fix}")
     return arr
+
+
+def swap_folder(tmp: Path, final: Path, old: Path) -> None:
+    """Put a finished build (`tmp`) in place of `final`. The previous folder is renamed aside
+    first and removed only afterwards, so a reader finds the old folder or the new one whole."""
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
