@@ -19,7 +19,7 @@ import numpy as np
 
 from .files import open_regular
 from .items import InputError
-from .workdir import KNN, WRITER, _ALLOWED, require
+from .workdir import KNN, WRITER, allowed_class, require
 
 LARGE = 1 << 20     # payloads from this size are left in the file
 
@@ -69,16 +69,8 @@ class _RowsUnpickler(pickle._Unpickler):
         self._fh, self._path = f, path
 
     def find_class(self, module: str, name: str):
-        module = {"__builtin__": "builtins"}.get(module, module)
-        if (module, name) in _ALLOWED:
-            found = super().find_class(module, name)
-            return self._frombuffer(found) if name == "_frombuffer" else found
-        if module == "numpy" and name.isidentifier():
-            obj = getattr(np, name, None)
-            if isinstance(obj, type) and issubclass(obj, np.generic):
-                return obj
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a data file has no "
-                                     "reason to hold (refused: loading it could run code)")
+        found = allowed_class(module, name, super().find_class)
+        return self._frombuffer(found) if name == "_frombuffer" else found
 
     def _frombuffer(self, real):
         def build(buf, dtype, shape, order, *rest):

@@ -175,19 +175,25 @@ _ALLOWED = {
 }
 
 
+def allowed_class(module: str, name: str, find):
+    """The class a data pickle may name (the allowlist, found with the unpickler's own `find`,
+    or a numpy scalar type); anything else is refused. Shared by the work folder's unpicklers."""
+    module = {"__builtin__": "builtins"}.get(module, module)   # protocols 0 and 1
+    if (module, name) in _ALLOWED:
+        return find(module, name)
+    # numpy scalar types (numpy.float32, numpy.int64, ...) are classes named in numpy itself.
+    if module == "numpy" and name.isidentifier():
+        import numpy
+        obj = getattr(numpy, name, None)
+        if isinstance(obj, type) and issubclass(obj, numpy.generic):
+            return obj
+    raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a data file has no "
+                                 "reason to hold (refused: loading it could run code)")
+
+
 class _Unpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
-        module = {"__builtin__": "builtins"}.get(module, module)   # protocols 0 and 1
-        if (module, name) in _ALLOWED:
-            return super().find_class(module, name)
-        # numpy scalar types (numpy.float32, numpy.int64, ...) are classes named in numpy itself.
-        if module == "numpy" and name.isidentifier():
-            import numpy
-            obj = getattr(numpy, name, None)
-            if isinstance(obj, type) and issubclass(obj, numpy.generic):
-                return obj
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a data file has no "
-                                     "reason to hold (refused: loading it could run code)")
+        return allowed_class(module, name, super().find_class)
 
 
 def safe_unpickle(data: bytes | io.BufferedIOBase) -> object:
