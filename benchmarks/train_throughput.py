@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=500, help="of the JPEGs, in pixels")
     p.add_argument("--height", type=int, default=375, help="of the JPEGs, in pixels")
     p.add_argument("--distinct", type=int, default=300, help="distinct pictures, re-encoded with noise")
+    p.add_argument("--sentences", type=int, default=2,
+                   help="of each generated text, 6 to 10 words each (1: about the length of the "
+                        "demo's captions, which the GRU's share of a step depends on)")
     p.add_argument("--arch", default="resnet50", help="image encoder")
     p.add_argument("--image-size", type=int, default=224, help="image side fed to the model")
     p.add_argument("--embed-dim", type=int, default=config.EMBED_DIM, help="joint space dimension")
@@ -98,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     args.rounds = min(args.rounds, args.steps)
-    for name in ("images", "batch_size", "authors_batch_size", "steps", "distinct"):
+    for name in ("images", "batch_size", "authors_batch_size", "steps", "distinct", "sentences"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.images < 2 * args.batch_size:
@@ -134,7 +137,7 @@ def make_dataset(args: argparse.Namespace) -> Path:
     """manifest.jsonl + images/*.jpg under --data-dir; reused when made with the same flags."""
     folder = Path(args.data_dir)
     spec = {"images": args.images, "width": args.width, "height": args.height,
-            "distinct": args.distinct, "seed": args.seed}
+            "distinct": args.distinct, "seed": args.seed, "sentences": args.sentences}
     manifest, stamp = folder / "manifest.jsonl", folder / "spec.json"
     if manifest.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec:
         print(f"dataset: reusing {manifest} ({args.images} JPEGs)")
@@ -154,7 +157,7 @@ def make_dataset(args: argparse.Namespace) -> Path:
     with open(manifest, "w", encoding="utf-8") as f:
         for i in range(args.images):
             rng = random.Random(f"{args.seed}-{i}")
-            text = make_text(rng, topics[i % len(topics)].split(), 2)
+            text = make_text(rng, topics[i % len(topics)].split(), args.sentences)
             f.write(json.dumps({"id": f"{i:06d}", "image": f"images/{i:06d}.jpg", "texts": [text],
                                 "split": "train"}) + "\n")
     stamp.write_text(json.dumps(spec))

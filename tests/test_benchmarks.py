@@ -65,6 +65,24 @@ def test_train_throughput_times_every_setup_and_reuses_its_data(tmp_path, one_th
     assert "dataset: reusing" in out and "reused" in out
 
 
+def test_train_throughput_text_length_follows_sentences_and_remakes_the_data(tmp_path):
+    bench = load("train_throughput")
+    base = ["--data-dir", str(tmp_path / "data"), "--images", "12", "--width", "20", "--height",
+            "15", "--distinct", "2", "--batch-size", "4", "--workers", "1"]
+
+    def sentences_per_text(argv):
+        manifest = bench.make_dataset(bench.parse_args(base + argv))
+        texts = [json.loads(line)["texts"][0] for line in manifest.read_text().splitlines()]
+        return {t.count(".") for t in texts}, {len(t.split()) for t in texts}
+
+    counts, words = sentences_per_text(["--sentences", "1"])
+    assert counts == {1} and min(words) >= 6 and max(words) <= 10
+    counts, words = sentences_per_text([])          # the default: two, made anew, not reused
+    assert counts == {2} and min(words) >= 12 and max(words) <= 20
+    with pytest.raises(SystemExit):
+        bench.parse_args(base + ["--sentences", "0"])
+
+
 def test_knn_throughput_is_exact_and_reports_hnsw_recall(tmp_path, one_thread):
     bench = load("knn_throughput")
     results = bench.main(["--n", "1500", "--dim", "24", "--k", "30", "--check", "50",
