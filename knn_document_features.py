@@ -1,7 +1,8 @@
 """Step 3: the semantic neighbours of every training document -> document_feats_knn.pickle.
 
 Backends: hnsw (nmslib, the authors'), exact (torch; the GPU when present), faiss-exact,
-faiss-ivf and faiss-hnsw (faiss-cpu; faiss-exact runs on the GPU with a GPU build of faiss).
+faiss-ivf, faiss-ivfpq and faiss-hnsw (faiss-cpu; faiss-exact runs on the GPU with a GPU build
+of faiss).
 Which to pick at what size: README.md, "Neighbourhoods at scale".
 
 The file holds {'ids', 'neighbors': int32 [N, k], 'distances': float32 [N, k], 'space',
@@ -17,7 +18,7 @@ from cli import parser, run_main, whole
 from data import provenance
 from data.items import InputError
 from data.knn import SPACES, exact_knn, hnsw_knn, sampled_recall
-from data.knn_faiss import BACKENDS as FAISS_BACKENDS, SettingsError, ivf_settings
+from data.knn_faiss import BACKENDS as FAISS_BACKENDS, SettingsError, ivf_settings, pq_parts
 from data.workdir import (DOC2VEC_FEATURES, KNN, check_vectors, check_writable, load_pickle,
                           save_pickle)
 
@@ -39,16 +40,22 @@ def main() -> None:
     g.add_argument("--ef-search", type=whole(1), default=config.EF_SEARCH,
                    help="hnsw, faiss-hnsw (faiss-hnsw searches at least --k)")
     g.add_argument("--nlist", type=whole(1), default=config.NLIST,
-                   help="faiss-ivf: inverted lists (default: 4 sqrt(N), at most N / 39)")
+                   help="faiss-ivf, faiss-ivfpq: inverted lists (default: 4 sqrt(N), at most "
+                        "N / 39)")
     g.add_argument("--nprobe", type=whole(1), default=config.NPROBE,
-                   help="faiss-ivf: lists visited per query (default: 16, at most --nlist)")
+                   help="faiss-ivf, faiss-ivfpq: lists visited per query (default: 16 for "
+                        "faiss-ivf, a tenth of --nlist and at least 16 for faiss-ivfpq; at most "
+                        "--nlist)")
     g.add_argument("--ivf-train-size", type=whole(1), default=config.IVF_TRAIN_SIZE,
-                   help="faiss-ivf: vectors k-means trains on, a seeded sample (default: 50 per "
-                        "list, at most N)")
+                   help="faiss-ivf, faiss-ivfpq: vectors k-means trains on, a seeded sample "
+                        "(default: 50 per list, at most N)")
+    g.add_argument("--refine", type=whole(1), default=config.REFINE,
+                   help="faiss-ivfpq: candidates per neighbour its codes choose, re-ranked by "
+                        "their exact distances")
     g.add_argument("--deterministic", action="store_true", default=config.DETERMINISTIC,
                    help="build the index on one thread: HNSW graphs (nmslib, faiss) insert in a "
                         "racy order over threads, so the neighbours would differ slightly "
-                        "between runs; faiss-ivf trains and fills its lists on one thread too. "
+                        "between runs; faiss-ivf(pq) trains and fills its lists on one thread too. "
                         "Queries still use --workers; the exact backends need nothing (refused "
                         "for faiss-exact on a GPU, whose ties come out in no fixed order)")
     g.add_argument("--device", default=None, choices=("cpu", "cuda"),
@@ -71,7 +78,7 @@ def main() -> None:
     if args.k > n:
         raise InputError(f"--k {args.k} is larger than the corpus ({n} documents in "
                            f"{Path(args.work_dir) / DOC2VEC_FEATURES}): pass --k {n} or less")
-    settings = backend_settings(args, n)   # every setting checked before the search starts
+    settings = backend_settings(args, n, vectors.shape[1])   # every setting checked before the search starts
     t = time.time()
     ids, dists = search(vectors, args, settings)
     print(f"{args.backend} kNN, k={args.k}, {n} documents: {time.time() - t:.3f}s")
@@ -88,7 +95,7 @@ def main() -> None:
     print(f"wrote {out}")
 
 
-def backend_settings(args, n: int) -> dict:
+def backend_settings(args, n: int, dim: int) -> dict:
     """The provenance settings of this search: the backend and what decides its neighbours.
     Bad settings (an IVF list count above N, --device cuda without a GPU faiss, --deterministic
     where it cannot be kept) stop here, in one line, before any work."""
@@ -96,14 +103,18 @@ def backend_settings(args, n: int) -> dict:
     if args.backend in ("hnsw", "faiss-hnsw"):
         settings.update(M=args.M, ef_construction=args.ef_construction, ef_search=args.ef_search,
                         deterministic=args.deterministic)
-    elif args.backend == "faiss-ivf":
+    elif args.backend in ("faiss-ivf", "faiss-ivfpq"):
+        pq = args.backend == "faiss-ivfpq"
         try:
-            nlist, nprobe, train_size = ivf_settings(n, args.nlist, args.nprobe, args.ivf_train_size)
+            nlist, nprobe, train_size = ivf_settings(n, args.nlist, args.nprobe,
+                                                     args.ivf_train_size, pq=pq)
         except SettingsError as e:
             raise InputError(f"{e} (the corpus has {n} documents)") from None
         # The seed draws the training sample and seeds k-means, so it decides the lists.
         settings.update(nlist=nlist, nprobe=nprobe, ivf_train_size=train_size, seed=args.seed,
                         deterministic=args.deterministic)
+        if pq:
+            settings.update(refine=args.refine, pq_parts=pq_parts(dim))
     elif args.backend == "faiss-exact":
         settings["device"] = faiss_device(args)
         if settings["device"] == "cuda" and args.deterministic:
@@ -139,7 +150,8 @@ def search(vectors, args, settings: dict):
     s = settings
     try:
         return faiss_knn(vectors, args.k, args.space, args.backend, nlist=s.get("nlist"),
-                         nprobe=s.get("nprobe"), train_size=s.get("ivf_train_size"), M=args.M,
+                         nprobe=s.get("nprobe"), train_size=s.get("ivf_train_size"),
+                         refine=args.refine, M=args.M,
                          ef_construction=args.ef_construction, ef_search=args.ef_search,
                          threads=max(1, args.workers), build_threads=build_threads,
                          seed=args.seed, gpu=s.get("device") == "cuda")

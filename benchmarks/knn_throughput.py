@@ -3,7 +3,7 @@ every backend of knn_document_features.py side by side.
 
     python benchmarks/knn_throughput.py [--n 1000000] [--dim 200] [--k 200] [--hnsw-n 100000]
     python benchmarks/knn_throughput.py --compare-sizes 100000,250000,1000000 \
-        --vectors WORK/doc2vec_features.pickle [--backends hnsw,exact,faiss-exact,faiss-ivf,faiss-hnsw]
+        --vectors WORK/doc2vec_features.pickle [--backends hnsw,exact,faiss-exact,faiss-ivf,faiss-ivfpq,faiss-hnsw]
 
 On random unit vectors, times:
   exact  data.knn.exact_knn on all pairs of --n vectors (what knn_document_features.py
@@ -43,7 +43,7 @@ from benchmarks.common import report, save, setup, sync  # noqa: E402
 from cli import HelpFormatter  # noqa: E402
 from data.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
 
-BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-hnsw")
+BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 CHEAP_GRAPH = ["--ef-construction", "20", "--ef-search", "200"]
 
 

@@ -9,7 +9,7 @@ image paths, no images) and runs, each in a fresh process, through the scripts' 
   infer           extract_doc2vec_vectors.py         bare: infer_vector in a process pool, all cores
   knn hnsw        knn_document_features.py           bare: nmslib build + knnQueryBatch, all threads
   knn exact       knn_document_features.py --backend exact --device cpu   bare: torch matmul + topk
-  knn faiss-exact, knn faiss-ivf, knn faiss-hnsw   knn_document_features.py --backend faiss-*
+  knn faiss-exact, knn faiss-ivf, knn faiss-ivfpq, knn faiss-hnsw: --backend faiss-*
                   (no bare program: faiss is the library; its recall against exact is printed)
   sampler         NeighborSampler's table + one draw (training/neighbors.py)
   trainer prep    training.prepare.prepare up to the first batch (images replaced, see the steps file)
@@ -51,7 +51,7 @@ from cli import HelpFormatter  # noqa: E402
 from data.workdir import DOC2VEC_FEATURES  # noqa: E402
 
 STEPS_PY = str(ROOT / "benchmarks" / "text_scale_steps.py")
-KNN_BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-hnsw")
+KNN_BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 STEP_NAMES = ("preprocess", "doc2vec", "infer", *(f"knn {b}" for b in KNN_BACKENDS), "sampler",
               "trainer prep")
 CHEAP_GRAPH = ["--ef-construction", "20", "--ef-search", "200"]

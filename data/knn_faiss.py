@@ -1,11 +1,12 @@
-"""faiss kNN backends: exact (IndexFlatL2), IVF (IndexIVFFlat) and HNSW (IndexHNSWFlat).
+"""faiss kNN backends: exact (IndexFlatL2), IVF (IndexIVFFlat), IVF with 4-bit product codes
+re-ranked exactly (IndexIVFPQFastScan inside IndexRefineFlat) and HNSW (IndexHNSWFlat).
 
 Same output as data.knn's backends: int32 ids and float32 distances [N, k], nearest first, each
 row starting with the document itself at distance 0; Euclidean for "l2", 1 - cosine for
 "cosinesimil" (searched as l2 between unit vectors: |a - b|^2 / 2 = 1 - cos(a, b)).
 
 faiss's IVF and HNSW indexes measure each candidate by differences, so their distances are
-exact; its flat index scores with the dot-product expansion (BLAS), which loses ~1e-3 to
+exact (faiss-ivfpq ranks by its codes, then measures the best k x refine candidates exactly); its flat index scores with the dot-product expansion (BLAS), which loses ~1e-3 to
 cancellation, so "faiss-exact" takes a few candidates beyond k and re-ranks them by differences,
 as the torch exact backend does. Queries run in blocks written straight into the result, so the
 only memory beyond the vectors and the [N, k] result is the index and one block's answers.
@@ -21,12 +22,14 @@ from tqdm import tqdm
 
 from .knn import _check_arguments, _exact_distances_np, exact_knn_np, put_self_first
 
-BACKENDS = ("faiss-exact", "faiss-ivf", "faiss-hnsw")
+BACKENDS = ("faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 QUERY_ROWS = 16_384         # queries per faiss search call (~40 MiB of answers at k = 200)
 GPU_MAX_K = 2048            # faiss's GPU k-selection limit
 MIN_POINTS_PER_LIST = 39    # faiss warns below this many training vectors per list
 TRAIN_PER_LIST = 50         # the default k-means sample: this many vectors per list
 KMEANS_ITERATIONS = 10      # k-means passes over the sample (faiss's own default is 25)
+PQ_PROBE_SHARE = 10         # faiss-ivfpq visits 1 list in this many by default
+PQ_BITS = 4                 # fast-scan codes: 16 centroids per sub-vector
 
 
 class SettingsError(ValueError):
@@ -34,12 +37,15 @@ class SettingsError(ValueError):
 
 
 def ivf_settings(n: int, nlist: int | None = None, nprobe: int | None = None,
-                 train_size: int | None = None) -> tuple[int, int, int]:
+                 train_size: int | None = None, pq: bool = False) -> tuple[int, int, int]:
     """(nlist, nprobe, train_size) for N vectors: each given one checked, each missing one from N.
 
     Defaults: nlist 4 sqrt(N) (at most N / 39, so that every list gets the training vectors
     k-means needs), nprobe 16 lists (at most nlist) and 50 training vectors per list (at most N).
-    Measured at 97,998 Doc2Vec vectors: recall@10 1.0 against exact (benchmarks/RESULTS.md)."""
+    Measured (benchmarks/RESULTS.md): recall@10 0.9996 against exact at 97,998 Doc2Vec vectors,
+    but 0.59 at 980,105, whose neighbours lie nearly as far as the rest. With `pq` (faiss-ivfpq,
+    whose codes make a visited list ~10x cheaper to scan) nprobe defaults to a tenth of the
+    lists, at least 16: recall@10 0.994 at 980,105 with 384 of 4,000."""
     if nlist is not None and not 1 <= nlist <= n:
         raise SettingsError(f"--nlist {nlist}: pass a number of lists from 1 to the number of "
                             f"documents ({n}); about 4 sqrt(N) = {_nlist(n)} is the default")
@@ -47,12 +53,23 @@ def ivf_settings(n: int, nlist: int | None = None, nprobe: int | None = None,
     if nprobe is not None and not 1 <= nprobe <= nlist:
         raise SettingsError(f"--nprobe {nprobe}: pass from 1 to --nlist ({nlist}) lists to visit "
                             "per query")
-    nprobe = nprobe or min(16, nlist)
+    nprobe = nprobe or min(max(16, -(-nlist // PQ_PROBE_SHARE)) if pq else 16, nlist)
     if train_size is not None and not nlist <= train_size <= n:
         raise SettingsError(f"--ivf-train-size {train_size}: pass from --nlist ({nlist}) to the "
                             f"number of documents ({n}); k-means needs a vector per list at least")
     train_size = train_size or min(n, TRAIN_PER_LIST * nlist)
+    if pq and train_size < 2 ** PQ_BITS:
+        raise SettingsError(f"faiss-ivfpq trains {2 ** PQ_BITS} centroids per sub-vector on "
+                            f"--ivf-train-size vectors ({train_size}): pass at least "
+                            f"{2 ** PQ_BITS} (and a corpus that large), or use faiss-ivf")
     return nlist, nprobe, train_size
+
+
+def pq_parts(dim: int) -> int:
+    """Sub-vectors of faiss-ivfpq's codes: two dimensions each (one where the dimension is odd).
+    Fewer, longer sub-vectors rank too coarsely for the re-ranking to recover: at 980,105
+    Doc2Vec vectors (dim 200), 50 parts gave recall@10 0.84 where 100 gave 0.98."""
+    return dim // 2 if dim % 2 == 0 else dim
 
 
 def _nlist(n: int) -> int:
@@ -74,7 +91,8 @@ def cuda_present() -> bool:
 
 def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "faiss-ivf", *,
               nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
-              M: int = 16, ef_construction: int = 200, ef_search: int = 400, threads: int = 1,
+              refine: int = 4, M: int = 16, ef_construction: int = 200, ef_search: int = 400,
+              threads: int = 1,
               build_threads: int | None = None, seed: int = 0, gpu: bool = False,
               timings: dict | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """All-pairs neighbours of `vectors` with a faiss index, self first.
@@ -108,16 +126,29 @@ def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "fa
             # (the resources must outlive the index: kept until the search is done)
             gpu_resources = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
-    elif backend == "faiss-ivf":
-        nlist, nprobe, train_size = ivf_settings(n, nlist, nprobe, train_size)
+    elif backend in ("faiss-ivf", "faiss-ivfpq"):
+        pq = backend == "faiss-ivfpq"
+        if pq and refine < 1:
+            raise SettingsError(f"--refine {refine}: pass 1 or more (candidates re-ranked "
+                                "exactly per neighbour)")
+        nlist, nprobe, train_size = ivf_settings(n, nlist, nprobe, train_size, pq=pq)
         quantizer = faiss.IndexFlatL2(dim)
-        index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
-        index.cp.seed = seed
-        index.cp.niter = KMEANS_ITERATIONS
-        index.cp.max_points_per_centroid = max(1, -(-train_size // nlist))
+        if pq:
+            ivf = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_parts(dim), PQ_BITS,
+                                           faiss.METRIC_L2)
+            ivf.pq.cp.seed = seed
+        else:
+            ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
+        ivf.cp.seed = seed
+        ivf.cp.niter = KMEANS_ITERATIONS
+        ivf.cp.max_points_per_centroid = max(1, -(-train_size // nlist))
         sample = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
-        index.train(data[sample])
-        index.nprobe = nprobe
+        ivf.train(data[sample])
+        ivf.nprobe = nprobe
+        index = ivf
+        if pq:   # the codes choose k x refine candidates; their exact distances pick the k
+            index = faiss.IndexRefineFlat(ivf)
+            index.k_factor = float(refine)
     else:
         index = faiss.IndexHNSWFlat(dim, M, faiss.METRIC_L2)
         index.hnsw.efConstruction = ef_construction

@@ -12,8 +12,8 @@ import data.knn_faiss as kf
 from conftest import cli, one_line_error
 from data import provenance
 from data.items import InputError
-from data.knn import exact_knn
-from data.knn_faiss import BACKENDS, SettingsError, faiss_knn, ivf_settings
+from data.knn import exact_knn, recall_at
+from data.knn_faiss import BACKENDS, SettingsError, faiss_knn, ivf_settings, pq_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 KNN = "knn_document_features.py"
@@ -95,9 +95,35 @@ def test_ivf_defaults_come_from_n_and_bad_settings_are_refused():
                        ({"train_size": 101}, "--ivf-train-size 101")]:
         with pytest.raises(SettingsError, match=phrase):
             ivf_settings(100, **kw)
+    # faiss-ivfpq: the same lists, a tenth of them visited (at least 16, at most all).
+    assert ivf_settings(1_000_000, pq=True) == (4000, 400, 200_000)
+    assert ivf_settings(97_998, pq=True) == (1252, 126, 62_600)
+    assert ivf_settings(1000, pq=True) == (25, 16, 1000)
+    assert ivf_settings(100, pq=True) == (2, 2, 100)
+    with pytest.raises(SettingsError, match="--ivf-train-size vectors \\(10\\)"):
+        ivf_settings(100, nlist=2, train_size=10, pq=True)   # 16 centroids per sub-vector
+    assert (pq_parts(200), pq_parts(16), pq_parts(33)) == (100, 8, 33)
 
 
-@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-hnsw"])
+def test_ivfpq_reranks_exactly_and_refine_widens_what_its_codes_choose():
+    # Random, uncrowded directions: the codes alone misorder near ties, the exact re-ranking of
+    # k x refine candidates fixes the distances; more candidates find more true neighbours.
+    x = np.random.default_rng(2).standard_normal((3000, 24)).astype(np.float32)
+    e_ids, e_dists = exact_knn(x, 20, "l2", "cpu", progress=False)
+    found = []
+    for refine in (1, 8):
+        ids, dists = faiss_knn(x, 20, "l2", "faiss-ivfpq", refine=refine, nprobe=76,
+                               build_threads=1, progress=False)
+        hit = ids == e_ids   # every list visited: only the codes and the re-ranking decide
+        np.testing.assert_allclose(dists[hit], e_dists[hit], rtol=1e-5, atol=1e-5)
+        assert (np.diff(dists, axis=1) >= 0).all()
+        found.append(recall_at(dists, e_dists, 20))
+    assert found[0] < 0.6 and found[1] > 0.95
+    with pytest.raises(SettingsError, match="--refine 0"):
+        faiss_knn(x, 20, "l2", "faiss-ivfpq", refine=0, progress=False)
+
+
+@pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-ivfpq", "faiss-hnsw"])
 def test_one_thread_builds_are_the_same_every_run(backend):
     x = clustered(800)
     a = faiss_knn(x, 15, "l2", backend, threads=2, build_threads=1, seed=3, progress=False)
@@ -167,7 +193,8 @@ def read(work):
 def test_script_writes_the_exact_backends_file_with_recall_and_settings(work, backend):
     knn(work, "--backend", "exact")
     exact = read(work)
-    r = knn(work, "--backend", backend)
+    # faiss-ivfpq's codes choose k x refine candidates: 120 hold every clustermate (100).
+    r = knn(work, "--backend", backend, *(["--refine", "10"] if backend == "faiss-ivfpq" else []))
     got = read(work)
     assert got["backend"] == backend and got["ids"] == exact["ids"] and got["space"] == "l2"
     same_up_to_ties(got["neighbors"], got["distances"], exact["neighbors"], exact["distances"])
@@ -180,6 +207,10 @@ def test_script_writes_the_exact_backends_file_with_recall_and_settings(work, ba
     if backend == "faiss-ivf":
         assert settings == {"k": 12, "backend": backend, "space": "l2", "nlist": 15, "nprobe": 15,
                             "ivf_train_size": 600, "seed": 0, "deterministic": False}
+    if backend == "faiss-ivfpq":
+        assert settings == {"k": 12, "backend": backend, "space": "l2", "nlist": 15, "nprobe": 15,
+                            "ivf_train_size": 600, "seed": 0, "deterministic": False,
+                            "refine": 10, "pq_parts": 8}
     if backend == "faiss-hnsw":
         assert settings["M"] == 16 and settings["ef_search"] == 400
 
@@ -211,6 +242,13 @@ def test_provenance_refuses_another_backends_file_only_where_neighbours_differ(w
         compare(ivf4, knn_step(work))
     with pytest.raises(InputError, match="--backend exact"):
         compare(exact, ivf4)
+    knn(work, "--backend", "faiss-ivfpq", "--nprobe", "4")
+    pq = knn_step(work)
+    with pytest.raises(InputError, match="--backend faiss-ivf"):
+        compare(ivf4, pq)                             # codes and re-ranking: other neighbours
+    knn(work, "--backend", "faiss-ivfpq", "--nprobe", "4", "--refine", "2")
+    with pytest.raises(InputError, match="--refine 4"):
+        compare(pq, knn_step(work))
     knn(work, "--backend", "hnsw")
     nmslib = knn_step(work)
     knn(work, "--backend", "faiss-hnsw")
