@@ -48,9 +48,9 @@ EF_CONSTRUCTION = 200           # nmslib's default
 EF_SEARCH = 400                 # the release never set it; below K the recall drops sharply
 NLIST = None                    # faiss-ivf(pq) lists (None: 4 sqrt(N), at most N / 39)
 NPROBE = None                   # faiss-ivf(pq) lists visited per query (None: 16 for faiss-ivf,
-                                # a tenth of NLIST and at least 16 for faiss-ivfpq; at most NLIST)
+                                # 8% of NLIST and at least 16 for faiss-ivfpq; at most NLIST)
 IVF_TRAIN_SIZE = None           # faiss-ivf(pq) k-means sample (None: 50 vectors per list, at most N)
-REFINE = 4                      # faiss-ivfpq re-ranks k x REFINE candidates by exact distance
+REFINE = 2                      # faiss-ivfpq re-ranks k x REFINE candidates by exact distance
 NEIGHBOR_POOL = 10              # a training item draws its neighbour from its first this-many
                                 # qualifying kNN entries (distance > 0, in training, not its image)
 

@@ -28,7 +28,7 @@ GPU_MAX_K = 2048            # faiss's GPU k-selection limit
 MIN_POINTS_PER_LIST = 39    # faiss warns below this many training vectors per list
 TRAIN_PER_LIST = 50         # the default k-means sample: this many vectors per list
 KMEANS_ITERATIONS = 10      # k-means passes over the sample (faiss's own default is 25)
-PQ_PROBE_SHARE = 10         # faiss-ivfpq visits 1 list in this many by default
+PQ_PROBE_PERCENT = 8        # faiss-ivfpq visits this share of its lists by default
 PQ_BITS = 4                 # fast-scan codes: 16 centroids per sub-vector
 
 
@@ -44,8 +44,8 @@ def ivf_settings(n: int, nlist: int | None = None, nprobe: int | None = None,
     k-means needs), nprobe 16 lists (at most nlist) and 50 training vectors per list (at most N).
     Measured (benchmarks/RESULTS.md): recall@10 0.9996 against exact at 97,998 Doc2Vec vectors,
     but 0.59 at 980,105, whose neighbours lie nearly as far as the rest. With `pq` (faiss-ivfpq,
-    whose codes make a visited list ~10x cheaper to scan) nprobe defaults to a tenth of the
-    lists, at least 16: recall@10 0.994 at 980,105 with 384 of 4,000."""
+    whose codes make a visited list several times cheaper to scan) nprobe defaults to 8% of the
+    lists, at least 16: recall@10 0.988 at 980,105 with 320 of 4,000 (and --refine 2)."""
     if nlist is not None and not 1 <= nlist <= n:
         raise SettingsError(f"--nlist {nlist}: pass a number of lists from 1 to the number of "
                             f"documents ({n}); about 4 sqrt(N) = {_nlist(n)} is the default")
@@ -53,7 +53,7 @@ def ivf_settings(n: int, nlist: int | None = None, nprobe: int | None = None,
     if nprobe is not None and not 1 <= nprobe <= nlist:
         raise SettingsError(f"--nprobe {nprobe}: pass from 1 to --nlist ({nlist}) lists to visit "
                             "per query")
-    nprobe = nprobe or min(max(16, -(-nlist // PQ_PROBE_SHARE)) if pq else 16, nlist)
+    nprobe = nprobe or min(max(16, -(-nlist * PQ_PROBE_PERCENT // 100)) if pq else 16, nlist)
     if train_size is not None and not nlist <= train_size <= n:
         raise SettingsError(f"--ivf-train-size {train_size}: pass from --nlist ({nlist}) to the "
                             f"number of documents ({n}); k-means needs a vector per list at least")
@@ -91,7 +91,7 @@ def cuda_present() -> bool:
 
 def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "faiss-ivf", *,
               nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
-              refine: int = 4, M: int = 16, ef_construction: int = 200, ef_search: int = 400,
+              refine: int = 2, M: int = 16, ef_construction: int = 200, ef_search: int = 400,
               threads: int = 1,
               build_threads: int | None = None, seed: int = 0, gpu: bool = False,
               timings: dict | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:

@@ -95,9 +95,9 @@ def test_ivf_defaults_come_from_n_and_bad_settings_are_refused():
                        ({"train_size": 101}, "--ivf-train-size 101")]:
         with pytest.raises(SettingsError, match=phrase):
             ivf_settings(100, **kw)
-    # faiss-ivfpq: the same lists, a tenth of them visited (at least 16, at most all).
-    assert ivf_settings(1_000_000, pq=True) == (4000, 400, 200_000)
-    assert ivf_settings(97_998, pq=True) == (1252, 126, 62_600)
+    # faiss-ivfpq: the same lists, 8% of them visited (at least 16, at most all).
+    assert ivf_settings(1_000_000, pq=True) == (4000, 320, 200_000)
+    assert ivf_settings(97_998, pq=True) == (1252, 101, 62_600)
     assert ivf_settings(1000, pq=True) == (25, 16, 1000)
     assert ivf_settings(100, pq=True) == (2, 2, 100)
     with pytest.raises(SettingsError, match="--ivf-train-size vectors \\(10\\)"):
