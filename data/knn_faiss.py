@@ -137,6 +137,11 @@ def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "fa
             ivf = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, pq_parts(dim), PQ_BITS,
                                            faiss.METRIC_L2)
             ivf.pq.cp.seed = seed
+            wanted = MIN_POINTS_PER_LIST * 2 ** PQ_BITS
+            if train_size < wanted:   # one line here, not faiss's warning once per sub-vector
+                print(f"faiss-ivfpq: {train_size} training vectors, fewer than the {wanted} its "
+                      "code books want: the codes are coarser (the recall check says how much)")
+            ivf.pq.cp.min_points_per_centroid = 1
         else:
             ivf = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_L2)
         ivf.cp.seed = seed

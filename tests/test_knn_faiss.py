@@ -105,7 +105,7 @@ def test_ivf_defaults_come_from_n_and_bad_settings_are_refused():
     assert (pq_parts(200), pq_parts(16), pq_parts(33)) == (100, 8, 33)
 
 
-def test_ivfpq_reranks_exactly_and_refine_widens_what_its_codes_choose():
+def test_ivfpq_reranks_exactly_and_refine_widens_what_its_codes_choose(capfd):
     # Random, uncrowded directions: the codes alone misorder near ties, the exact re-ranking of
     # k x refine candidates fixes the distances; more candidates find more true neighbours.
     x = np.random.default_rng(2).standard_normal((3000, 24)).astype(np.float32)
@@ -121,6 +121,10 @@ def test_ivfpq_reranks_exactly_and_refine_widens_what_its_codes_choose():
     assert found[0] < 0.6 and found[1] > 0.95
     with pytest.raises(SettingsError, match="--refine 0"):
         faiss_knn(x, 20, "l2", "faiss-ivfpq", refine=0, progress=False)
+    capfd.readouterr()
+    faiss_knn(x[:500], 20, "l2", "faiss-ivfpq", progress=False)   # 500 < 39 x 16 to train on
+    out = capfd.readouterr()
+    assert out.out.count("fewer than the 624 its code books want") == 1 and "WARNING" not in out.err
 
 
 @pytest.mark.parametrize("backend", ["faiss-ivf", "faiss-ivfpq", "faiss-hnsw"])

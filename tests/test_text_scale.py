@@ -8,7 +8,8 @@ import pytest
 from data.text import preprocess
 from test_benchmarks import load
 
-KNN_STEPS = ["knn hnsw", "knn exact", "knn faiss-exact", "knn faiss-ivf", "knn faiss-hnsw"]
+KNN_STEPS = ["knn hnsw", "knn exact", "knn faiss-exact", "knn faiss-ivf", "knn faiss-ivfpq",
+             "knn faiss-hnsw"]
 STEPS = ["preprocess", "doc2vec", "infer", *KNN_STEPS, "sampler", "trainer prep"]
 BARE = {"preprocess", "doc2vec", "infer", "knn hnsw", "knn exact"}
 
@@ -84,7 +85,9 @@ def test_tiny_run_measures_every_step_against_the_bare_library(tmp_path, capsys)
             assert rows[n, step]["ours"]["written_mib"] > 0
         for step in KNN_STEPS:   # every backend's search time and recall, side by side
             o = rows[n, step]["ours"]
-            assert 0 < o["knn_s"] < o["seconds"] and 0.9 <= o["recall"] <= 1
+            # (product codes on a few hundred near-random 1-epoch vectors: about 0.8 to 0.87)
+            low = 0.7 if step == "knn faiss-ivfpq" else 0.9
+            assert 0 < o["knn_s"] < o["seconds"] and low <= o["recall"] <= 1
             assert ("recall_queries" in o) == (step not in ("knn exact", "knn faiss-exact"))
         assert rows[n, "preprocess"]["ours"]["written_mib"] == 0
         sampler = rows[n, "sampler"]["ours"]

@@ -113,6 +113,7 @@ def check_knn_file(path: Path, feats_ids: list, labels: dict, k: int, space: str
                                                  ("hnsw", "l2", "in-process"),
                                                  ("exact", "cosinesimil", "in-process"),
                                                  ("faiss-ivf", "cosinesimil", "in-process"),
+                                                 ("faiss-ivfpq", "l2", "in-process"),
                                                  ("faiss-hnsw", "l2", "in-process")])
 def test_neighbours_share_the_topic(corpus, tmp_path, backend, space, how):
     work = tmp_path / "work"
@@ -176,7 +177,8 @@ def test_large_model_is_one_loadable_file(tmp_path):
     (TRAIN, ["--vector-size", "--window", "--min-count", "--epochs"]),
     (EXTRACT, []),
     (KNN, ["--k", "--backend", "--space", "--M", "--ef-construction", "--ef-search", "--nlist",
-           "--nprobe", "--ivf-train-size", "faiss-exact", "faiss-ivf", "faiss-hnsw"]),
+           "--nprobe", "--ivf-train-size", "--refine", "faiss-exact", "faiss-ivf", "faiss-ivfpq",
+           "faiss-hnsw"]),
 ])
 def test_help_lists_the_flags(script, flags):
     code, out, _ = astuple(cli(script, "--help", check=False))
