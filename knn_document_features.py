@@ -44,7 +44,7 @@ def main() -> None:
                         "N / 39)")
     g.add_argument("--nprobe", type=whole(1), default=config.NPROBE,
                    help="faiss-ivf, faiss-ivfpq: lists visited per query (default: 16 for "
-                        "faiss-ivf, 8% of --nlist and at least 16 for faiss-ivfpq; at most "
+                        "faiss-ivf, 8%% of --nlist and at least 16 for faiss-ivfpq; at most "
                         "--nlist)")
     g.add_argument("--ivf-train-size", type=whole(1), default=config.IVF_TRAIN_SIZE,
                    help="faiss-ivf, faiss-ivfpq: vectors k-means trains on, a seeded sample "
