@@ -6,9 +6,10 @@ row starting with the document itself at distance 0; Euclidean for "l2", 1 - cos
 "cosinesimil" (searched as l2 between unit vectors: |a - b|^2 / 2 = 1 - cos(a, b)).
 
 faiss's IVF and HNSW indexes measure each candidate by differences, so their distances are
-exact (faiss-ivfpq ranks by its codes, then measures the best k x refine candidates exactly); its flat index scores with the dot-product expansion (BLAS), which loses ~1e-3 to
-cancellation, so "faiss-exact" takes a few candidates beyond k and re-ranks them by differences,
-as the torch exact backend does. Queries run in blocks written straight into the result, so the
+exact (faiss-ivfpq ranks by its codes, then measures the best k x refine candidates exactly);
+its flat index scores with the dot-product expansion (BLAS), which loses ~1e-3 to cancellation,
+so "faiss-exact" takes a few candidates beyond k and re-ranks them by differences, as the torch
+exact backend does. Queries run in blocks written straight into the result, so the
 only memory beyond the vectors and the [N, k] result is the index and one block's answers.
 """
 from __future__ import annotations
@@ -92,8 +93,7 @@ def cuda_present() -> bool:
 def faiss_knn(vectors: np.ndarray, k: int, space: str = "l2", backend: str = "faiss-ivf", *,
               nlist: int | None = None, nprobe: int | None = None, train_size: int | None = None,
               refine: int = 2, M: int = 16, ef_construction: int = 200, ef_search: int = 400,
-              threads: int = 1,
-              build_threads: int | None = None, seed: int = 0, gpu: bool = False,
+              threads: int = 1, build_threads: int | None = None, seed: int = 0, gpu: bool = False,
               timings: dict | None = None, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """All-pairs neighbours of `vectors` with a faiss index, self first.
 
