@@ -84,6 +84,16 @@ def one_line_error(result: Result, *phrases: str) -> None:
         assert phrase in lines[0], lines[0]
 
 
+def quick_text_side(manifest: Path, work: Path) -> list[str]:
+    """Doc2Vec (5 epochs), its vectors and exact k = 10 neighbours of a tiny dataset; returns
+    the flags every later script of the tests shares (--dataset, --work-dir, --workers 0)."""
+    common = ["--dataset", manifest, "--work-dir", work, "--workers", "0"]
+    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5")
+    cli("extract_doc2vec_vectors.py", *common)
+    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    return common
+
+
 def train_tiny(root: Path, texts_per_item: int = 1, seed: int = 0) -> tuple[Path, Path, Path]:
     """(manifest, work folder, best.pt) of a one-epoch run on 120 generated items."""
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=seed,

@@ -31,7 +31,7 @@ from data.text import preprocess
 from data.workdir import atomic_write, read_pickle
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
-from conftest import RUN, cli, error_line, input_error, tmp_files
+from conftest import RUN, cli, error_line, input_error, quick_text_side, tmp_files
 from pipeline import ROOT, TINY_TRAIN
 
 TRAIN = "train_cross_modal_retrieval_model.py"
@@ -45,10 +45,7 @@ def pipeline(tmp_path_factory):
     # No item marked val: the validation slice then comes from --val-size and --seed.
     manifest = generate_synthetic(root / "data", n_items=48, image_size=32, seed=2, val_fraction=0)
     work = root / "work"
-    common = ["--dataset", manifest, "--work-dir", work, "--workers", "0"]
-    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5")
-    cli("extract_doc2vec_vectors.py", *common)
-    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    common = quick_text_side(manifest, work)
     cli(TRAIN, *WEIGHTS, *common, *TINY_TRAIN, "--epochs", "1")
     return manifest, work
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import RUN, cli, error_line, tmp_files
+from conftest import RUN, cli, error_line, quick_text_side, tmp_files
 from demo.synthetic import generate_synthetic
 from pipeline import ROOT, TINY_TRAIN
 
@@ -31,10 +31,7 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("faults_more")
     manifest = generate_synthetic(root / "data", n_items=48, image_size=32, seed=3, val_fraction=0)
     work = root / "work"
-    common = ["--dataset", manifest, "--work-dir", work, "--workers", "0"]
-    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5")
-    cli("extract_doc2vec_vectors.py", *common)
-    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    quick_text_side(manifest, work)
     return manifest, work
 
 
@@ -253,10 +250,7 @@ def shared_pictures(tmp_path_factory):
     shared = root / "data" / "shared.jsonl"
     shared.write_text("".join(json.dumps(r) + "\n" for r in out))
     work = root / "work"
-    common = ["--dataset", shared, "--work-dir", work, "--workers", "0"]
-    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5")
-    cli("extract_doc2vec_vectors.py", *common)
-    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    quick_text_side(shared, work)
     return shared, work
 
 

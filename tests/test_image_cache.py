@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 import data.image_cache as image_cache
 from data.items import InputError
 from demo.synthetic import generate_synthetic
-from conftest import RUN, cli, one_line_error
+from conftest import RUN, cli, one_line_error, quick_text_side
 from pipeline import TINY_TRAIN
 from models.checkpoint import load_checkpoint
 from data.image_cache import (UnreadableImage, build_cache, cache_folder, ensure_cache,
@@ -165,10 +165,7 @@ def test_script_reports_bad_images_and_reuses_its_cache(tmp_path):
 def test_trainer_reads_the_cache_and_learns_the_same_weights(tmp_path):
     manifest = generate_synthetic(tmp_path / "data", n_items=48, image_size=32, seed=2)
     work = tmp_path / "work"
-    common = ["--dataset", manifest, "--work-dir", work, "--workers", "0"]
-    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "5")
-    cli("extract_doc2vec_vectors.py", *common)
-    cli("knn_document_features.py", *common, "--k", "10", "--backend", "exact")
+    common = quick_text_side(manifest, work)
     train = ["1", "0.3", "0.2", "--dataset", manifest, *TINY_TRAIN, "--epochs", "1"]
     one_line_error(cli("train_cross_modal_retrieval_model.py", *train, "--work-dir", work,
                        "--image-cache", "require", check=False), "prepare_image_cache.py")
