@@ -1,11 +1,13 @@
 """Shared by every test: the repository on sys.path, one way to run a script in-process (`cli`),
 one check of a script's one-line error (`one_line_error`) and of a function's (`input_error`),
-and a tiny trained checkpoint (`train_tiny`). Tests import them with `from conftest import ...`."""
+a tiny trained checkpoint (`train_tiny`), and a module's scratch folders (`module_tmp`). Tests import them with `from conftest import ...`."""
 from __future__ import annotations
 
 import io
 import runpy
+import shutil
 import sys
+from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,24 @@ from demo.synthetic import generate_synthetic  # noqa: E402
 from pipeline import TINY_TRAIN  # noqa: E402
 
 RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Callable[[str], Path]]:
+    """mktemp(name) for a module's shared fixtures, all removed when the module ends if its tests
+    passed: each trained checkpoint holds a ResNet and its optimizer (about 135 MB), and kept to
+    the end of the suite they add up to more than 10 GB of disk."""
+    base = tmp_path_factory.mktemp(Path(str(request.fspath)).stem)
+    failed_before = request.session.testsfailed
+
+    def mktemp(name: str) -> Path:
+        folder = base / name
+        folder.mkdir()
+        return folder
+
+    yield mktemp
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @dataclass

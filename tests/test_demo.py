@@ -11,8 +11,8 @@ RUNS = ("l_i2t_l_sym_1_l_img_0_l_text_0", "l_i2t_l_sym_1_l_img_0_3_l_text_0_2")
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("demo")
+def demo(module_tmp):
+    run_dir = module_tmp("demo")
     proc = run("-m", "demo", *TINY, "--run-dir", run_dir)
     return run_dir, proc.stdout
 

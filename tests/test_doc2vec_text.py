@@ -103,9 +103,9 @@ def test_the_text_scripts_build_neighbourhoods_from_the_doc2vec_text(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_on_articles(tmp_path_factory):
+def trained_on_articles(module_tmp):
     """A tiny run whose items carry a doc2vec_text unlike their captions."""
-    root = tmp_path_factory.mktemp("articles")
+    root = module_tmp("articles")
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=5)
     rng = random.Random(1)
     records = [json.loads(line) for line in manifest.read_text().splitlines()]

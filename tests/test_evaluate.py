@@ -31,8 +31,8 @@ TEXTS_PER_ITEM = 2
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    return train_tiny(tmp_path_factory.mktemp("eval"), texts_per_item=TEXTS_PER_ITEM, seed=3)
+def trained(module_tmp):
+    return train_tiny(module_tmp("eval"), texts_per_item=TEXTS_PER_ITEM, seed=3)
 
 
 def manifest_records(manifest: Path) -> list[dict]:

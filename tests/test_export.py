@@ -12,8 +12,8 @@ from models.exported import FILES, IMAGE_FILE, load_encoders
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
+def exported(module_tmp):
+    root = module_tmp("export")
     manifest, work, best = train_tiny(root, texts_per_item=2)
     out = root / "encoders"
     printed = cli("export_encoders.py", "--checkpoint", best, "--out", out).out.split()

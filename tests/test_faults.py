@@ -39,9 +39,9 @@ WEIGHTS = ("1", "0.3", "0.2")
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(module_tmp):
     """A tiny dataset, its text side, and one trained epoch (run folder RUN)."""
-    root = tmp_path_factory.mktemp("faults")
+    root = module_tmp("faults")
     # No item marked val: the validation slice then comes from --val-size and --seed.
     manifest = generate_synthetic(root / "data", n_items=48, image_size=32, seed=2, val_fraction=0)
     work = root / "work"

@@ -26,9 +26,9 @@ WEIGHTS = ("1", "0.3", "0.2")
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
+def pipeline(module_tmp):
     """A tiny dataset and its text side (no run trained)."""
-    root = tmp_path_factory.mktemp("faults_more")
+    root = module_tmp("faults_more")
     manifest = generate_synthetic(root / "data", n_items=48, image_size=32, seed=3, val_fraction=0)
     work = root / "work"
     quick_text_side(manifest, work)
@@ -235,10 +235,10 @@ def test_item_groups_join_items_by_image_identity_and_by_an_explicit_group(tmp_p
 
 
 @pytest.fixture(scope="module")
-def shared_pictures(tmp_path_factory):
+def shared_pictures(module_tmp):
     """One JSONL line per caption of a picture: two lines show each image, and a third line
     names one of them through a symbolic link."""
-    root = tmp_path_factory.mktemp("shared")
+    root = module_tmp("shared")
     manifest = generate_synthetic(root / "data", n_items=40, image_size=32, seed=4, val_fraction=0)
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     os.symlink(root / "data" / lines[0]["image"], root / "data" / "link.png")

@@ -27,8 +27,8 @@ RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("frozen")
+def prepared(module_tmp):
+    root = module_tmp("frozen")
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=3)
     text_side(manifest, root / "work")
     run("prepare_image_features.py", "--dataset", manifest, "--work-dir", root / "work",

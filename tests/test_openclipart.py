@@ -99,8 +99,8 @@ SETTINGS = dict(max_side=256, max_pixels=3_000_000, max_shared_text=2, seed=0)
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    base = tmp_path_factory.mktemp("oca")
+def built(module_tmp):
+    base = module_tmp("oca")
     root = make_root(base / "pkg")
     report = build_openclipart(base / "out", root=root, workers=1, **SETTINGS)
     return base, root, report

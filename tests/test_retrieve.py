@@ -16,8 +16,8 @@ from conftest import cli, one_line_error, train_tiny
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    manifest, work, best = train_tiny(tmp_path_factory.mktemp("retrieve"), seed=4)
+def trained(module_tmp):
+    manifest, work, best = train_tiny(module_tmp("retrieve"), seed=4)
     test = [json.loads(line) for line in manifest.read_text().splitlines()]
     return manifest, best, [r for r in test if r["split"] == "test"]
 

@@ -34,10 +34,10 @@ def run_subprocess(script: str, *args: str, hash_seed: str = "random") -> subpro
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def corpus(module_tmp):
     """A topic corpus plus an item with an empty text, items whose text leaves no token and a
     test item whose word occurs nowhere else; Doc2Vec trained and vectors extracted."""
-    folder = tmp_path_factory.mktemp("pipeline")
+    folder = module_tmp("pipeline")
     manifest = write_topic_manifest(folder / "data", n=300, seed=0)
     extra = [{"id": "empty", "image": "e.png", "text": "  ", "split": "train"},
              {"id": "stop1", "image": "s1.png", "text": "It is as it was.", "split": "train"},

@@ -25,8 +25,8 @@ RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
+def prepared(module_tmp):
+    root = module_tmp("train")
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=1)
     text_side(manifest, root / "work")
     return manifest, root / "work"
