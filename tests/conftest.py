@@ -1,6 +1,7 @@
 """Shared by every test: the repository on sys.path, one way to run a script in-process (`cli`),
 one check of a script's one-line error (`one_line_error`) and of a function's (`input_error`),
-a tiny trained checkpoint (`train_tiny`), and a module's scratch folders (`module_tmp`). Tests import them with `from conftest import ...`."""
+a tiny trained checkpoint (`train_tiny`), and a module's scratch folders (`module_tmp`). Tests
+import them with `from conftest import ...`."""
 from __future__ import annotations
 
 import io
@@ -23,6 +24,19 @@ from demo.synthetic import generate_synthetic  # noqa: E402
 from pipeline import TINY_TRAIN  # noqa: E402
 
 RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
+
+
+DISK_NEEDED_GB = 3.0   # the suite's scratch at its peak was 2.4 GB (a clean clone's `make test`)
+
+
+def pytest_sessionstart(session) -> None:
+    """Stop before the first test where the scratch folder's disk cannot hold the suite: a full
+    disk halfway through fails dozens of tests at set-up with errors that do not say why."""
+    base = session.config._tmp_path_factory.getbasetemp()
+    free = shutil.disk_usage(base).free / 1e9
+    if free < DISK_NEEDED_GB:
+        pytest.exit(f"{base}: {free:.1f} GB free, the tests need about {DISK_NEEDED_GB:.0f} GB: "
+                    "free some disk or pass --basetemp a folder on a disk with room", returncode=3)
 
 
 @pytest.fixture(scope="module")

@@ -167,9 +167,12 @@ Path({pidfile!r}).write_text(str(os.getpid()))
 time.sleep(120)
 """
 
+# The sweep takes Ctrl-C as at a terminal even where the suite was started in the background by
+# a non-interactive shell, which starts it ignoring SIGINT (as the sweep then rightly would).
 SWEEP = """
-import runpy, sys
+import runpy, signal, sys
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {root!r})
 from tuning import sweep
 sweep.TRAINER = Path({fake!r})
