@@ -95,6 +95,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--out", default=None, help="the sweep's folder (default: WORK_DIR/sweep)")
     g.add_argument("--eval-workers", type=whole(0, max_workers()), default=None,
                    help="evaluate_retrieval.py --workers (default: the trainer's --workers)")
+    g.add_argument("--keep-last", action="store_true",
+                   help="keep each run's last.pt once it is trained and validated (by default "
+                        "it is removed: only a stopped run resumes from it, the sweep evaluates "
+                        "best.pt, and it is half of a sweep's disk)")
     args = p.parse_args(own)
 
     if args.grid is not None and any((args.w_sym, args.w_img, args.w_text)):
@@ -273,7 +277,8 @@ def width(interval) -> float | None:
 def finetune(args, out: Path, chosen: dict, named: list, workers: int, frozen_test: dict) -> dict:
     """The chosen triples, the baseline and the --also-test ones trained fine-tuned
     (--finetune-chosen seeds), chosen again on validation among them, compared on test."""
-    settings = Settings(without_frozen(args.trainer_args), args.negatives, args.ties, workers)
+    settings = Settings(without_frozen(args.trainer_args), args.negatives, args.ties, workers,
+                        keep_last=args.keep_last)
     folder = out / "finetuned"
     runs = [Run(obj, w, s, folder / obj / run_name(*w) / f"seed_{s}")
             for s in range(args.finetune_chosen) for obj in args.objectives
@@ -333,7 +338,7 @@ def main() -> None:
         print(f"adding the baseline {format_triple(BASELINE)} to the grid: the chosen triple is "
               "compared with it")
     workers = args.eval_workers if args.eval_workers is not None else args.trainer.workers
-    settings = Settings(args.trainer_args, args.negatives, args.ties, workers)
+    settings = Settings(args.trainer_args, args.negatives, args.ties, workers, keep_last=args.keep_last)
     runs = plan(out, args.objectives, triples, args.seeds)
     print(f"{len(runs)} runs: {len(triples)} triples x {args.seeds} seeds x "
           f"{len(args.objectives)} objective{'s' if len(args.objectives) > 1 else ''} "

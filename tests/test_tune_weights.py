@@ -174,6 +174,10 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "* 1 0.6 0" in result.out and "95% CI seeds (t)" in result.out
     assert result.out.count("] release 1 0.3 0.2 seed 1 on cpu: ") == 1
+    # A validated run keeps best.pt, which every later evaluation reads, and not last.pt.
+    folders = [f.parent for f in out.glob("*/*/seed_*/done_val.json")]
+    assert len(folders) == 12 and all((f / "best.pt").is_file() for f in folders)
+    assert not list(out.rglob("last.pt"))
 
     # Run again: everything is reused, nothing is trained or evaluated.
     before = len(read_calls(calls))
@@ -231,7 +235,8 @@ def test_finetune_chosen_trains_the_frozen_choice_fine_tuned_and_compares_it(fak
 def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monkeypatch):
     manifest, calls = fakes
     out = tmp_path / "sweep"
-    cli(*sweep_args(manifest, out))
+    cli(*sweep_args(manifest, out, "--keep-last"))
+    assert len(list(out.rglob("last.pt"))) == 6
     killed = out / "release" / "l_i2t_l_sym_1_l_img_0_3_l_text_0_2" / "seed_1"
     (killed / "done_val.json").unlink()      # stopped after training, before its marker
     n = len(read_calls(calls))

@@ -94,6 +94,7 @@ class Settings:
     negatives: bool                  # the trainer takes --negatives (the objective)
     ties: str = "stable"             # evaluate_retrieval.py --ties
     eval_workers: int | None = None  # evaluate_retrieval.py --workers
+    keep_last: bool = False          # keep last.pt after the run's validation marker
     python: str = sys.executable
 
     def train_command(self, run: Run) -> list[str]:
@@ -206,6 +207,9 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
         return Outcome("failed", time.time() - start, error=error)
     metrics = json.loads(out.read_text())
     write_json_atomic({"key": settings.key(run, split), "metrics": metrics}, marker(run, split))
+    if split == "val" and not settings.keep_last:
+        # Finished: nothing resumes it any more, and every later evaluation reads best.pt.
+        (run.folder / "last.pt").unlink(missing_ok=True)
     return Outcome("done", time.time() - start, metrics)
 
 
