@@ -27,12 +27,18 @@ RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
 
 
 DISK_NEEDED_GB = 3.0   # the suite's scratch at its peak was 2.4 GB (a clean clone's `make test`)
+FAILURES = [0]   # tests failed so far (any phase)
 
 
-def pytest_sessionstart(session) -> None:
+def pytest_runtest_logreport(report) -> None:
+    FAILURES[0] += report.failed
+
+
+@pytest.hookimpl(trylast=True)   # after pytest's own tmp_path set-up
+def pytest_configure(config) -> None:
     """Stop before the first test where the scratch folder's disk cannot hold the suite: a full
     disk halfway through fails dozens of tests at set-up with errors that do not say why."""
-    base = session.config._tmp_path_factory.getbasetemp()
+    base = config._tmp_path_factory.getbasetemp()
     free = shutil.disk_usage(base).free / 1e9
     if free < DISK_NEEDED_GB:
         pytest.exit(f"{base}: {free:.1f} GB free, the tests need about {DISK_NEEDED_GB:.0f} GB: "
@@ -45,7 +51,7 @@ def module_tmp(tmp_path_factory, request) -> Iterator[Callable[[str], Path]]:
     passed: each trained checkpoint holds a ResNet and its optimizer (about 135 MB), and kept to
     the end of the suite they add up to more than 10 GB of disk."""
     base = tmp_path_factory.mktemp(Path(str(request.fspath)).stem)
-    failed_before = request.session.testsfailed
+    failed_before = FAILURES[0]
 
     def mktemp(name: str) -> Path:
         folder = base / name
@@ -53,7 +59,7 @@ def module_tmp(tmp_path_factory, request) -> Iterator[Callable[[str], Path]]:
         return folder
 
     yield mktemp
-    if request.session.testsfailed == failed_before:
+    if FAILURES[0] == failed_before:
         shutil.rmtree(base, ignore_errors=True)
 
 
