@@ -186,6 +186,13 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
     assert again.out.count(": reused, val rsum") == 12 and again.out.count(": reused, test rsum") == 8
     assert json.loads((out / "summary.json").read_text())["test"] == summary["test"]
 
+    # Another evaluation setting: every run is evaluated again, none trained again.
+    before = len(read_calls(calls))
+    cli(*sweep_args(manifest, out, "--objectives", "release,clean", "--ties", "worst"))
+    new = read_calls(calls)[before:]
+    assert not [c for c in new if c["script"] == "train"]
+    assert len([c for c in new if c["script"] == "evaluate" and c["split"] == "val"]) == 12
+
 
 def test_also_test_compares_a_named_triple_with_the_baseline_whatever_the_choice(fakes, tmp_path):
     manifest, calls = fakes
@@ -238,7 +245,11 @@ def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monke
     cli(*sweep_args(manifest, out, "--keep-last"))
     assert len(list(out.rglob("last.pt"))) == 6
     killed = out / "release" / "l_i2t_l_sym_1_l_img_0_3_l_text_0_2" / "seed_1"
-    (killed / "done_val.json").unlink()      # stopped after training, before its marker
+    # Killed in training: no marker, and started.json without the trainer's success.
+    (killed / "done_val.json").unlink()
+    started = json.loads((killed / "started.json").read_text())
+    assert started.pop("trained") is True
+    (killed / "started.json").write_text(json.dumps(started))
     n = len(read_calls(calls))
     result = cli(*sweep_args(manifest, out))
     new = read_calls(calls)[n:]

@@ -11,8 +11,9 @@ leaves the others and the sweep itself standing.
 Finished means a marker file written atomically AFTER the evaluation's metrics: done_val.json or
 done_test.json holding the run's key (its trainer command without the device, and the
 evaluation's settings) and the metrics. A run whose marker is missing, or holds another key
-(the flags changed), is run again: continued from its last.pt (--resume) when the trainer
-started it with the same key, from scratch otherwise.
+(the flags changed), is run again: not trained again when started.json says the trainer
+finished it with the same key (only the evaluation's settings changed), continued from its last.pt
+(--resume) when the trainer started it with the same key, from scratch otherwise.
 """
 from __future__ import annotations
 
@@ -170,6 +171,36 @@ def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> str:
     return f"exit {code}, see {log}: {lines[-1].strip() if lines else '(no output)'}"
 
 
+def train(run: Run, device: Device, settings: Settings) -> str:
+    """Train the run unless it was trained with these settings already; "" when it is trained,
+    else the error."""
+    started = run.folder / "started.json"
+    try:
+        record = json.loads(started.read_text())
+    except (OSError, ValueError):
+        record = {}
+    key = settings.train_key(run)
+    same = isinstance(record, dict) and record.get("key") == key
+    if same and record.get("trained") and (run.folder / "best.pt").is_file():
+        return ""    # only the evaluation's settings changed (and its last.pt may be gone)
+    for s in ("val", "test"):       # whatever was evaluated belongs to the old model
+        marker(run, s).unlink(missing_ok=True)
+    if same and (run.folder / "last.pt").is_file():
+        start_or_continue = ["--resume"]
+    else:
+        # A fresh start: checkpoints of other settings must not be resumed or evaluated
+        # should this run stop before it writes its own; --overwrite clears the rest.
+        for name in ("last.pt", "best.pt"):
+            (run.folder / name).unlink(missing_ok=True)
+        start_or_continue = ["--overwrite"]
+    write_json_atomic({"key": key}, started)
+    error = _call(settings.train_command(run) + start_or_continue, settings, device,
+                  run.folder / "train.log")
+    if not error:
+        write_json_atomic({"key": key, "trained": True}, started)
+    return error
+
+
 def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome:
     """Train (for "val") and evaluate one run, unless it is finished; then mark it finished."""
     metrics = finished(run, split, settings)
@@ -178,24 +209,7 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
     start = time.time()
     run.folder.mkdir(parents=True, exist_ok=True)
     if split == "val":
-        for s in ("val", "test"):       # whatever was evaluated belongs to the old model
-            marker(run, s).unlink(missing_ok=True)
-        started = run.folder / "started.json"
-        try:
-            same = json.loads(started.read_text()).get("key") == settings.train_key(run)
-        except (OSError, ValueError):
-            same = False
-        if same and (run.folder / "last.pt").is_file():
-            start_or_continue = ["--resume"]
-        else:
-            # A fresh start: checkpoints of other settings must not be resumed or evaluated
-            # should this run stop before it writes its own; --overwrite clears the rest.
-            for name in ("last.pt", "best.pt"):
-                (run.folder / name).unlink(missing_ok=True)
-            start_or_continue = ["--overwrite"]
-        write_json_atomic({"key": settings.train_key(run)}, started)
-        error = _call(settings.train_command(run) + start_or_continue, settings, device,
-                      run.folder / "train.log")
+        error = train(run, device, settings)
         if error:
             return Outcome("failed", time.time() - start, error=error)
     elif not (run.folder / "best.pt").is_file():
