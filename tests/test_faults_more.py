@@ -369,7 +369,7 @@ def test_exif_orientation_is_applied_on_the_fly_in_the_cache_and_in_thumbnails(t
 
 def test_premultiplied_grey_with_alpha_is_laid_over_white(tmp_path):
     from PIL import Image
-    from data.images import read_image, to_rgb
+    from data.images import to_rgb
     img = Image.new("LA", (4, 4), (100, 128)).convert("La")
     assert img.mode == "La"
     r, g, b = to_rgb(img).getpixel((0, 0))

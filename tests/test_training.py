@@ -135,7 +135,7 @@ def test_ddp_over_two_cpu_processes_trains(prepared, tmp_path):
     proc = run("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
                "--work-dir", work, *TINY_TRAIN, "--epochs", "1", "--device", "cpu", launcher=launcher)
     state = load_checkpoint(work / "models" / RUN / "last.pt")
-    single = train(manifest, shutil.copytree(prepared[1], tmp_path / "s"), "--epochs", "1")
+    train(manifest, shutil.copytree(prepared[1], tmp_path / "s"), "--epochs", "1")
     single_state = load_checkpoint(tmp_path / "s" / "models" / RUN / "last.pt")
     # Each of the two processes takes half of every epoch: half the optimizer steps.
     assert 0 < state["step"] <= (single_state["step"] + 1) // 2 + 1
