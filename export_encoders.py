@@ -12,7 +12,7 @@ import argparse
 from pathlib import Path
 
 from cli import HelpFormatter, run_main
-from data.workdir import check_writable
+from common.workdir import check_writable
 from evaluation.embed import with_checkpoint_defaults
 from models.checkpoint import load_checkpoint, rebuild
 from models.exported import PREPARATION, write_encoders

@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.errors import InputError
 import config
-from data.items import InputError
 from demo.openclipart import build_openclipart
 
 

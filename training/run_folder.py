@@ -13,8 +13,8 @@ import fcntl
 import os
 from pathlib import Path
 
-from data.items import InputError
-from data.workdir import write_error
+from common.errors import InputError
+from common.workdir import write_error
 from models.checkpoint import run_name
 
 LOCK = ".lock"
