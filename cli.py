@@ -6,6 +6,8 @@ import errno
 import math
 import os
 import sys
+from pathlib import Path
+from typing import Sequence
 
 import config
 
@@ -64,43 +66,59 @@ def real(low: float = 0.0, high: float | None = None, above: bool = False):
     return parse
 
 
-def parser(description: str) -> argparse.ArgumentParser:
+def adder(from_checkpoint: Sequence[str]):
+    """add(group, *flags, **kw): group.add_argument, where a flag named in `from_checkpoint`
+    gets no default (SUPPRESS: a None default could not tell "not given" from --val-size's None)
+    and a help saying the checkpoint decides (its own "(default: ...)" describes training)."""
+    def add(group, *flags: str, **kw) -> argparse.Action:
+        if flags[0].lstrip("-").replace("-", "_") in from_checkpoint:
+            own = (kw.get("help") or "").split(" (default:")[0]
+            kw.update(default=argparse.SUPPRESS,
+                      help=f"{own} (default: the checkpoint's training value)".strip())
+        return group.add_argument(*flags, **kw)
+    return add
+
+
+def parser(description: str, from_checkpoint: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The flags every script shares. Those named in `from_checkpoint` (evaluation's) are left
+    out of the namespace when not given, so that a checkpoint's training values take their place."""
     p = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     g = p.add_argument_group("dataset and work folder (config.py)")
-    g.add_argument("--dataset", default=config.DATASET,
-                   help="a .jsonl manifest, a .csv/.tsv file, a Karpathy .json, a Politics "
-                        "folder / db.pickle, or a GoodNews folder")
-    g.add_argument("--dataset-format", choices=FORMATS, default=config.DATASET_FORMAT,
-                   help="force the format instead of finding it from the path")
-    g.add_argument("--csv-image-key", "--csv-img-key", default=config.CSV_IMAGE_KEY,
-                   help="--dataset-format csv: the column of image paths")
-    g.add_argument("--csv-caption-key", default=config.CSV_CAPTION_KEY,
-                   help="--dataset-format csv: the column of captions")
-    g.add_argument("--csv-separator", default=config.CSV_SEPARATOR,
-                   help="--dataset-format csv: the field separator (\\t or tab for a tab; default: "
-                        "a tab for .tsv, else a comma)")
-    g.add_argument("--image-root", default=config.IMAGE_ROOT,
-                   help="folder relative image paths start from (default: the dataset's folder)")
-    g.add_argument("--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
-    g.add_argument("--workers", type=whole(0, max_workers()), default=config.WORKERS,
-                   help="worker processes")
+    add = adder(from_checkpoint)
+    add(g, "--dataset", default=config.DATASET,
+           help="a .jsonl manifest, a .csv/.tsv file, a Karpathy .json, a Politics "
+                "folder / db.pickle, or a GoodNews folder")
+    add(g, "--dataset-format", choices=FORMATS, default=config.DATASET_FORMAT,
+           help="force the format instead of finding it from the path")
+    add(g, "--csv-image-key", "--csv-img-key", default=config.CSV_IMAGE_KEY,
+           help="--dataset-format csv: the column of image paths")
+    add(g, "--csv-caption-key", default=config.CSV_CAPTION_KEY,
+           help="--dataset-format csv: the column of captions")
+    add(g, "--csv-separator", default=config.CSV_SEPARATOR,
+           help="--dataset-format csv: the field separator (\\t or tab for a tab; default: "
+                "a tab for .tsv, else a comma)")
+    add(g, "--image-root", default=config.IMAGE_ROOT,
+           help="folder relative image paths start from (default: the dataset's folder)")
+    add(g, "--work-dir", default=config.WORK_DIR, help="where every script reads and writes")
+    add(g, "--workers", type=whole(0, max_workers()), default=config.WORKERS,
+           help="worker processes")
     # numpy and gensim take 32-bit seeds.
-    g.add_argument("--seed", type=whole(0, 2**32 - 1), default=config.SEED)
-    g.add_argument("--val-size", type=whole(0), default=config.VAL_SIZE,
-                   help="size of the seeded validation slice of train when no item is marked val "
-                        "(default: the test split's size)")
-    g.add_argument("--politics-min-chars", type=whole(0), default=config.POLITICS_MIN_CHARS,
-                   help="complete_db.pickle items this short or shorter are dropped")
-    g.add_argument("--max-sentences", type=whole(0), default=config.MAX_SENTENCES,
-                   help="first N sentences of each text (0: the whole text)")
-    g.add_argument("--doc2vec-max-sentences", type=whole(0), default=config.DOC2VEC_MAX_SENTENCES,
-                   help="first N sentences of each doc2vec_text, the separate text Doc2Vec and the "
-                        "kNN read when the dataset has one (0: the whole text)")
-    g.add_argument("--max-chars", type=whole(0), default=config.MAX_CHARS,
-                   help="raw text cut before tokenising (0: no cut)")
-    g.add_argument("--keep-unicode", action="store_true", default=config.KEEP_UNICODE,
-                   help="keep non-ASCII letters (the release replaced them, so a text in another "
-                        "script leaves no token)")
+    add(g, "--seed", type=whole(0, 2**32 - 1), default=config.SEED)
+    add(g, "--val-size", type=whole(0), default=config.VAL_SIZE,
+           help="size of the seeded validation slice of train when no item is marked val "
+                "(default: the test split's size)")
+    add(g, "--politics-min-chars", type=whole(0), default=config.POLITICS_MIN_CHARS,
+           help="complete_db.pickle items this short or shorter are dropped")
+    add(g, "--max-sentences", type=whole(0), default=config.MAX_SENTENCES,
+           help="first N sentences of each text (0: the whole text)")
+    add(g, "--doc2vec-max-sentences", type=whole(0), default=config.DOC2VEC_MAX_SENTENCES,
+           help="first N sentences of each doc2vec_text, the separate text Doc2Vec and the "
+                "kNN read when the dataset has one (0: the whole text)")
+    add(g, "--max-chars", type=whole(0), default=config.MAX_CHARS,
+           help="raw text cut before tokenising (0: no cut)")
+    add(g, "--keep-unicode", action="store_true", default=config.KEEP_UNICODE,
+           help="keep non-ASCII letters (the release replaced them, so a text in another "
+                "script leaves no token)")
     return p
 
 
@@ -113,6 +131,39 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive:
         import torch   # only here: the text-side scripts never need it
         if not torch.cuda.is_available():
             p.error("--device cuda was asked for but no CUDA device is available: pass --device cpu")
+
+
+def eval_parser(description: str) -> argparse.ArgumentParser:
+    """The shared flags, and those of the model and embedding, of evaluate_retrieval.py and
+    retrieve.py."""
+    from data.datasets.items import SPLITS
+    from evaluation.embed import FROM_CHECKPOINT
+    from models.precision import PRECISIONS   # only here: the text-side scripts never need torch
+    p = parser(description, FROM_CHECKPOINT)
+    g = p.add_argument_group("model and embedding")
+    add = adder(FROM_CHECKPOINT)
+    g.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
+    # Checked here, as the trainer does: a 0 would otherwise fail after the data is loaded.
+    add(g, "--image-size", type=whole(1), help="image side fed to the model")
+    add(g, "--max-tokens", type=whole(1), help="longest token sequence fed to the GRU")
+    g.add_argument("--batch-size", type=whole(1), default=128,
+                   help="images or texts per forward pass")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when present")
+    g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,
+                   help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
+    return p
+
+
+def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder: bool) -> None:
+    """Exit with the usage line when an output path is of the wrong kind: found before the
+    embedding, not when the results of a long run are about to be written."""
+    if not path:
+        return
+    if folder and Path(path).exists() and not Path(path).is_dir():
+        p.error(f"{flag} {path} is a file: pass a folder")
+    if not folder and Path(path).is_dir():
+        p.error(f"{flag} {path} is a folder: pass a file name, e.g. {Path(path) / 'metrics.json'}")
 
 
 # Write failures that no code path turned into an InputError naming its file (a TensorBoard

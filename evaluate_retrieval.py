@@ -41,15 +41,16 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cli import check_flags, real, run_main
+from cli import check_flags, check_output, eval_parser, real, run_main
 from common.errors import shown
 from common.workdir import check_writable
 import config
 from data.datasets import provenance
 from data.datasets.load import load_items
+from data.datasets.settings import DATA_FLAGS, TOKEN_FLAGS
 from data.images.cache import cached_reader
 from data.text.doc2vec import infer_vectors
-from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
+from evaluation.embed import embed_images, embed_texts, load_model
 from evaluation.export import save_embeddings, write_projector
 from evaluation.metrics import TIES
 from evaluation.neighborhood import doc2vec_model_path
@@ -58,9 +59,7 @@ from evaluation.report import (evaluate_embeddings, format_table, metrics_path, 
 from evaluation.split import (EvalSplit, integer_labels, load_split, reference_tokens,
                               without_unreadable)
 
-SPLIT_KEYS = ("dataset", "dataset_format", "image_root", "val_size", "seed", "politics_min_chars",
-              "csv_image_key", "csv_caption_key", "csv_separator",
-              "max_sentences", "max_chars", "keep_unicode", "split")
+SPLIT_KEYS = (*DATA_FLAGS, *TOKEN_FLAGS, "split")   # runs that agree on these share one split
 
 
 def parse_args() -> argparse.Namespace:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cli import check_flags, real, run_main
+from cli import check_flags, check_output, eval_parser, real, run_main
 from common.errors import InputError, shown
 from common.workdir import check_writable
 import config
@@ -23,7 +23,7 @@ from data.datasets import provenance
 from data.datasets.items import not_text
 from data.datasets.load import load_items
 from data.images.cache import cached_reader
-from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
+from evaluation.embed import embed_images, embed_texts, load_model
 from evaluation.neighborhood import top_k
 from evaluation.page import (Hit, QueryResult, Thumbnails, contact_sheet, image_by_path,
                              images_by_text, normal_text, query_tokens, read_query_file, write_page)

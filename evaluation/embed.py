@@ -18,62 +18,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from cli import parser, whole
 import config
-from data.datasets.items import SPLITS
+from data.datasets.settings import DataSettings, TextSettings, names
 from data.images.cache import UnreadableImage
 from data.images.read import try_read_image
 from models import CrossModalModel, Vocabulary, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
-from models.precision import PRECISIONS, Precision
+from models.precision import Precision
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
-FROM_CHECKPOINT = ("dataset", "dataset_format", "image_root", "work_dir", "seed", "val_size",
-                   "politics_min_chars", "csv_image_key", "csv_caption_key", "csv_separator",
-                   "max_sentences", "doc2vec_max_sentences", "max_chars",
-                   "keep_unicode", "max_tokens", "image_size")
-# Those that decide the evaluation split and its tokens: given on the command line, the user
-# evaluates on other data on purpose, and the checkpoint's record is not checked.
-DATA_FLAGS = ("dataset", "dataset_format", "image_root", "seed", "val_size", "politics_min_chars",
-              "csv_image_key", "csv_caption_key", "csv_separator",
-              "max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
-
-
-def eval_parser(description: str) -> argparse.ArgumentParser:
-    """The shared flags, and those of the model and embedding, of evaluate_retrieval.py and
-    retrieve.py."""
-    p = parser(description)
-    g = p.add_argument_group("model and embedding")
-    g.add_argument("--split", choices=SPLITS, default="test", help="the split to evaluate on")
-    # Checked here, as the trainer does: a 0 would otherwise fail after the data is loaded.
-    g.add_argument("--image-size", type=whole(1), help="image side fed to the model")
-    g.add_argument("--max-tokens", type=whole(1), help="longest token sequence fed to the GRU")
-    g.add_argument("--batch-size", type=whole(1), default=128,
-                   help="images or texts per forward pass")
-    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
-                   help="default: cuda when present")
-    g.add_argument("--precision", choices=PRECISIONS, default=config.PRECISION,
-                   help="bf16 autocast + channels_last on CUDA; the CPU always runs fp32")
-    # SUPPRESS leaves a flag that was not given out of the namespace, so the checkpoint's value
-    # can take its place (a None default could not tell "not given" from --val-size's None).
-    for action in p._actions:
-        if action.dest in FROM_CHECKPOINT:
-            action.default = argparse.SUPPRESS
-            # The help's own "(default: ...)" describes training; here the checkpoint decides.
-            own = (action.help or "").split(" (default:")[0]
-            action.help = f"{own} (default: the checkpoint's training value)".strip()
-    return p
-
-
-def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder: bool) -> None:
-    """Exit with the usage line when an output path is of the wrong kind: found before the
-    embedding, not when the results of a long run are about to be written."""
-    if not path:
-        return
-    if folder and Path(path).exists() and not Path(path).is_dir():
-        p.error(f"{flag} {path} is a file: pass a folder")
-    if not folder and Path(path).is_dir():
-        p.error(f"{flag} {path} is a folder: pass a file name, e.g. {Path(path) / 'metrics.json'}")
+# Those of DATA_FLAGS decide the evaluation split and its tokens: given on the command line, the
+# user evaluates on other data on purpose, and the checkpoint's record is not checked.
+DATA_FLAGS = (*names(DataSettings), *names(TextSettings))
+FROM_CHECKPOINT = (*DATA_FLAGS, "work_dir", "max_tokens", "image_size")
 
 
 def device_and_precision(name: str | None, precision: str = "fp32") -> tuple[torch.device, str]:

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from common.errors import InputError
 from common.workdir import atomic_write
+from data.datasets.settings import TOKEN_FLAGS
 from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
 from data.text.preprocess import preprocess
 from models.image import ImageEncoder
@@ -38,7 +39,7 @@ IMAGE_FILE, TEXT_FILE = "image_encoder.safetensors", "text_encoder.safetensors"
 CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
 FILES = (IMAGE_FILE, TEXT_FILE, CONFIG_FILE, VOCAB_FILE)
 # The settings a text or an image must be prepared with, copied from the training record.
-PREPARATION = ("image_size", "max_tokens", "max_sentences", "max_chars", "keep_unicode")
+PREPARATION = ("image_size", "max_tokens", *TOKEN_FLAGS)
 
 
 def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder, vocab: Vocabulary,

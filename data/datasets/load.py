@@ -4,19 +4,19 @@ from __future__ import annotations
 import argparse
 
 from common.errors import InputError
-import config
 from data.datasets.items import Item
 from data.datasets.readers import load_dataset
+from data.datasets.settings import DataSettings
 from data.datasets.tabular import CsvKeys
 
 
-def load_items(args: argparse.Namespace) -> list[Item]:
-    keys = CsvKeys(getattr(args, "csv_image_key", config.CSV_IMAGE_KEY),
-                   getattr(args, "csv_caption_key", config.CSV_CAPTION_KEY),
-                   getattr(args, "csv_separator", config.CSV_SEPARATOR))
-    items = load_dataset(args.dataset, args.dataset_format, args.image_root, args.val_size,
-                         args.seed, args.politics_min_chars, keys)
-    check_splits(items, args.dataset)
+def load_items(args: argparse.Namespace | DataSettings) -> list[Item]:
+    """The items of the dataset the flags (or their DataSettings) name, splits checked."""
+    s = args if isinstance(args, DataSettings) else DataSettings.from_args(args)
+    keys = CsvKeys(s.csv_image_key, s.csv_caption_key, s.csv_separator)
+    items = load_dataset(s.dataset, s.dataset_format, s.image_root, s.val_size, s.seed,
+                         s.politics_min_chars, keys)
+    check_splits(items, s.dataset)
     return items
 
 

@@ -23,17 +23,18 @@ from typing import Sequence
 
 from common.errors import InputError
 from data.datasets.items import Item
+from data.datasets.settings import SPLIT as SPLIT_FIELD, DataSettings, TextSettings, names
 
 FORMAT = 1
 KEY = "provenance"     # the key of the record in the pickles and checkpoints
 
 # Flags whose value changes the tokens every step reads (not part of the dataset hash, so
-# compared one by one); add a new preprocessing flag here.
-PREPROCESSING = ("max_sentences", "doc2vec_max_sentences", "max_chars", "keep_unicode")
+# compared one by one): TextSettings' fields.
+PREPROCESSING = names(TextSettings)
 # Flags that decide which items are train, val and test. Their effect is in the hash (it covers
 # each item's split), so they are named only to explain a changed hash: training several seeds on
 # one text side is fine when the dataset marks its val items.
-SPLIT = ("val_size", "seed", "politics_min_chars")
+SPLIT = names(DataSettings, only=SPLIT_FIELD)
 
 # The steps that write records, in pipeline order, with the script that writes each.
 SCRIPTS = {"doc2vec": "train_doc2vec.py", "vectors": "extract_doc2vec_vectors.py",
