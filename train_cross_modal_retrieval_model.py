@@ -20,7 +20,7 @@ from cli import check_flags, parser, real, run_main, whole
 from common.errors import InputError
 import config
 from data.images.cache import MODES
-from losses import LOSSES, NEGATIVES
+from losses import LOSSES, NEGATIVES, Weights
 from models import ARCHS, HEADS, Precision
 from models.checkpoint import Progress, checkpoint_state, load_resume, restore
 from models.precision import PRECISIONS
@@ -29,7 +29,7 @@ from training.build import build_trainee, datasets, image_mode, objectives, opti
 from training.loop import ending, epoch_line, epoch_loader, save_epoch, train_epoch, validate
 from training.prepare import prepare
 from training.run_folder import LogWriter, check_run_name, claim, log_folder
-from training.settings import check_resume_settings, data_problem, negatives_problem, settings_record
+from training.settings import check_resume_settings, data_problem, settings_record
 from training.step import StepLog
 from training.validate import SELECT_BY, Selection, log_validation, validation_recall
 
@@ -109,7 +109,7 @@ def parse_args(argv: list[str] | None = None):
     bad_name = check_run_name(args.run_name)
     if bad_name:
         p.error(bad_name)
-    no_negative = negatives_problem(args.batch_size, args.negatives, args.w_sym, args.w_img)
+    no_negative = Weights.from_args(args).negatives_problem(args.batch_size, args.negatives)
     if no_negative:
         p.error(no_negative)
     return args

@@ -48,7 +48,7 @@ from common.workdir import DOC2VEC_MODEL, check_writable
 from data.datasets.load import load_items
 from evaluation.metrics import TIES
 from evaluation.report import K
-from models.checkpoint import run_name
+from losses.weights import Weights
 from tuning.grid import BASELINE, format_triple, parse_grid, parse_values, product_grid
 from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
@@ -280,7 +280,7 @@ def finetune(args, out: Path, chosen: dict, named: list, workers: int, frozen_te
     settings = Settings(without_frozen(args.trainer_args), args.negatives, args.ties, workers,
                         keep_last=args.keep_last)
     folder = out / "finetuned"
-    runs = [Run(obj, w, s, folder / obj / run_name(*w) / f"seed_{s}")
+    runs = [Run(obj, w, s, folder / obj / Weights(*w).run_name() / f"seed_{s}")
             for s in range(args.finetune_chosen) for obj in args.objectives
             for w in dict.fromkeys([chosen[obj], BASELINE, *named])]
     print(f"\nfine-tuned (without --frozen-image): {len(runs)} runs, {args.finetune_chosen} seeds "

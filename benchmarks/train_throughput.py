@@ -49,7 +49,7 @@ from data.datasets.items import documents  # noqa: E402
 from data.datasets.readers import load_dataset  # noqa: E402
 from demo.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
 from evaluation.embed import embed_images, prepare_model  # noqa: E402
-from losses import CrossModalObjective, LossConfig  # noqa: E402
+from losses import CrossModalObjective, LossConfig, Weights  # noqa: E402
 from models import ModelConfig, Precision, Vocabulary, build_model  # noqa: E402
 from training.data import PairDataset, epoch_order, make_loader, with_random_texts  # noqa: E402
 from data.images.cache import cached_reader, ensure_cache, training_images  # noqa: E402
@@ -281,8 +281,8 @@ def new_model(args, vocab, vectors, device: torch.device, precision: str):
 def stepper(model, optimizer, device: torch.device, precision: str):
     # The paper's weights with config.py's objective (the release's negatives by default).
     objective = CrossModalObjective(LossConfig.for_training(
-        1.0, 0.3, 0.2, config.LOSS, config.TAN2_ALPHA, config.MARGIN, config.HARDEST_NEGATIVE,
-        config.NEGATIVES))
+        weights=Weights(1.0, 0.3, 0.2), loss=config.LOSS, tan2_alpha=config.TAN2_ALPHA,
+        margin=config.MARGIN, hardest_negative=config.HARDEST_NEGATIVE, negatives=config.NEGATIVES))
     run, log = Precision.resolve(device, precision), StepLog(_Discard())
     count = [0]
 

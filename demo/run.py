@@ -18,8 +18,8 @@ from common import signals
 from common.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
 from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 from losses import NEGATIVES
+from losses.weights import Weights
 from models import ARCHS, imagenet_cache_path
-from models.checkpoint import run_name
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"baseline": ("1", "0", "0"), "paper": ("1", "0.3", "0.2")}
@@ -149,7 +149,7 @@ def main() -> None:
         for name, weights in RUNS.items():
             # release keeps the authors' folder name (and the step names of earlier demos).
             other = "" if negatives == "release" else negatives
-            folder = run_name(*map(float, weights)) + (f"_{other}" if other else "")
+            folder = Weights(*map(float, weights)).run_name() + (f"_{other}" if other else "")
             best = work / "models" / folder / "best.pt"
             label = f"train {name} ({' '.join(weights)})" + (f" {other}" if other else "")
             steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,

@@ -18,29 +18,28 @@ from __future__ import annotations
 
 import argparse
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor, nn
 
 from losses.angular import angular_hinge_loss, angular_loss
 from losses.triplet import triplet_loss
+from losses.weights import Weights
 
 LOSSES = ("angular", "angular-hinge", "triplet")
 NEGATIVES = ("release", "clean")
 TERMS = ("l_i2t", "l_sym", "l_img", "l_text")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LossConfig:
     """Everything the objective needs; the defaults are config.py's, through the flags.
 
     tiled: count each negative B times, as the release's B x B tiled training tensors do (its
     validation loss is not tiled); only with the release's negatives.
     """
-    w_sym: float
-    w_img: float
-    w_text: float
+    weights: Weights
     loss: str
     tan2_alpha: float
     margin: float
@@ -53,9 +52,7 @@ class LossConfig:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
         if self.negatives not in NEGATIVES:
             raise ValueError(f"negatives must be one of {NEGATIVES}, got {self.negatives!r}")
-        for name in ("w_sym", "w_img", "w_text"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        self.weights.check()
         if self.tan2_alpha <= 0:
             raise ValueError(f"tan2_alpha must be > 0, got {self.tan2_alpha}")
         if self.margin < 0:
@@ -64,18 +61,23 @@ class LossConfig:
             raise ValueError("tiled counts only with the release's negatives")
 
     @classmethod
-    def for_training(cls, w_sym: float, w_img: float, w_text: float, loss: str,
-                     tan2_alpha: float, margin: float, hardest_negative: bool,
-                     negatives: str) -> "LossConfig":
+    def for_training(cls, *, weights: Weights, loss: str, tan2_alpha: float, margin: float,
+                     hardest_negative: bool, negatives: str) -> "LossConfig":
         """The training objective: tiled exactly when the negatives are the release's."""
-        return cls(w_sym, w_img, w_text, loss, tan2_alpha, margin, hardest_negative, negatives,
+        return cls(weights=Weights(*weights), loss=loss, tan2_alpha=tan2_alpha, margin=margin,
+                   hardest_negative=hardest_negative, negatives=negatives,
                    tiled=negatives == "release")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "LossConfig":
         """The training objective the train script's flags describe."""
-        return cls.for_training(args.w_sym, args.w_img, args.w_text, args.loss, args.tan2_alpha,
-                                args.margin, args.hardest_negative, args.negatives)
+        return cls.for_training(weights=Weights.from_args(args), loss=args.loss,
+                                tan2_alpha=args.tan2_alpha, margin=args.margin,
+                                hardest_negative=args.hardest_negative, negatives=args.negatives)
+
+    def for_validation(self) -> "LossConfig":
+        """The release's validation loss: L_i2t alone, not tiled."""
+        return replace(self, weights=self.weights.zeroed(), tiled=False)
 
 
 def negative_mask(anchor_image_ids: Tensor, positive_image_ids: Tensor,
@@ -187,9 +189,9 @@ class CrossModalObjective(nn.Module):
             nb = negative_mask(image_ids, nb_image_ids, image_ids)
             valid = {"l_i2t": pair, "l_sym": pair, "l_img": nb, "l_text": nb}
         terms = {"l_i2t": (1.0, img, txt, text_negatives, None),
-                 "l_sym": (c.w_sym, txt, img, img, None),
-                 "l_img": (c.w_img, img, nb_img, img, has_nb),
-                 "l_text": (c.w_text, txt, nb_txt, text_negatives, has_nb)}
+                 "l_sym": (c.weights.sym, txt, img, img, None),
+                 "l_img": (c.weights.img, img, nb_img, img, has_nb),
+                 "l_text": (c.weights.text, txt, nb_txt, text_negatives, has_nb)}
         total, parts = None, {}
         for name, (weight, anchor, positive, candidates, mask) in terms.items():
             with nullcontext() if weight else torch.no_grad():

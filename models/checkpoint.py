@@ -29,20 +29,6 @@ from common.workdir import atomic_write
 from models import CrossModalModel, ModelConfig, Vocabulary, build_model
 
 
-def exact_number(w: float) -> str:
-    """The shortest text that reads back as exactly `w`: '0.3' for 0.3, '0.3000001' where %g
-    would round it to '0.3' (and two sweep runs would share a folder)."""
-    short = f"{w:g}"
-    return short if float(short) == w else repr(float(w))
-
-
-def run_name(w_sym: float, w_img: float, w_text: float) -> str:
-    """The authors' log folder name: l_i2t_l_sym_1_l_img_0_3_l_text_0_2 for 1 0.3 0.2; every
-    weight written exactly, so two weights never share a folder."""
-    f = lambda w: exact_number(w).replace(".", "_")  # noqa: E731
-    return f"l_i2t_l_sym_{f(w_sym)}_l_img_{f(w_img)}_l_text_{f(w_text)}"
-
-
 def save_checkpoint(state: dict, path: str | Path) -> None:
     """Atomic: an interrupted save leaves the previous file whole; a full disk is one line."""
     atomic_write(path, lambda tmp: torch_save(state, tmp))

@@ -695,7 +695,7 @@ def test_evaluation_refuses_a_doc2vec_model_retrained_after_the_checkpoint(pipel
 
 
 def test_sweep_folders_and_arguments_carry_each_weight_exactly(tmp_path):
-    from models.checkpoint import run_name
+    from losses.weights import Weights
     from tuning.grid import format_triple, parse_grid
     from tuning.sweep import Settings, plan
     triples = parse_grid("1 0 0; 1 0.3 0; 1 0.3000001 0; 1 0.30000000000000004 0")
@@ -706,8 +706,8 @@ def test_sweep_folders_and_arguments_carry_each_weight_exactly(tmp_path):
     for run in runs:
         weights = settings.train_command(run)[1:4]
         assert tuple(map(float, weights)) == run.weights          # what the folder is named after
-    assert run_name(1, 0.3, 0.2) == RUN                        # the authors' names are kept
-    assert run_name(1, 0.3000001, 0) == "l_i2t_l_sym_1_l_img_0_3000001_l_text_0"
+    assert Weights(1, 0.3, 0.2).run_name() == RUN               # the authors' names are kept
+    assert Weights(1, 0.3000001, 0).run_name() == "l_i2t_l_sym_1_l_img_0_3000001_l_text_0"
 
 
 def test_projector_metadata_escapes_ids_as_it_does_texts(tmp_path):

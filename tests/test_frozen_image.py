@@ -16,7 +16,7 @@ from data.datasets.provenance import dataset_hash, dataset_root
 from data.images.cache import find_cache
 from data.images.read import normalize
 from evaluation.embed import embed_images, load_model
-from losses import CrossModalObjective, LossConfig
+from losses import CrossModalObjective, LossConfig, Weights
 from models import ModelConfig, Precision, build_model
 from models.checkpoint import load_checkpoint
 from models.features import features_folder, read_record, training_features
@@ -134,7 +134,9 @@ def test_frozen_step_equals_the_backbone_on_the_fly_without_gradients(prepared):
         models.append(m.train())
     # The reference runs the backbone; its output is rounded as the file rounds it.
     models[1].image.backbone.register_forward_hook(lambda mod, i, out: out.half().float())
-    objective = CrossModalObjective(LossConfig.for_training(1.0, 0.3, 0.2, "angular", 1.0, 0.2, False, "release"))
+    objective = CrossModalObjective(LossConfig.for_training(
+        weights=Weights(1.0, 0.3, 0.2), loss="angular", tan2_alpha=1.0, margin=0.2,
+        hardest_negative=False, negatives="release"))
     precision = Precision.resolve("cpu", "fp32")
     results = []
     for model, read in zip(models, (feats_read, images_read)):

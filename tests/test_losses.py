@@ -6,8 +6,8 @@ from functools import partial
 import pytest
 import torch
 
+from losses import CrossModalObjective, LossConfig, Weights, angular_loss, negative_mask, triplet_loss
 import losses.objective as objective
-from losses import CrossModalObjective, LossConfig, angular_loss, negative_mask, triplet_loss
 
 # Both pure losses with their hyper-parameter fixed, for the tests that apply to each.
 ANGULAR = partial(angular_loss, tan2_alpha=1.0)
@@ -18,8 +18,9 @@ BOTH = pytest.mark.parametrize("fn", [ANGULAR, TRIPLET], ids=["angular", "triple
 def cross_modal_loss(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, w_sym, w_img, w_text,
                      loss="angular", tan2_alpha=1.0, margin=0.2, hardest=False):
     """The objective under the clean negatives, called as one function."""
-    config = LossConfig.for_training(w_sym, w_img, w_text, loss, tan2_alpha, margin, hardest,
-                                     "clean")
+    config = LossConfig.for_training(weights=Weights(w_sym, w_img, w_text), loss=loss,
+                                     tan2_alpha=tan2_alpha, margin=margin, hardest_negative=hardest,
+                                     negatives="clean")
     return CrossModalObjective(config)(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb)
 
 
@@ -342,7 +343,9 @@ def test_objective_bad_inputs_raise():
         cross_modal_loss(img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, 1, 0, 0,
                          loss="contrastive")
     with pytest.raises(ValueError, match="neg_txt is given"):
-        CrossModalObjective(LossConfig.for_training(1, 0, 0, "angular", 1.0, 0.2, False, "clean"))(
+        CrossModalObjective(LossConfig.for_training(
+                weights=Weights(1, 0, 0), loss="angular", tan2_alpha=1.0, margin=0.2,
+                hardest_negative=False, negatives="clean"))(
             img, txt, nb_img, nb_txt, ids, nb_ids, has_nb, txt)
     with pytest.raises(ValueError, match="image_ids"):
         cross_modal_loss(img, txt, nb_img, nb_txt, ids.float(), nb_ids, has_nb, 1, 0, 0)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from losses import (CrossModalObjective, LossConfig, angular_hinge_loss, angular_loss,
+from losses import (CrossModalObjective, LossConfig, Weights, angular_hinge_loss, angular_loss,
                     pick_negative, triplet_loss)
 
 
@@ -18,7 +18,8 @@ def unit(*shape, seed=0, dtype=torch.float32):
 
 def config(w_sym=1.0, w_img=0.3, w_text=0.2, negatives="release", loss="angular", t=1.0,
            margin=0.2, hardest=False):
-    return LossConfig.for_training(w_sym, w_img, w_text, loss, t, margin, hardest, negatives)
+    return LossConfig.for_training(weights=Weights(w_sym, w_img, w_text), loss=loss, tan2_alpha=t,
+                                   margin=margin, hardest_negative=hardest, negatives=negatives)
 
 
 def inputs(b=6, d=8, seed=0, has_nb=None, m=None):
@@ -92,7 +93,7 @@ def test_release_without_a_neighbour_the_row_is_no_anchor_but_its_image_a_negati
 def test_release_validation_is_untiled_i2t_against_the_random_texts():
     img, txt, nb_img, nb_txt, ids, nb_ids, _, rand = inputs(b=5, seed=4, m=5)
     train = config(1.0, 0.3, 0.2)
-    val = replace(train, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False)
+    val = train.for_validation()
     no_nb = torch.zeros(5, dtype=torch.bool)
     total, parts = CrossModalObjective(val)(img, txt, img, txt, ids, ids, no_nb, rand)
     assert total.item() == pytest.approx(release_untiled(img, txt, rand, 1.0), rel=1e-5)
@@ -262,10 +263,11 @@ def test_loss_config_checks_and_from_args():
                               tan2_alpha=0.5, margin=0.1, hardest_negative=False,
                               negatives="release")
     cfg = LossConfig.from_args(args)
-    assert cfg == LossConfig(1.0, 0.3, 0.2, "angular-hinge", 0.5, 0.1, False, "release", True)
+    assert cfg == LossConfig(weights=Weights(1.0, 0.3, 0.2), loss="angular-hinge", tan2_alpha=0.5,
+                             margin=0.1, hardest_negative=False, negatives="release", tiled=True)
     assert not LossConfig.from_args(argparse.Namespace(**{**vars(args), "negatives": "clean"})).tiled
     for bad, match in (({"loss": "hinge"}, "loss must be"), ({"negatives": "x"}, "negatives"),
-                       ({"w_text": -1.0}, "w_text"), ({"tan2_alpha": 0.0}, "tan2_alpha"),
+                       ({"weights": Weights(1.0, 0.3, -1.0)}, "w_text"), ({"tan2_alpha": 0.0}, "tan2_alpha"),
                        ({"margin": -0.1}, "margin")):
         with pytest.raises(ValueError, match=match):
             replace(cfg, **bad)

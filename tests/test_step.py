@@ -5,7 +5,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize
-from losses import CrossModalObjective, LossConfig
+from losses import CrossModalObjective, LossConfig, Weights
 from models import ModelConfig, Precision, build_model
 from models.precision import prep_images, use_bf16
 from training.data import PairDataset, collate, epoch_order, with_random_texts
@@ -109,8 +109,9 @@ def test_random_texts_are_distinct_in_a_batch_independent_across_and_seeded():
 
 
 def objective(w_sym, w_img, w_text, negatives):
-    return CrossModalObjective(LossConfig.for_training(w_sym, w_img, w_text, "angular", 1.0, 0.2,
-                                                       False, negatives))
+    return CrossModalObjective(LossConfig.for_training(
+        weights=Weights(w_sym, w_img, w_text), loss="angular", tan2_alpha=1.0, margin=0.2,
+        hardest_negative=False, negatives=negatives))
 
 
 @pytest.mark.parametrize("negatives", ["release", "clean"])

@@ -4,7 +4,6 @@ the image mode its checkpoints record."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 
 import torch
 from torch import nn
@@ -45,8 +44,7 @@ def optimization(model: nn.Module, args: argparse.Namespace, mode: str = "min"):
 def objectives(args: argparse.Namespace) -> tuple[CrossModalObjective, CrossModalObjective]:
     """The training objective, and the release's validation loss: L_i2t alone, not tiled."""
     config = LossConfig.from_args(args)
-    return CrossModalObjective(config), CrossModalObjective(
-        replace(config, w_sym=0.0, w_img=0.0, w_text=0.0, tiled=False))
+    return CrossModalObjective(config), CrossModalObjective(config.for_validation())
 
 
 def datasets(data: TrainingData) -> tuple[PairDataset, PairDataset]:

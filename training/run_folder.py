@@ -15,7 +15,7 @@ from pathlib import Path
 
 from common.errors import InputError
 from common.workdir import write_error
-from models.checkpoint import run_name
+from losses.weights import Weights
 
 LOCK = ".lock"
 CHECKPOINTS = ("last.pt", "best.pt")
@@ -26,7 +26,7 @@ def log_folder(args) -> Path:
     """--log-dir, else WORK_DIR/models/<--run-name>, else the authors' name from the weights."""
     if args.log_dir:
         return Path(args.log_dir)
-    name = args.run_name or run_name(args.w_sym, args.w_img, args.w_text)
+    name = args.run_name or Weights.from_args(args).run_name()
     return Path(args.work_dir) / "models" / name
 
 

@@ -1,5 +1,5 @@
 """A training run's settings: the record its checkpoints keep, what --resume may change, and the
-settings under which a loss term would have no negative to push away.
+data under which a loss term would have no negative to push away.
 
 A resumed run continues one optimisation: a different objective, learning rate or batch size
 would compare validation losses of two different runs and keep the optimizer's old state under a
@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 from common.errors import InputError
+from losses.weights import NAMES as WEIGHT_NAMES
 
 # May change on --resume: when to stop and where to run, not what is trained.
 FREE_ON_RESUME = ("epochs", "patience", "device", "workers")
@@ -25,7 +26,6 @@ PATHS = ("dataset", "work_dir", "image_root")   # resolved: evaluation may run f
 # --select-by is checked by training.validate.Selection.resumed, which also knows what a
 # checkpoint from before the flag followed.
 NOT_COMPARED = ("run_name", "log_dir", "select_by", *PATHS)
-WEIGHTS = ("w_sym", "w_img", "w_text")
 
 
 def settings_record(args: argparse.Namespace) -> dict:
@@ -38,7 +38,7 @@ def settings_record(args: argparse.Namespace) -> dict:
 
 
 def _flag(key: str) -> str:
-    return key if key in WEIGHTS else "--" + key.replace("_", "-")
+    return key if key in WEIGHT_NAMES else "--" + key.replace("_", "-")
 
 
 def _shown(value: object) -> str:
@@ -68,22 +68,6 @@ def check_resume_settings(recorded: dict | None, now: dict, path: str | Path) ->
                          "resume with the run's own flags, or start a new run with --run-name or "
                          "--overwrite")
     return [f"resuming with new settings: {'; '.join(free)}"] if free else []
-
-
-def negatives_problem(batch_size: int, negatives: str, w_sym: float, w_img: float) -> str | None:
-    """Why a loss term would have no negative at this batch size, or None. Checked at parse
-    time: such a run logs a loss of 0 and marks it best while it trains nothing."""
-    if batch_size >= 2:
-        return None
-    if negatives == "clean":
-        return (f"--batch-size {batch_size} with --negatives clean: a batch of one row has no "
-                "other image, so no term has a negative and nothing trains: pass --batch-size 2 "
-                "or more")
-    terms = [name for name, w in (("L_sym (w_sym)", w_sym), ("L_img (w_img)", w_img)) if w > 0]
-    if terms:
-        return (f"--batch-size {batch_size}: the only image of a batch of one is the anchor's own, "
-                f"so {' and '.join(terms)} would have no negative: pass --batch-size 2 or more")
-    return None
 
 
 def data_problem(n_train: int, n_val: int, batch_size: int, world: int, negatives: str

@@ -3,24 +3,12 @@ from __future__ import annotations
 
 import itertools
 import math
+from typing import Sequence
 
-from models.checkpoint import exact_number
+from losses.weights import Weights, weight
 
-Triple = tuple[float, float, float]
-BASELINE: Triple = (1.0, 0.0, 0.0)
-NAMES = ("w_sym", "w_img", "w_text")
-
-
-def _number(text: str, what: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"{what}: {text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"{what}: {text!r} is not a finite number")
-    if value < 0:
-        raise ValueError(f"{what}: {text} is negative: every weight must be 0 or more")
-    return value
+Triple = Weights
+BASELINE = Weights(1.0, 0.0, 0.0)
 
 
 def parse_grid(text: str) -> list[Triple]:
@@ -34,7 +22,7 @@ def parse_grid(text: str) -> list[Triple]:
         if len(fields) != 3:
             raise ValueError(f"--grid triple {n} ({part.strip()!r}) has {len(fields)} numbers: "
                              "give three, W_SYM W_IMG W_TEXT")
-        triple = tuple(_number(f, f"--grid triple {n}") for f in fields)
+        triple = Weights.parse(fields, f"--grid triple {n}")
         if triple in triples:
             raise ValueError(f"--grid lists {format_triple(triple)} twice: list each triple once")
         triples.append(triple)
@@ -50,7 +38,7 @@ def parse_values(text: str, flag: str) -> list[float]:
         parts = text.split(":")
         if len(parts) != 3:
             raise ValueError(f"{flag} {text}: a range is START:STOP:STEP")
-        start, stop = _number(parts[0], flag), _number(parts[1], flag)
+        start, stop = weight(parts[0], flag), weight(parts[1], flag)
         try:
             step = float(parts[2])
         except ValueError:
@@ -61,7 +49,7 @@ def parse_values(text: str, flag: str) -> list[float]:
         # Rounded so that 0.1 steps give 0.3, not 0.30000000000000004, in folder names.
         values = [round(start + i * step, 10) for i in range(count)]
     else:
-        values = [_number(v, flag) for v in text.replace(",", " ").split()]
+        values = [weight(v, flag) for v in text.replace(",", " ").split()]
     if not values:
         raise ValueError(f"{flag} holds no value")
     if len(set(values)) < len(values):
@@ -70,10 +58,9 @@ def parse_values(text: str, flag: str) -> list[float]:
 
 
 def product_grid(w_sym: list[float], w_img: list[float], w_text: list[float]) -> list[Triple]:
-    return [tuple(t) for t in itertools.product(w_sym, w_img, w_text)]
+    return [Weights(*t) for t in itertools.product(w_sym, w_img, w_text)]
 
 
-def format_triple(triple: Triple) -> str:
-    """(1.0, 0.3, 0.0) -> '1 0.3 0', as the trainer's command line takes it; each weight exact
-    (0.3000001 stays 0.3000001), so two triples never print alike."""
-    return " ".join(map(exact_number, triple))
+def format_triple(triple: Sequence[float]) -> str:
+    """Weights.shown of a triple the sweep read back as a plain list or tuple."""
+    return Weights(*triple).shown()

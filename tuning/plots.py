@@ -9,7 +9,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402 - after the backend is chosen
 
-from tuning.grid import NAMES, Triple, format_triple  # noqa: E402
+from losses.weights import NAMES  # noqa: E402
+from tuning.grid import Triple, format_triple  # noqa: E402
 from tuning.metrics import METRICS  # noqa: E402
 
 UNITS = {"points": "difference (percentage points)", "rank": "difference (rank)",

@@ -9,7 +9,8 @@ from typing import Sequence
 import numpy as np
 
 from evaluation.registry import format_table as _table
-from tuning.grid import NAMES, Triple, format_triple
+from losses.weights import NAMES
+from tuning.grid import Triple, format_triple
 from tuning.metrics import HEADLINE, METRICS
 
 KEYS = ("objective", *NAMES, "seed")
@@ -72,7 +73,7 @@ def validation_table(by_triple: dict[Triple, dict[str, dict]], select: str, chos
     chosen triple marked *."""
     names = [n for n in dict.fromkeys([select, *HEADLINE])
              if any(n in cells for cells in by_triple.values())]
-    header = ["w_sym w_img w_text", "seeds", *(METRICS[n].label for n in names)]
+    header = [" ".join(NAMES), "seeds", *(METRICS[n].label for n in names)]
     lines = []
     for triple, cells in by_triple.items():
         seeds = max(c["n"] for c in cells.values())

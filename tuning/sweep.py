@@ -29,7 +29,7 @@ from typing import Callable, Sequence
 
 from common import signals
 from common.workdir import atomic_write
-from models.checkpoint import exact_number, run_name
+from losses.weights import Weights, exact_number
 from tuning.grid import Triple, format_triple
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -85,7 +85,7 @@ class Run:
 
 def plan(out: Path, objectives: Sequence[str], triples: Sequence[Triple], seeds: int) -> list[Run]:
     """Every run, seed by seed (so that a sweep stopped early has every triple at equal seeds)."""
-    return [Run(obj, w, s, out / obj / run_name(*w) / f"seed_{s}")
+    return [Run(obj, w, s, out / obj / Weights(*w).run_name() / f"seed_{s}")
             for s in range(seeds) for obj in objectives for w in triples]
 
 
