@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from common.errors import InputError, quoted, shown
 from common.workdir import atomic_write, read_pickle
@@ -16,7 +18,6 @@ from data.datasets.items import (SPLITS, Item, assign_validation, check_split, c
                                  check_unique_ids)
 from data.datasets.tabular import CsvKeys, read_csv
 
-FORMATS = ("jsonl", "csv", "karpathy", "politics", "goodnews")
 POLITICS_FILES = ("complete_db.pickle", "db.pickle")   # in order of preference
 
 
@@ -272,6 +273,24 @@ def _report_politics_file(path: Path, preferred: bool, n_records: int, short: di
           "--politics-min-chars 0 keeps them")
 
 
+@dataclass(frozen=True)
+class Options:
+    """The format-specific flags a reader may take."""
+    politics_min_chars: int
+    csv_keys: CsvKeys
+
+
+# One reader per format (the order is --dataset-format's): (path, image root, options) -> items.
+READERS: dict[str, Callable[[Path, Path | None, Options], list[Item]]] = {
+    "jsonl": lambda path, root, o: read_jsonl(path, root),
+    "csv": lambda path, root, o: read_csv(path, root, o.csv_keys),
+    "karpathy": lambda path, root, o: read_karpathy(path, root),
+    "politics": lambda path, root, o: read_politics(path, root, o.politics_min_chars),
+    "goodnews": lambda path, root, o: read_goodnews(path, root),
+}
+FORMATS = tuple(READERS)
+
+
 def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Path | None = None,
                  val_size: int | None = None, seed: int = 0, politics_min_chars: int = 500,
                  csv_keys: CsvKeys | None = None) -> list[Item]:
@@ -282,18 +301,9 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
                            "file, a Karpathy .json, a Politics folder or a GoodNews folder")
     fmt = fmt or detect_format(path)
     root = Path(image_root) if image_root else None
-    if fmt == "jsonl":
-        items = read_jsonl(path, root)
-    elif fmt == "csv":
-        items = read_csv(path, root, csv_keys or CsvKeys())
-    elif fmt == "karpathy":
-        items = read_karpathy(path, root)
-    elif fmt == "politics":
-        items = read_politics(path, root, politics_min_chars)
-    elif fmt == "goodnews":
-        items = read_goodnews(path, root)
-    else:
+    if fmt not in READERS:
         raise InputError(f"unknown dataset format {fmt!r}: use one of {', '.join(FORMATS)}")
+    items = READERS[fmt](path, root, Options(politics_min_chars, csv_keys or CsvKeys()))
     check_strings(items, str(path))
     if not any(it.split == "train" for it in items):
         raise InputError(f"{path}: no training items: mark some items \"split\": \"train\"")
