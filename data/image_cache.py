@@ -28,6 +28,7 @@ import torch
 from data.pool import fork_map
 
 from data.files import not_regular
+from data.places import check_replaceable
 from data.items import InputError
 from data.workdir import default_mode, pid_alive, swap_folder, write_error
 
@@ -267,6 +268,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
         raise ValueError(f"image size must be at least 1, got {size}")
     stats = file_stats(unique)   # before decoding: a file changed meanwhile reads as changed later
     final = cache_folder(work_dir, size)
+    check_replaceable(final, INDEX, "prepare_image_cache.py")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from data.image_cache import CachedImages, ImageCache, _remove_leftovers, file_stats
 from data.images import normalize
 from data.items import InputError
+from data.places import check_replaceable
 from data.workdir import default_mode, swap_folder, write_error
 
 FEATURES_DIR = "image_features"
@@ -119,6 +120,7 @@ def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
     identity = weights_identity(args)
     backbone = build_backbone(args)
     final = features_folder(args.work_dir, args.arch, args.image_size)
+    check_replaceable(final, RECORD, "prepare_image_features.py")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
