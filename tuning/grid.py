@@ -62,7 +62,7 @@ def parse_values(text: str, flag: str, limit: int | None = None) -> list[float]:
         span = (stop - start) / step
         count = math.floor(span + 1e-9) + 1 if math.isfinite(span) else math.inf
         if limit is not None and count > limit:
-            shown = "over 1e308" if count == math.inf else f"{count:.3g}" if count > 1e6 else str(count)
+            shown = "over 1e308" if count == math.inf else f"{count:.3g}" if count > 1e12 else str(count)
             raise TooMany(f"{flag} {text}: the range holds {shown} values, more than the "
                           f"--max-runs {limit} a sweep may plan (every value is a trained run "
                           "per seed): give a larger STEP, or pass a larger --max-runs")
