@@ -73,7 +73,7 @@ class Lock:
 
     def __init__(self, path: str | Path, busy: str):
         """`busy`: the message when another process holds it; '{pid}' becomes its PID."""
-        self.path = Path(path)
+        self.path, self._fd = Path(path), None
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
         except OSError as e:
@@ -86,7 +86,7 @@ class Lock:
             raise InputError(busy.replace("{pid}", holder)) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-        self._fd: int | None = fd
+        self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
