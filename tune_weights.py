@@ -143,7 +143,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.finetune_chosen < 0:
         p.error("--finetune-chosen must be 0 or more")
     if not 100 <= args.bootstrap <= 1_000_000:   # its differences are held in memory, per metric
-        p.error(f"--bootstrap {args.bootstrap}: pass 100 to 1000000 resamples")
+        p.error(f"--bootstrap must be at least 100 resamples and at most 1000000 (got "
+                f"{args.bootstrap}): its differences are held in memory, per metric")
     if args.eval_workers is not None and args.eval_workers < 0:
         p.error("--eval-workers must be 0 or more")
 

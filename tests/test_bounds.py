@@ -40,7 +40,7 @@ CASES = [   # (command, phrases of the one error line)
     (["tune_weights.py", "--grid", "1 0 0", "--seeds", "1", "--finetune-chosen", "100000000"],
      ["up to 200000000 fine-tuned", "--max-runs"]),
     (["tune_weights.py", "--grid", "1 0 0", "--bootstrap", "1000000000000"],
-     ["--bootstrap 1000000000000", "100 to 1000000"]),
+     ["at most 1000000 (got 1000000000000)"]),
     (["retrieve.py", "--checkpoint", "c.pt", "--query", "a dog", "--thumb-size", "1000000"],
      ["--thumb-size 1000000", "16 to 1024"]),
 ]
