@@ -42,6 +42,11 @@ CASES = [
      "work/image_features/resnet18_16", "mine.txt",
      image_step("prepare_image_features.py", "--arch", "resnet18", "--no-pretrained")),
     ("tune_weights.py --out", "sweep", "notes.txt", None),   # with stand-in scripts, below
+    ("demo/build_synthetic.py --out", "mydata", "manifest.jsonl",
+     lambda tiny, work: ["demo/build_synthetic.py", "--out", work.parent / "mydata", "--items", "12"]),
+    ("demo/build_openclipart.py --out", "clipart", "notes.txt",
+     lambda tiny, work: ["demo/build_openclipart.py", "--out", work.parent / "clipart", "--root",
+                         work.parent / "clipart-root"]),
 ]
 
 
