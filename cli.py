@@ -9,10 +9,9 @@ import sys
 
 import config
 
-from data import signals
-from data.items import InputError, Item
-from data.readers import FORMATS, load_dataset
-from data.tabular import CsvKeys
+from common import signals
+from common.errors import InputError
+from data.datasets.readers import FORMATS
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -116,29 +115,6 @@ def check_flags(p: argparse.ArgumentParser, args: argparse.Namespace, *positive:
             p.error("--device cuda was asked for but no CUDA device is available: pass --device cpu")
 
 
-def load_items(args: argparse.Namespace) -> list[Item]:
-    keys = CsvKeys(getattr(args, "csv_image_key", config.CSV_IMAGE_KEY),
-                   getattr(args, "csv_caption_key", config.CSV_CAPTION_KEY),
-                   getattr(args, "csv_separator", config.CSV_SEPARATOR))
-    items = load_dataset(args.dataset, args.dataset_format, args.image_root, args.val_size,
-                         args.seed, args.politics_min_chars, keys)
-    check_splits(items, args.dataset)
-    return items
-
-
-def check_splits(items: list[Item], dataset: str) -> None:
-    """Every script stops at once on a dataset that training or evaluation could not use: without
-    test items the validation slice is empty too (it takes the test split's size), and training
-    would fail only after Doc2Vec, the neighbourhoods and every image were done."""
-    if not any(it.split == "test" for it in items):
-        raise InputError(f"{dataset}: no test items (an item without \"split\" is train): mark "
-                         "some items \"split\": \"test\" (and \"val\", or let --val-size take "
-                         "a seeded slice of train)")
-    if not any(it.split == "val" for it in items):
-        raise InputError(f"{dataset}: no validation items (--val-size 0 and none marked "
-                         "\"val\"): mark some items \"split\": \"val\" or pass --val-size N")
-
-
 # Write failures that no code path turned into an InputError naming its file (a TensorBoard
 # writer thread, a third-party save) still end as one line rather than a traceback.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
@@ -161,7 +137,7 @@ def run_main(main) -> None:
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
-        from data.workdir import write_error
+        from common.workdir import write_error
         print(f"error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -41,14 +41,15 @@ from typing import Callable
 import numpy as np
 import torch
 
+from cli import check_flags, real, run_main
+from common.errors import shown
+from common.workdir import check_writable
 import config
-from cli import check_flags, load_items, real, run_main
-from data import provenance
-from data.doc2vec import infer_vectors
-from data.items import shown
-from data.places import own_folder
-from data.workdir import check_writable
-from data.image_cache import cached_reader
+from common.places import own_folder
+from data.datasets import provenance
+from data.datasets.load import load_items
+from data.images.cache import cached_reader
+from data.text.doc2vec import infer_vectors
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
 from evaluation.export import save_embeddings, write_projector
 from evaluation.metrics import TIES

@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 
 from cli import HelpFormatter, run_main
-from data.places import own_folder
-from data.workdir import check_writable
+from common.places import own_folder
+from common.workdir import check_writable
 from evaluation.embed import with_checkpoint_defaults
 from models.checkpoint import load_checkpoint, rebuild
 from models.exported import PREPARATION, write_encoders

@@ -7,11 +7,12 @@ the texts. The Doc2Vec model must have been made from this dataset with these fl
 """
 from pathlib import Path
 
-from cli import load_items, parser, run_main
-from data import provenance
-from data.corpus import doc2vec_documents, drop_empty
-from data.doc2vec import infer_vectors, load_model
-from data.workdir import DOC2VEC_FEATURES, DOC2VEC_MODEL, check_writable, require, save_pickle
+from cli import parser, run_main
+from common.workdir import DOC2VEC_FEATURES, DOC2VEC_MODEL, check_writable, require, save_pickle
+from data.datasets import provenance
+from data.datasets.load import load_items
+from data.text.corpus import doc2vec_documents, drop_empty
+from data.text.doc2vec import infer_vectors, load_model
 
 
 def main() -> None:

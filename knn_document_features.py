@@ -13,14 +13,15 @@ cosinesimil. It reads only the vectors file and carries its record on, adding it
 import time
 from pathlib import Path
 
-import config
 from cli import parser, run_main, whole
-from data import provenance
-from data.items import InputError
-from data.knn import SPACES, exact_knn, hnsw_knn, sampled_recall
-from data.knn_faiss import BACKENDS as FAISS_BACKENDS, SettingsError, ivf_settings, pq_parts
-from data.workdir import (DOC2VEC_FEATURES, KNN, check_vectors, check_writable, load_pickle,
-                          save_pickle)
+from common.errors import InputError
+import config
+from data.datasets import provenance
+from data.neighbors.knn import SPACES, exact_knn, hnsw_knn, sampled_recall
+from data.neighbors.knn_faiss import (BACKENDS as FAISS_BACKENDS, SettingsError, ivf_settings,
+                                      pq_parts)
+from common.workdir import (DOC2VEC_FEATURES, KNN, check_vectors, check_writable, load_pickle,
+                            save_pickle)
 
 BACKENDS = ("hnsw", "exact", *FAISS_BACKENDS)
 EXACT = ("exact", "faiss-exact")
@@ -127,7 +128,7 @@ def backend_settings(args, n: int, dim: int) -> dict:
 
 def faiss_device(args) -> str:
     """Where faiss-exact runs: the GPU when asked for (or present) and faiss can use it."""
-    from data.knn_faiss import cuda_present, faiss_gpu_count
+    from data.neighbors.knn_faiss import cuda_present, faiss_gpu_count
     gpus = faiss_gpu_count()
     if args.device == "cuda" and not gpus:
         raise InputError("--backend faiss-exact --device cuda: the installed faiss has no GPU "
@@ -146,7 +147,7 @@ def search(vectors, args, settings: dict):
     if args.backend == "hnsw":
         return hnsw_knn(vectors, args.k, args.space, args.M, args.ef_construction,
                         args.ef_search, args.workers, build_threads=build_threads)
-    from data.knn_faiss import faiss_knn
+    from data.neighbors.knn_faiss import faiss_knn
     s = settings
     try:
         return faiss_knn(vectors, args.k, args.space, args.backend, nlist=s.get("nlist"),

@@ -12,11 +12,12 @@ reused. Missing or unreadable images are reported as the trainer reports them.
 import time
 from pathlib import Path
 
+from cli import parser, real, run_main, whole
+from common.workdir import check_writable
 import config
-from cli import load_items, parser, real, run_main, whole
-from data.image_cache import CACHE_DIR, ensure_cache
-from data.images import report_bad_images
-from data.workdir import check_writable
+from data.datasets.load import load_items
+from data.images.cache import CACHE_DIR, ensure_cache
+from data.images.read import report_bad_images
 
 
 def main() -> None:

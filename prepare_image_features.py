@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 
+from cli import check_flags, parser, real, run_main, whole
+from common.errors import InputError
+from common.workdir import check_writable
 import config
-from cli import check_flags, load_items, parser, real, run_main, whole
-from data.image_cache import CACHE_DIR, ensure_cache
-from data.image_features import FEATURES_DIR, build_features, check_record, features_folder, read_record
-from data.items import InputError
-from data.images import report_bad_images
-from data.provenance import dataset_hash, dataset_root
-from data.workdir import check_writable
+from data.datasets.load import load_items
+from data.datasets.provenance import dataset_hash, dataset_root
+from data.images.cache import CACHE_DIR, ensure_cache
+from data.images.read import report_bad_images
 from models import ARCHS
+from models.features import FEATURES_DIR, build_features, check_record, features_folder, read_record
 from models.precision import pick_device
 
 

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import torch
 
+from cli import check_flags, real, run_main
+from common.errors import InputError, shown
+from common.workdir import check_writable
 import config
-from cli import check_flags, load_items, real, run_main
-from data import provenance
-from data.items import InputError, not_text, shown
-from data.places import own_folder
-from data.workdir import check_writable
-from data.image_cache import cached_reader
+from common.places import own_folder
+from data.datasets import provenance
+from data.datasets.items import not_text
+from data.datasets.load import load_items
+from data.images.cache import cached_reader
 from evaluation.embed import check_output, embed_images, embed_texts, eval_parser, load_model
 from evaluation.neighborhood import top_k
 from evaluation.page import (Hit, QueryResult, Thumbnails, contact_sheet, image_by_path,

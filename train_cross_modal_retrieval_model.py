@@ -16,10 +16,10 @@ import time
 import torch
 from tqdm import tqdm
 
-import config
 from cli import check_flags, parser, real, run_main, whole
-from data.image_cache import MODES
-from data.items import InputError
+from common.errors import InputError
+import config
+from data.images.cache import MODES
 from losses import LOSSES, NEGATIVES
 from models import ARCHS, HEADS, Precision
 from models.checkpoint import Progress, checkpoint_state, load_resume, restore

@@ -7,14 +7,15 @@ of the dataset and settings it was made from (model.provenance), which every lat
 import time
 from pathlib import Path
 
+from cli import parser, run_main, whole
+from common.errors import InputError
+from common.workdir import DOC2VEC_MODEL, atomic_write, check_writable
 import config
-from cli import load_items, parser, run_main, whole
-from data import provenance
-from data.corpus import doc2vec_documents, drop_empty
-from data.doc2vec import model_id, train_doc2vec
-from data.items import InputError
-from data.text import no_tokens_reason
-from data.workdir import DOC2VEC_MODEL, atomic_write, check_writable
+from data.datasets import provenance
+from data.datasets.load import load_items
+from data.text.corpus import doc2vec_documents, drop_empty
+from data.text.doc2vec import model_id, train_doc2vec
+from data.text.preprocess import no_tokens_reason
 
 
 def main() -> None:

@@ -44,18 +44,19 @@ from pathlib import Path
 import numpy as np
 
 import config
-from cli import HelpFormatter, load_items, max_workers, run_main, whole
-from data.items import InputError
-from data.places import Lock, own_folder
-from data.workdir import DOC2VEC_MODEL, check_writable
-from evaluation.report import K
+from cli import HelpFormatter, max_workers, run_main, whole
+from common.errors import InputError
+from common.places import Lock, own_folder
+from common.workdir import DOC2VEC_MODEL, check_writable
+from data.datasets.load import load_items
 from evaluation.metrics import TIES
+from evaluation.report import K
+from models.checkpoint import run_name
 from tuning.grid import BASELINE, TooMany, format_triple, parse_grid, parse_values, product_grid
 from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
 from tuning.report import aggregate, choose, csv_text, test_table, validation_table
 from tuning.stats import available, bootstrap_difference, seed_interval
-from models.checkpoint import run_name
 from tuning.sweep import (NO_FLAG, Run, Settings, execute, parse_devices, plan, run_all,
                           write_json_atomic, write_text_atomic)
 
@@ -256,7 +257,7 @@ def check_data(args: argparse.Namespace) -> None:
             raise InputError(f"--select {args.select} needs the Doc2Vec model {model}: run "
                              "train_doc2vec.py first, or choose another --select")
     if getattr(args.trainer, "frozen_image", False):   # one line now, not one per failed run
-        from data.image_features import training_features
+        from models.features import training_features
         paths = [it.image for it in items]
         training_features(args.trainer, paths, paths)
     if need is not None:

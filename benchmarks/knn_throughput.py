@@ -6,11 +6,11 @@ every backend of knn_document_features.py side by side.
         --vectors WORK/doc2vec_features.pickle [--backends hnsw,exact,faiss-exact,faiss-ivf,faiss-ivfpq,faiss-hnsw]
 
 On random unit vectors, times:
-  exact  data.knn.exact_knn on all pairs of --n vectors (what knn_document_features.py
+  exact  data.neighbors.knn.exact_knn on all pairs of --n vectors (what knn_document_features.py
          --backend exact runs), with the peak device memory, and checks its distances against a
          float64 brute force on --check sample queries
   probe  optionally (--probe-blocks), exact search of --probe-queries queries with each block size
-  hnsw   data.knn.hnsw_knn (the authors' backend) on --hnsw-n vectors over --workers threads,
+  hnsw   data.neighbors.knn.hnsw_knn (the authors' backend) on --hnsw-n vectors over --workers threads,
          build and query time, and its recall@10 against exact search on 1,000 sample queries
   compare  (--compare-sizes) knn_document_features.py itself with each --backends entry, each
          in a fresh process, on a seeded sample of N vectors of --vectors (default: generated
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import config  # noqa: E402
 from benchmarks.common import report, save, setup, sync  # noqa: E402
 from cli import HelpFormatter  # noqa: E402
-from data.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
+from data.neighbors.knn import exact_knn, hnsw_knn, recall_at  # noqa: E402
 
 BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 CHEAP_GRAPH = ["--ef-construction", "20", "--ef-search", "200"]
@@ -187,7 +187,7 @@ def sample_vectors(args, n: int) -> tuple[list, np.ndarray, dict]:
     generated clustered vectors (a Gaussian mixture: 200 topics, as Doc2Vec vectors of a
     topical corpus crowd around their topics)."""
     if args.vectors:
-        from data.workdir import read_pickle
+        from common.workdir import read_pickle
         feats = read_pickle(args.vectors, "pass a doc2vec_features.pickle")
         total = len(feats["vectors"])
         if n > total:
@@ -197,14 +197,14 @@ def sample_vectors(args, n: int) -> tuple[list, np.ndarray, dict]:
     rng = np.random.default_rng(args.seed)
     centres = rng.standard_normal((200, args.dim)).astype(np.float32) * 2
     x = centres[rng.integers(0, 200, n)] + rng.standard_normal((n, args.dim), dtype=np.float32)
-    from data import provenance
+    from data.datasets import provenance
     return [str(i) for i in range(n)], x, provenance.new_record({"items": n}, "vectors", {})
 
 
 def compare(args) -> list[dict]:
     """knn_document_features.py with each backend at each size, each in a fresh process."""
     from benchmarks.text_scale import parse_knn_output, run_measured
-    from data.workdir import DOC2VEC_FEATURES
+    from common.workdir import DOC2VEC_FEATURES
     rows = []
     for n in args.compare_sizes:
         work = Path(args.work_dir) / f"n{n}"

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 import config  # noqa: E402
 from benchmarks.text_corpus import KINDS, write_manifest  # noqa: E402
 from cli import HelpFormatter  # noqa: E402
-from data.workdir import DOC2VEC_FEATURES  # noqa: E402
+from common.workdir import DOC2VEC_FEATURES  # noqa: E402
 
 STEPS_PY = str(ROOT / "benchmarks" / "text_scale_steps.py")
 KNN_BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")

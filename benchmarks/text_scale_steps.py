@@ -4,7 +4,7 @@ programs beside them; each runs in a fresh process started by benchmarks/text_sc
     python benchmarks/text_scale_steps.py STEP --dataset M --work-dir W --workers N [...]
 
 Ours (this project's own functions):
-  preprocess    cli.load_items + data.corpus.doc2vec_documents, what the text scripts run first
+  preprocess    data.datasets.load.load_items + data.text.corpus.doc2vec_documents, what the text scripts run first
   sampler       training.neighbors.NeighborSampler from the kNN file, and one epoch's draw
   trainer-prep  training.prepare.prepare as the train script calls it, up to the first batch of
                 the training loader; images are the one thing replaced (a constant tensor: the
@@ -65,17 +65,17 @@ def _shared(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def preprocess_ours(args) -> dict:
-    from cli import load_items
-    from data.corpus import doc2vec_documents
+    from data.datasets.load import load_items
+    from data.text.corpus import doc2vec_documents
     shared = _shared(args)
     docs, tokens = doc2vec_documents(load_items(shared), ["train"], shared)
     return {"documents": len(docs), "tokens": sum(map(len, tokens))}
 
 
 def sampler(args) -> dict:
-    from cli import load_items
-    from data.items import documents
-    from data.knn_file import load_knn
+    from data.datasets.items import documents
+    from data.datasets.load import load_items
+    from data.neighbors.knn_file import load_knn
     from training.neighbors import NeighborSampler
     docs = documents(load_items(_shared(args)), ["train"])
     knn = load_knn(args.work_dir)
@@ -88,9 +88,9 @@ def sampler(args) -> dict:
 
 def trainer_prep(args) -> dict:
     import torch
-    import training.prepare
     from training import distributed
     from training.data import PairDataset, epoch_order, make_loader
+    import training.prepare
     size = 32
     blank = torch.zeros(3, size, size, dtype=torch.uint8)
     # The only replacement: no images exist, so every image reads as one constant tensor.
@@ -114,7 +114,7 @@ def _bare_tokens(args) -> list[list[str]]:
     """The manifest's train texts read with json (it marks val itself, so no slice is drawn),
     preprocessed in a bare Pool with the same per-text function (so the same token lists), empty
     ones dropped."""
-    from data.text import preprocess
+    from data.text.preprocess import preprocess
     with open(args.dataset, encoding="utf-8") as f:
         texts = [r["text"] for r in map(json.loads, f) if r["split"] == "train"]
     fn = partial(preprocess, max_sentences=args.max_sentences or None, max_chars=args.max_chars)
@@ -149,7 +149,7 @@ def _infer(tokens: list[str]) -> np.ndarray:
 
 
 def bare_infer(args) -> dict:
-    from data.workdir import DOC2VEC_MODEL
+    from common.workdir import DOC2VEC_MODEL
     tokens = _bare_tokens(args)
     model_path = str(Path(args.work_dir) / DOC2VEC_MODEL)
     _load(model_path)
@@ -163,7 +163,7 @@ def bare_infer(args) -> dict:
 
 
 def _vectors(args) -> np.ndarray:
-    from data.workdir import DOC2VEC_FEATURES, load_pickle
+    from common.workdir import DOC2VEC_FEATURES, load_pickle
     return load_pickle(args.work_dir, DOC2VEC_FEATURES)["vectors"]
 
 

@@ -45,15 +45,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a scri
 import config  # noqa: E402
 from benchmarks.common import report, save, setup, sync  # noqa: E402
 from cli import HelpFormatter  # noqa: E402
-from data.items import documents  # noqa: E402
-from data.readers import load_dataset  # noqa: E402
+from data.datasets.items import documents  # noqa: E402
+from data.datasets.readers import load_dataset  # noqa: E402
 from demo.synthetic import FILLER_WORDS, TOPIC_WORDS, make_text  # noqa: E402
 from evaluation.embed import embed_images, prepare_model  # noqa: E402
 from losses import CrossModalObjective, LossConfig  # noqa: E402
 from models import ModelConfig, Precision, Vocabulary, build_model  # noqa: E402
 from training.data import PairDataset, epoch_order, make_loader, with_random_texts  # noqa: E402
-from data.image_cache import cached_reader, ensure_cache, training_images  # noqa: E402
-from data.images import ImageFiles, normalize  # noqa: E402
+from data.images.cache import cached_reader, ensure_cache, training_images  # noqa: E402
+from data.images.read import ImageFiles, normalize  # noqa: E402
 from training.neighbors import NeighborSampler  # noqa: E402
 from training.step import StepLog, train_step  # noqa: E402
 

@@ -1,1 +1,1 @@
-"""Datasets, text preprocessing and the files the pipeline's scripts exchange."""
+"""Datasets, text, neighbours and images: what the pipeline reads and the files its scripts exchange."""

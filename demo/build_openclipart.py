@@ -8,9 +8,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.errors import InputError
 import config
-from data.items import InputError
-from data.places import own_folder
+from common.places import own_folder
 from demo.openclipart import STAMP, build_openclipart
 
 

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import config
-from data.items import InputError
-from data.places import own_folder
+from common.errors import InputError
+from common.places import own_folder
 from demo.synthetic import generate_synthetic
 
 STAMP = "synthetic_params.json"

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from data.items import InputError
+from common.errors import InputError
 
 PACKAGES = ("openclipart-png", "openclipart-svg")
 SHARE = Path("usr/share/openclipart")

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from data import signals
+from common import signals
 
 ROOT = Path(__file__).resolve().parent.parent
 # The baseline, the paper's weights, and each constraint alone: which of them moves what.

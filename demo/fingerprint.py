@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data.workdir import read_pickle
+from common.workdir import read_pickle
 
 DIGITS = 12
 

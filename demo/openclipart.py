@@ -23,11 +23,11 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import InputError
+from data.datasets.readers import read_jsonl, write_jsonl
+from data.text.preprocess import preprocess
 from demo.debian import FetchError, fetch_packages
-from data.items import InputError
-from data.readers import read_jsonl, write_jsonl
 from demo.synthetic import assign_splits
-from data.text import preprocess
 
 STAMP = "openclipart_build.json"
 UNLABELLED = {"unsorted"}        # a folder that names no category

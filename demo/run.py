@@ -14,11 +14,11 @@ import time
 from pathlib import Path
 
 from cli import max_workers, real, whole
-from data import signals
-from data.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
+from common import signals
+from common.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
 from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
-from models import ARCHS, imagenet_cache_path
 from losses import NEGATIVES
+from models import ARCHS, imagenet_cache_path
 from models.checkpoint import run_name
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from data.readers import write_jsonl
+from data.datasets.readers import write_jsonl
 
 # Lowercase, alphabetic, at least four letters, none a gensim stop word, none in two topics.
 TOPIC_WORDS = {

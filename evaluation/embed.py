@@ -18,11 +18,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import config
 from cli import parser, whole
-from data.image_cache import UnreadableImage
-from data.images import try_read_image
-from data.items import SPLITS
+import config
+from data.datasets.items import SPLITS
+from data.images.cache import UnreadableImage
+from data.images.read import try_read_image
 from models import CrossModalModel, Vocabulary, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
 from models.precision import PRECISIONS, Precision
@@ -92,7 +92,7 @@ def with_checkpoint_defaults(args: argparse.Namespace, state: dict) -> argparse.
     for key in FROM_CHECKPOINT:
         if key not in vars(args):
             setattr(resolved, key, trained.get(key, getattr(config, key.upper())))
-    # What the split is checked against (data.provenance.check_checkpoint): the checkpoint's
+    # What the split is checked against (data.datasets.provenance.check_checkpoint): the checkpoint's
     # record, unless the user chose other data; the reason when not checked.
     given = [f"--{k.replace('_', '-')}" for k in DATA_FLAGS if k in vars(args)]
     resolved.provenance = None if given else state.get("provenance")

@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data.items import InputError
-from data.workdir import atomic_write, default_mode, write_error
+from common.errors import InputError
+from common.workdir import atomic_write, default_mode, write_error
+from data.images.read import read_image
 from evaluation.split import EvalSplit
-from data.images import read_image
 
 SPRITE_LIMIT = 8192   # TensorBoard's projector refuses sprite sheets wider than this
 

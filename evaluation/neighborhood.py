@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from data import provenance
-from data.items import InputError
-from data.workdir import DOC2VEC_MODEL
+from common.errors import InputError
+from common.workdir import DOC2VEC_MODEL
+from data.datasets import provenance
 from evaluation.metrics import _check_block, _two_spaces
 from models import Vocabulary
 
@@ -146,7 +146,7 @@ def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Voca
     also tells a retraining on the same words (another --window, another seed).
     """
     # Imported here: retrieve.py searches with top_k and never needs gensim.
-    from data.doc2vec import load_model
+    from data.text.doc2vec import load_model
 
     path = Path(work_dir) / DOC2VEC_MODEL
     if not path.exists():

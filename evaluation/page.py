@@ -16,11 +16,11 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from data.files import NotRegularFile, kind_of, open_regular
-from data.images import to_rgb
-from data.items import InputError, quoted, shown
-from data.text import preprocess
-from data.workdir import atomic_write
+from common.errors import InputError, quoted, shown
+from common.files import NotRegularFile, kind_of, open_regular
+from common.workdir import atomic_write
+from data.images.read import to_rgb
+from data.text.preprocess import preprocess
 from evaluation.split import EvalSplit
 from models import Vocabulary
 

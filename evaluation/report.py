@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data.workdir import atomic_write
+from common.workdir import atomic_write
 from evaluation.metrics import fold_metrics, rank_parts, summarize
 from evaluation.neighborhood import knn_overlap_hits, label_precision_hits
 from evaluation.registry import K, METRICS, format_table as layout, lookup

@@ -13,10 +13,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from data.corpus import drop_empty, has_doc2vec_text, tokenized_documents
-from data.items import InputError, Item, image_key
-from data.images import report_bad_images
-from data.text import preprocess_all
+from common.errors import InputError
+from data.datasets.items import Item, image_key
+from data.images.read import report_bad_images
+from data.text.corpus import drop_empty, has_doc2vec_text, tokenized_documents
+from data.text.preprocess import preprocess_all
 
 
 @dataclass

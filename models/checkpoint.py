@@ -8,7 +8,7 @@ evaluation, restore for --resume):
   select_by, best_val, since_best                  the best epoch's rule and value (--select-by:
                                                    training.validate.Selection)
   config                                           the trainer's flags (evaluation's defaults)
-  provenance                                       what the data was made from (data.provenance)
+  provenance                                       what the data was made from (data.datasets.provenance)
   image_mode                                       {"frozen": --frozen-image, "features": the
                                                    feature file's record or None}; the model
                                                    always holds its backbone's weights
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from data.files import open_regular, require_regular
-from data.items import InputError
-from data.workdir import atomic_write
+from common.errors import InputError
+from common.files import open_regular, require_regular
+from common.workdir import atomic_write
 from models import CrossModalModel, ModelConfig, Vocabulary, build_model
 
 

@@ -25,10 +25,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from data.images import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
-from data.items import InputError
-from data.text import preprocess
-from data.workdir import atomic_write
+from common.errors import InputError
+from common.workdir import atomic_write
+from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
+from data.text.preprocess import preprocess
 from models.image import ImageEncoder
 from models.text import TextEncoder
 from models.vocab import Vocabulary, pad_batch

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from data.images import normalize
+from data.images.read import normalize
 
 PRECISIONS = ("bf16", "fp32")
 

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from data.items import InputError  # noqa: E402  (needs ROOT on sys.path)
+from common.errors import InputError  # noqa: E402  (needs ROOT on sys.path)
 from demo.synthetic import generate_synthetic  # noqa: E402
 from pipeline import TINY_TRAIN  # noqa: E402
 

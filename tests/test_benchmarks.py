@@ -98,7 +98,7 @@ def test_knn_throughput_is_exact_and_reports_hnsw_recall(tmp_path, one_thread):
 
 
 def test_knn_throughput_compares_every_backend_side_by_side(tmp_path):
-    from data import provenance
+    from data.datasets import provenance
     bench = load("knn_throughput")
     rng = np.random.default_rng(0)
     centres = rng.standard_normal((8, 12)) * 5

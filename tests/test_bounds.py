@@ -65,8 +65,8 @@ def test_max_runs_forces_a_larger_grid():
 
 
 def test_the_first_line_counts_the_fine_tuned_runs(fakes, tmp_path, monkeypatch):  # noqa: F811
-    import data.image_features
-    monkeypatch.setattr(data.image_features, "training_features", lambda *a, **k: None)
+    import models.features
+    monkeypatch.setattr(models.features, "training_features", lambda *a, **k: None)
     manifest, calls = fakes
     out = cli(*sweep_args(manifest, tmp_path / "sweep", "--finetune-chosen", "3", "--seeds", "1",
                           trainer_flags=["--frozen-image"])).out

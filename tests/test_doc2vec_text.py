@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from data.corpus import doc2vec_documents, tokenized_documents
-from data.doc2vec import infer_vectors
-from data.items import Item
-from data.readers import load_dataset
-from data.text import preprocess
+from data.datasets.items import Item
+from data.datasets.readers import load_dataset
+from data.text.corpus import doc2vec_documents, tokenized_documents
+from data.text.doc2vec import infer_vectors
+from data.text.preprocess import preprocess
 from evaluation.neighborhood import knn_overlap
 from evaluation.split import load_split, reference_tokens
 from fixtures import TOPICS, topic_text

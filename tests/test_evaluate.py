@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
+from common.errors import InputError
 import config
-from data.doc2vec import infer_vectors
-from data.items import InputError, Item
-from data.text import preprocess
+from data.datasets.items import Item
+from data.text.doc2vec import infer_vectors
+from data.text.preprocess import preprocess
 from evaluation.embed import (device_and_precision, embed_images, embed_texts,
                              with_checkpoint_defaults)
 from evaluation.metrics import retrieval_metrics, summarize
@@ -20,9 +21,9 @@ from evaluation.neighborhood import knn_overlap
 from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
 from conftest import RUN, cli, one_line_error, train_tiny
+from data.images.read import normalize, read_image
 from models import ModelConfig, Vocabulary, build_model, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
-from data.images import normalize, read_image
 
 TOP_KEYS = {"i2t", "t2i", "rsum", "n_images", "n_texts", "ties", "neighborhood",
             "label_precision@10"}

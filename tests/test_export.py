@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from conftest import cli, input_error, one_line_error, train_tiny
-from data.items import documents
-from data.readers import load_dataset
+from data.datasets.items import documents
+from data.datasets.readers import load_dataset
 from models.exported import FILES, IMAGE_FILE, load_encoders
 
 

@@ -24,11 +24,11 @@ import pytest
 import torch
 from PIL import Image
 
-from data.images import read_image, to_rgb
-from data.items import InputError
-from data.readers import load_dataset
-from data.text import preprocess
-from data.workdir import atomic_write, read_pickle
+from common.errors import InputError
+from common.workdir import atomic_write, read_pickle
+from data.datasets.readers import load_dataset
+from data.images.read import read_image, to_rgb
+from data.text.preprocess import preprocess
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
 from conftest import RUN, cli, error_line, input_error, quick_text_side, tmp_files

@@ -147,7 +147,7 @@ def test_a_save_killed_with_sigkill_leaves_a_temporary_file_the_next_run_removes
 
 
 def test_atomic_write_removes_what_a_killed_writer_left_but_not_a_live_ones(tmp_path):
-    from data.workdir import atomic_write
+    from common.workdir import atomic_write
     gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True).stdout.strip()
     stale = tmp_path / f".x.pickle.pid{gone}-abcd.tmp"
@@ -214,7 +214,7 @@ def test_a_stopped_sweep_stops_its_running_trainer(pipeline, tmp_path, sig, stat
 # --- 11. one same-image rule, by the image's identity ------------------------------------------
 
 def test_item_groups_join_items_by_image_identity_and_by_an_explicit_group(tmp_path):
-    from data.items import Item, item_groups
+    from data.datasets.items import Item, item_groups
     (tmp_path / "img").mkdir()
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / "img" / name).write_bytes(b"x")
@@ -286,7 +286,7 @@ def test_training_never_pairs_two_captions_of_one_picture(shared_pictures):
 
 def test_evaluation_ranks_a_picture_once_however_its_path_is_spelt(shared_pictures):
     import argparse
-    from cli import load_items
+    from data.datasets.load import load_items
     from evaluation.split import load_split
     shared, work = shared_pictures
     args = argparse.Namespace(dataset=str(shared), dataset_format=None, image_root=None,
@@ -309,8 +309,8 @@ def test_evaluation_ranks_a_picture_once_however_its_path_is_spelt(shared_pictur
 def test_an_image_rewritten_with_its_size_and_mtime_restored_is_decoded_again(tmp_path):
     import torch
     from PIL import Image
-    from data.image_cache import ensure_cache, find_cache
-    from data.images import read_image
+    from data.images.cache import ensure_cache, find_cache
+    from data.images.read import read_image
     path = str(tmp_path / "a.bmp")          # uncompressed: new pixels, the same file size
     Image.new("RGB", (8, 8), (200, 10, 10)).save(path)
     others = []
@@ -351,8 +351,8 @@ def sideways(tmp_path: Path) -> tuple[str, "Image.Image"]:
 def test_exif_orientation_is_applied_on_the_fly_in_the_cache_and_in_thumbnails(tmp_path):
     import torch
     from PIL import Image
-    from data.image_cache import ensure_cache
-    from data.images import read_image
+    from data.images.cache import ensure_cache
+    from data.images.read import read_image
     from evaluation.page import fit
     path, shown = sideways(tmp_path)
     upright = str(tmp_path / "upright.png")
@@ -369,7 +369,7 @@ def test_exif_orientation_is_applied_on_the_fly_in_the_cache_and_in_thumbnails(t
 
 def test_premultiplied_grey_with_alpha_is_laid_over_white(tmp_path):
     from PIL import Image
-    from data.images import to_rgb
+    from data.images.read import to_rgb
     img = Image.new("LA", (4, 4), (100, 128)).convert("La")
     assert img.mode == "La"
     r, g, b = to_rgb(img).getpixel((0, 0))
@@ -379,7 +379,7 @@ def test_premultiplied_grey_with_alpha_is_laid_over_white(tmp_path):
 # --- 14. unbounded settings --------------------------------------------------------------------
 
 def test_a_doc2vec_too_large_for_memory_stops_before_allocating(pipeline, tmp_path, monkeypatch):
-    import data.doc2vec as doc2vec
+    import data.text.doc2vec as doc2vec
     manifest, _ = pipeline
     monkeypatch.setattr(doc2vec, "available_memory", lambda: 50 * 2**20)    # 50 MiB free
     common = ["--dataset", manifest, "--work-dir", tmp_path / "work", "--workers", "0",
@@ -466,7 +466,7 @@ def test_a_run_of_zero_epochs_leaves_its_folder_usable(pipeline, tmp_path):
 # --- 16. quoted input is cut and escaped -------------------------------------------------------
 
 def test_a_huge_query_with_no_known_word_gives_a_short_error_line():
-    from data.items import InputError
+    from common.errors import InputError
     from evaluation.page import query_tokens
     from models import Vocabulary
     vocab = Vocabulary(["rocket", "orbit", "guitar"])
@@ -492,8 +492,8 @@ def test_retrieval_results_cannot_break_or_take_over_the_terminal(capsys):
 
 
 def test_a_huge_or_odd_id_is_cut_and_escaped_in_the_error(tmp_path):
-    from data.items import InputError
-    from data.readers import load_dataset
+    from common.errors import InputError
+    from data.datasets.readers import load_dataset
     (tmp_path / "a.png").write_bytes(b"x")
     huge = "\u202e\x1b[31m" + "i" * 100_000
     rec = {"id": huge, "image": "a.png", "texts": ["A caption."], "split": "train"}
@@ -509,7 +509,7 @@ def test_a_huge_or_odd_id_is_cut_and_escaped_in_the_error(tmp_path):
 
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_the_knn_step_refuses_non_finite_vectors(pipeline, tmp_path, value):
-    from data.workdir import DOC2VEC_FEATURES, load_pickle, save_pickle
+    from common.workdir import DOC2VEC_FEATURES, load_pickle, save_pickle
     _, work = pipeline
     copy = tmp_path / "work"
     copy.mkdir()
@@ -532,8 +532,8 @@ ODD = ["a/b", "..", "x\ny", "t\tab", "<script>alert(1)</script>", "\u202eevil", 
 
 
 def test_unwritable_strings_and_deep_json_are_one_line_when_the_dataset_is_read(tmp_path):
-    from data.items import InputError
-    from data.readers import load_dataset
+    from common.errors import InputError
+    from data.datasets.readers import load_dataset
     (tmp_path / "a.png").write_bytes(b"x")
     good = {"id": "1", "image": "a.png", "texts": ["A caption."], "split": "train"}
     cases = [({**good, "texts": ["half \ud800 a pair"]}, "half of a UTF-16 pair"),
@@ -597,8 +597,8 @@ def test_a_script_run_inside_another_program_leaves_its_signal_handlers_as_they_
 
 
 def test_the_pictures_of_one_article_are_one_group_with_the_items_sharing_their_files(tmp_path):
-    from data.items import item_groups
-    from data.readers import load_dataset
+    from data.datasets.items import item_groups
+    from data.datasets.readers import load_dataset
     for name in ("a.png", "b.png", "c.png"):
         (tmp_path / name).write_bytes(b"x")
     recs = [{"id": "art", "images": ["a.png", "b.png"], "text": "The article.", "split": "train"},

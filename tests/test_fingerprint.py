@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from data.workdir import save_pickle
+from common.workdir import save_pickle
 from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 
 

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import pytest
 
-from cli import load_items, parser
+from cli import parser
+from data.datasets.load import load_items
 from conftest import input_error
-from data.items import Item, assign_validation
-from data.readers import detect_format, load_dataset, read_jsonl
-from data.tabular import CsvKeys, read_csv
+from data.datasets.items import Item, assign_validation
+from data.datasets.readers import detect_format, load_dataset, read_jsonl
+from data.datasets.tabular import CsvKeys, read_csv
 
 
 def jsonl(path: Path, records: list) -> Path:
@@ -162,7 +163,7 @@ def test_a_csv_dataset_trains_and_evaluates_with_its_keys_from_the_checkpoint(tm
 def test_an_articles_items_share_a_group_and_are_never_each_others_neighbours_or_negatives(tmp_path):
     import numpy as np
     import torch
-    from data.items import documents, item_groups
+    from data.datasets.items import documents, item_groups
     from training.data import PairDataset
     from training.neighbors import NeighborSampler
     path = jsonl(tmp_path / "m.jsonl", [

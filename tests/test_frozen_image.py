@@ -11,15 +11,15 @@ import torch
 from conftest import cli, input_error, one_line_error
 from demo.synthetic import generate_synthetic
 from pipeline import TINY_TRAIN, run, text_side
-from data.image_cache import find_cache
-from data.image_features import features_folder, read_record, training_features
-from data.images import normalize
-from data.provenance import dataset_hash, dataset_root
-from cli import load_items
+from data.datasets.load import load_items
+from data.datasets.provenance import dataset_hash, dataset_root
+from data.images.cache import find_cache
+from data.images.read import normalize
 from evaluation.embed import embed_images, load_model
 from losses import CrossModalObjective, LossConfig
 from models import ModelConfig, Precision, build_model
 from models.checkpoint import load_checkpoint
+from models.features import features_folder, read_record, training_features
 from training.data import PairDataset, collate
 from training.step import train_step
 
@@ -81,7 +81,7 @@ def test_stale_or_mismatched_features_are_refused_with_the_command(prepared, mon
         assert "prepare_image_features.py" in msg and phrase in msg, msg
     # An image changed since it was read (size, mtime, ctime or inode): stale. Seen through
     # file_stats, so that the images the other tests share stay as they are.
-    import data.image_features as features_module
+    import models.features as features_module
     victim = paths[0]
     real_stats = features_module.file_stats
     changed = lambda ps: [[-1, -1, -1, -1] if p == victim else st for p, st in zip(ps, real_stats(ps))]  # noqa: E731

@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli import load_items, parser
+from cli import parser
+from data.datasets.load import load_items
 from conftest import cli, input_error
-from data.goodnews import read_goodnews
-from data.items import InputError, Item
-from data.readers import detect_format, load_dataset
+from common.errors import InputError
+from data.datasets.goodnews import read_goodnews
+from data.datasets.items import Item
+from data.datasets.readers import detect_format, load_dataset
 from fixtures import TOPICS, topic_text
 
 A1, A2, A3 = "5a1b2c3d4e5f60718293a4b5", "5a1b2c3d4e5f60718293a4b6", "5a1b2c3d4e5f60718293a4b7"

@@ -14,10 +14,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from conftest import input_error
-from data.image_cache import build_cache
-from data.image_features import ARRAY, build_features, features_folder, load_backbone, training_features
-from data.knn_file import load_knn
-from data.workdir import KNN, save_pickle, swap_folder
+from data.images.cache import build_cache
+from models.features import ARRAY, build_features, features_folder, load_backbone, training_features
+from data.neighbors.knn_file import load_knn
+from common.workdir import KNN, save_pickle, swap_folder
 
 SIZE = 16
 N = 6
@@ -78,7 +78,7 @@ class KnnRows:
 
 
 def knn_case(tmp: Path):
-    n, k = 4096, 64                 # a table over data.knn_file.LARGE: left in the file, read by rows
+    n, k = 4096, 64                 # a table over data.neighbors.knn_file.LARGE: left in the file, read by rows
     table = np.arange(n * k, dtype=np.int64).reshape(n, k)
     path = tmp / KNN
     save_pickle({"ids": list(range(n)), "neighbors": table, "distances": table * 0.5}, path)

@@ -10,15 +10,15 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-import data.image_cache as image_cache
-from data.items import InputError
+from common.errors import InputError
+import data.images.cache as image_cache
 from demo.synthetic import generate_synthetic
 from conftest import RUN, cli, one_line_error, quick_text_side
 from pipeline import TINY_TRAIN
 from models.checkpoint import load_checkpoint
-from data.image_cache import (UnreadableImage, build_cache, cache_folder, ensure_cache,
-                                  find_cache, load_cache, training_images)
-from data.images import find_bad_images, read_image
+from data.images.cache import (UnreadableImage, build_cache, cache_folder, ensure_cache, find_cache,
+                               load_cache, training_images)
+from data.images.read import find_bad_images, read_image
 
 SIZE = 24
 

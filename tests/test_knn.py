@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import config
-from data import provenance
-from data.knn import exact_knn, exact_knn_np, hnsw_knn, put_self_first, recall_at, sampled_recall
+from data.datasets import provenance
+from data.neighbors.knn import (exact_knn, exact_knn_np, hnsw_knn, put_self_first, recall_at,
+                                sampled_recall)
 
 
 def brute_force(base: np.ndarray, queries: np.ndarray, space: str) -> np.ndarray:
@@ -121,7 +122,7 @@ def test_put_self_first_in_blocks_equals_a_row_by_row_reference(monkeypatch):
         own = [i for i, _ in row].index(r) if r in ids[r] else 5   # else the last one goes
         row = [(r, 0.0)] + row[:own] + row[own + 1:]
         expect_ids[r], expect_d[r] = [i for i, _ in row], [x for _, x in row]
-    monkeypatch.setattr("data.knn.SELF_FIRST_ROWS", 7)   # blocks that do not divide the rows
+    monkeypatch.setattr("data.neighbors.knn.SELF_FIRST_ROWS", 7)   # blocks that do not divide the rows
     put_self_first(ids, d, np.arange(40))
     np.testing.assert_array_equal(ids, expect_ids)
     np.testing.assert_array_equal(d, expect_d)

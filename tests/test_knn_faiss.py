@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import data.knn_faiss as kf
+import data.neighbors.knn_faiss as kf
 from conftest import cli, one_line_error
-from data import provenance
-from data.items import InputError
-from data.knn import exact_knn, recall_at
-from data.knn_faiss import BACKENDS, SettingsError, faiss_knn, ivf_settings, pq_parts
+from common.errors import InputError
+from data.datasets import provenance
+from data.neighbors.knn import exact_knn, recall_at
+from data.neighbors.knn_faiss import BACKENDS, SettingsError, faiss_knn, ivf_settings, pq_parts
 
 ROOT = Path(__file__).resolve().parent.parent
 KNN = "knn_document_features.py"

@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from data.items import InputError, Document
+from common.errors import InputError
+from data.datasets.items import Document
 from training.neighbors import NeighborSampler
 
 
@@ -141,8 +142,8 @@ def test_foreign_knn_file_is_an_error():
 @pytest.mark.parametrize("captions,foreign", [(1, 0), (5, 7)])
 def test_table_read_from_the_file_in_blocks_equals_the_table_from_arrays(tmp_path, monkeypatch,
                                                                           captions, foreign):
-    from data.knn_file import Rows, load_knn
-    from data.workdir import save_pickle
+    from common.workdir import save_pickle
+    from data.neighbors.knn_file import Rows, load_knn
     rng = np.random.default_rng(captions)
     docs, knn = random_knn(rng, 3000, captions, 120, foreign)
     knn["ids"][5] = knn["ids"][2900]   # a repeated id: its last row counts
@@ -168,8 +169,8 @@ def test_knn_file_reader_refuses_cut_and_crafted_files(tmp_path):
     import os
     import pickle
 
-    from data.knn_file import load_knn
-    from data.workdir import save_pickle
+    from common.workdir import save_pickle
+    from data.neighbors.knn_file import load_knn
     nb = np.arange(600_000, dtype=np.int32).reshape(3000, 200)
     save_pickle({"ids": [str(i) for i in range(3000)], "neighbors": nb,
                  "distances": nb.astype(np.float32), "space": "l2"},

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from common.errors import InputError
 from demo import build_openclipart as build_openclipart_dataset
-from data.items import InputError
 from demo.openclipart import (BLANK, BOILERPLATE, DUPLICATE, GENERATED, MISSING_PAIR, NO_TEXT, NOT_TAKEN,
                               TOO_BIG, TOO_SMALL, UNREADABLE_PNG, UNREADABLE_SVG, FetchError, SvgText,
                               build_openclipart, compose_text, fetch_packages, read_svg_text)

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from conftest import ROOT, cli, error_line
-from data.items import InputError
+from common.errors import InputError
 from demo.synthetic import generate_synthetic
 from test_tune_weights import TESTS, fakes, read_calls, sweep_args  # noqa: F401  (fakes: a fixture)
 
@@ -68,7 +68,7 @@ def test_a_folder_holding_the_users_files_is_refused_and_left_alone(case, where,
 
 
 def test_own_folder_takes_new_empty_marked_and_earlier_outputs_only(tmp_path):
-    from data.places import MARKER, own_folder
+    from common.places import MARKER, own_folder
     made = own_folder(tmp_path / "a" / "b", "x.py", "--out")
     assert (made / MARKER).read_text() == "x.py\n"
     (made / "result.json").write_text("{}")

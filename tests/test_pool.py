@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from data.pool import fork_map
+from common.pool import fork_map
 
 
 def _square(x: int) -> tuple[int, int]:

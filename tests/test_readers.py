@@ -5,10 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from cli import load_items, parser
+from cli import parser
+from data.datasets.load import load_items
 from conftest import input_error
-from data.items import InputError, Item, assign_validation, documents
-from data.readers import detect_format, load_dataset, read_jsonl, read_karpathy, read_politics
+from common.errors import InputError
+from data.datasets.items import Item, assign_validation, documents
+from data.datasets.readers import (detect_format, load_dataset, read_jsonl, read_karpathy,
+                                   read_politics)
 
 
 def write_lines(path: Path, records: list) -> Path:

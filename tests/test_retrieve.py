@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from data.items import InputError
+from common.errors import InputError
 from evaluation.neighborhood import top_k
 from evaluation.page import Hit, QueryResult, Thumbnails, contact_sheet, read_query_file
 from conftest import cli, one_line_error, train_tiny

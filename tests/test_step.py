@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from data.images import IMAGENET_MEAN, IMAGENET_STD, normalize
+from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize
 from losses import CrossModalObjective, LossConfig
 from models import ModelConfig, Precision, build_model
 from models.precision import prep_images, use_bf16

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from gensim.models.doc2vec import Doc2Vec
 
-from data.corpus import drop_empty, tokenized_documents
-from data.doc2vec import infer_vectors, train_doc2vec
-from data.items import InputError, Item, documents
-from data.text import first_sentences, preprocess, preprocess_all
+from common.errors import InputError
+from data.datasets.items import Item, documents
+from data.text.corpus import drop_empty, tokenized_documents
+from data.text.doc2vec import infer_vectors, train_doc2vec
+from data.text.preprocess import first_sentences, preprocess, preprocess_all
 from fixtures import TOPICS, topic_text
 
 THREE = "Rockets launched today. Astronauts waved goodbye. Telescopes watched closely."

@@ -5,7 +5,7 @@ from collections import Counter
 
 import pytest
 
-from data.text import preprocess
+from data.text.preprocess import preprocess
 from test_benchmarks import load
 
 KNN_STEPS = ["knn hnsw", "knn exact", "knn faiss-exact", "knn faiss-ivf", "knn faiss-ivfpq",

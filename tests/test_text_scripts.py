@@ -15,10 +15,10 @@ from gensim.models.doc2vec import Doc2Vec
 
 from cli import parser
 from conftest import cli, one_line_error
-from data.corpus import drop_empty, tokenized_documents
-from data.doc2vec import infer_vectors
-from data.items import documents
-from data.readers import load_dataset
+from data.datasets.items import documents
+from data.datasets.readers import load_dataset
+from data.text.corpus import drop_empty, tokenized_documents
+from data.text.doc2vec import infer_vectors
 from fixtures import write_topic_manifest
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,7 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from demo.synthetic import generate_synthetic
 from pipeline import TINY_TRAIN, run, text_side
-from data.items import Document, InputError
+from common.errors import InputError
+from data.datasets.items import Document
 from models import ModelConfig
 from models.checkpoint import load_checkpoint, load_for_resume, rebuild, save_checkpoint
 from training.distributed import Context

@@ -212,8 +212,8 @@ def test_also_test_compares_a_named_triple_with_the_baseline_whatever_the_choice
 
 
 def test_finetune_chosen_trains_the_frozen_choice_fine_tuned_and_compares_it(fakes, tmp_path, monkeypatch):
-    import data.image_features
-    monkeypatch.setattr(data.image_features, "training_features", lambda *a, **k: None)
+    import models.features
+    monkeypatch.setattr(models.features, "training_features", lambda *a, **k: None)
     manifest, calls = fakes
     out = tmp_path / "sweep"
     result = cli(*sweep_args(manifest, out, "--finetune-chosen", "2", "--also-test", "1 0.3 0.2",

@@ -19,7 +19,7 @@ VALIDATION_SEED = 9485629
 class PairDataset(Dataset):
     """Item i is document i: its image (uint8), token ids, image id, and its neighbour's.
 
-    `image_ids` are what `read` takes (item indices); `groups` (data.items.item_groups, per item)
+    `image_ids` are what `read` takes (item indices); `groups` (data.datasets.items.item_groups, per item)
     give the ids the objective compares, so documents of one image or group are never each
     other's negatives. Without it each image id is its own group."""
 

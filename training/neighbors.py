@@ -5,7 +5,8 @@ from typing import Sequence
 
 import numpy as np
 
-from data.items import InputError, Document, shown
+from common.errors import InputError, shown
+from data.datasets.items import Document
 
 # kNN rows handled at once while building the table: bounds the temporaries to a few hundred
 # MiB whatever the corpus (k = 200: 200 MiB of candidate ids and masks per 65,536 rows).
@@ -20,7 +21,7 @@ class NeighborSampler:
     not a duplicate text) and is a training document here (documents dropped from training, e.g.
     for an unreadable image or no tokens, are not in `docs`). This project adds one rule: an entry
     sharing the document's image (another caption of it, or another item naming the same file) or
-    its explicit group does not qualify either (`groups`: data.items.item_groups, per item), since
+    its explicit group does not qualify either (`groups`: data.datasets.items.item_groups, per item), since
     its image would be the anchor's own. A document with no qualifying entry in its whole row has no
     neighbour; those are counted in `missing`.
 
@@ -43,7 +44,7 @@ class NeighborSampler:
         image_of = np.fromiter((d.item for d in docs), dtype=np.int64, count=len(docs))
         if groups is not None:
             image_of = np.asarray(groups, dtype=np.int64)[image_of]
-        # The tables are read a block of rows at a time (data.knn_file.Rows, or arrays): the
+        # The tables are read a block of rows at a time (data.neighbors.knn_file.Rows, or arrays): the
         # whole [N, k] pair is 1.6 GB at a million documents, k = 200.
         nbrs, dists = knn["neighbors"], knn["distances"]
         if not (len(nbrs) == len(dists) == len(knn_ids) and nbrs.ndim == dists.ndim == 2):

@@ -10,19 +10,20 @@ import numpy as np
 import torch
 from gensim.models.doc2vec import Doc2Vec
 
-from cli import load_items
-from data import provenance
-from data.corpus import drop_empty, tokenized_documents
-from data.items import InputError, Document, Item, item_groups, shown
-from data.doc2vec import load_model
-from data.knn_file import load_knn
-from data.workdir import DOC2VEC_MODEL, KNN, require
+from common.errors import InputError, shown
+from common.workdir import DOC2VEC_MODEL, KNN, require
+from data.datasets import provenance
+from data.datasets.items import Document, Item, item_groups
+from data.datasets.load import load_items
+from data.neighbors.knn_file import load_knn
+from data.text.corpus import drop_empty, tokenized_documents
+from data.text.doc2vec import load_model
 from models import END, START, Vocabulary
 
 from .distributed import Context, broadcast
-from data.image_cache import training_images
-from data.image_features import load_backbone, training_features
-from data.images import report_bad_images
+from data.images.cache import training_images
+from data.images.read import report_bad_images
+from models.features import load_backbone, training_features
 from .neighbors import NeighborSampler
 
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from data.items import InputError
-from data.places import Lock
-from data.workdir import write_error
+from common.errors import InputError
+from common.places import Lock
+from common.workdir import write_error
 from models.checkpoint import run_name
 
 LOCK = ".lock"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from data.items import InputError
+from common.errors import InputError
 
 # May change on --resume: when to stop and where to run, not what is trained.
 FREE_ON_RESUME = ("epochs", "patience", "device", "workers")

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from data.items import InputError
+from common.errors import InputError
 from losses import CrossModalObjective
 from models.precision import Precision
 

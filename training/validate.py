@@ -16,7 +16,8 @@ from typing import Callable, Sequence
 import torch
 import torch.distributed as dist
 
-from data.items import Document, InputError, Item, image_key
+from common.errors import InputError
+from data.datasets.items import Document, Item, image_key
 from evaluation.embed import embed_images, embed_token_ids
 from evaluation.metrics import RECALL_AT, retrieval_metrics
 from models import CrossModalModel, Precision

@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from data import signals
-from data.workdir import atomic_write
+from common import signals
+from common.workdir import atomic_write
 from models.checkpoint import exact_number, run_name
 from tuning.grid import Triple, format_triple
 

@@ -15,8 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .files import open_regular
-from .items import InputError, Item, check_split, check_unique_ids, quoted, shown
+from common.errors import InputError, quoted, shown
+from common.files import open_regular
+from data.datasets.items import Item, check_split, check_unique_ids
 
 ARTICLE_FILES = ("article+caption.json", "article_caption.json", "captioning_dataset.json")
 SPLIT_FILE = "img_splits.json"

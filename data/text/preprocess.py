@@ -13,7 +13,7 @@ from typing import Sequence
 from gensim.parsing.preprocessing import (preprocess_string, remove_stopwords, strip_multiple_whitespaces,
                                           strip_non_alphanum, strip_punctuation, strip_short, strip_tags)
 from nltk.tokenize.punkt import PunktParameters, PunktSentenceTokenizer
-from data.pool import fork_map
+from common.pool import fork_map
 
 # Lower case, without the final period, as Punkt stores them.
 ABBREVIATIONS = (

@@ -25,11 +25,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data.image_cache import CachedImages, ImageCache, _remove_leftovers, file_stats
-from data.images import normalize
-from data.items import InputError
-from data.places import check_replaceable
-from data.workdir import default_mode, swap_folder, write_error
+from common.errors import InputError
+from common.places import check_replaceable
+from common.workdir import default_mode, swap_folder, write_error
+from data.images.cache import CachedImages, ImageCache, _remove_leftovers, file_stats
+from data.images.read import normalize
 
 FEATURES_DIR = "image_features"
 ARRAY, RECORD, BACKBONE = "features.npy", "record.json", "backbone.pt"

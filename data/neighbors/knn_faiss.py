@@ -1,7 +1,7 @@
 """faiss kNN backends: exact (IndexFlatL2), IVF (IndexIVFFlat), IVF with 4-bit product codes
 re-ranked exactly (IndexIVFPQFastScan inside IndexRefineFlat) and HNSW (IndexHNSWFlat).
 
-Same output as data.knn's backends: int32 ids and float32 distances [N, k], nearest first, each
+Same output as knn.py's backends: int32 ids and float32 distances [N, k], nearest first, each
 row starting with the document itself at distance 0; Euclidean for "l2", 1 - cosine for
 "cosinesimil" (searched as l2 between unit vectors: |a - b|^2 / 2 = 1 - cos(a, b)).
 
@@ -21,7 +21,7 @@ import time
 import numpy as np
 from tqdm import tqdm
 
-from .knn import _check_arguments, _exact_distances_np, exact_knn_np, put_self_first
+from data.neighbors.knn import _check_arguments, _exact_distances_np, exact_knn_np, put_self_first
 
 BACKENDS = ("faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
 QUERY_ROWS = 16_384         # queries per faiss search call (~40 MiB of answers at k = 200)

@@ -21,7 +21,8 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .items import InputError, Item
+from common.errors import InputError
+from data.datasets.items import Item
 
 FORMAT = 1
 KEY = "provenance"     # the key of the record in the pickles and checkpoints

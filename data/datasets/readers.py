@@ -1,22 +1,20 @@
-"""Dataset readers: a JSONL manifest (the project's format), open_clip-style CSV (data/tabular.py),
+"""Dataset readers: a JSONL manifest (the project's format), open_clip-style CSV (tabular.py),
 the authors' Politics pickles, the Karpathy split JSON (COCO, Flickr30K) and the GoodNews release
-(data/goodnews.py). Each returns a list of `Item`s."""
+(goodnews.py). Each returns a list of `Item`s."""
 from __future__ import annotations
 
 import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from .files import NotRegularFile, kind_of, open_regular
-from .goodnews import is_goodnews, read_goodnews
-from .items import (SPLITS, InputError, Item, assign_validation, check_split, check_strings,
-                    check_unique_ids, quoted, shown)
-from .workdir import atomic_write, read_pickle
-
-if TYPE_CHECKING:
-    from .tabular import CsvKeys
+from common.errors import InputError, quoted, shown
+from common.workdir import atomic_write, read_pickle
+from data.datasets.fields import clean_texts, read_text, report_dropped, resolve
+from data.datasets.goodnews import is_goodnews, read_goodnews
+from data.datasets.items import (SPLITS, Item, assign_validation, check_split, check_strings,
+                                 check_unique_ids)
+from data.datasets.tabular import CsvKeys, read_csv
 
 FORMATS = ("jsonl", "csv", "karpathy", "politics", "goodnews")
 POLITICS_FILES = ("complete_db.pickle", "db.pickle")   # in order of preference
@@ -37,33 +35,6 @@ def detect_format(path: Path) -> str:
                        f"--dataset-format {'|'.join(FORMATS)}")
 
 
-def _resolve(image: str, root: Path) -> str:
-    return image if os.path.isabs(image) else os.path.normpath(os.path.join(root, image))
-
-
-def _read_text(path: Path) -> str:
-    try:
-        with open_regular(path, "r", encoding="utf-8-sig") as f:  # a byte-order mark is no error
-            return f.read()
-    except NotRegularFile as e:
-        raise InputError(f"{path}: is {kind_of(e)}, not a regular file: pass the dataset's "
-                         "file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{path}: unreadable ({e}): pass a readable UTF-8 file") from None
-
-
-def _clean_texts(texts: list, where: str, dropped: list[str]) -> tuple[str, ...]:
-    kept = []
-    for t in texts:
-        if not isinstance(t, str):
-            raise InputError(f"{where}: a text is {type(t).__name__}, not a string: fix the item")
-        if t.strip():
-            kept.append(t)
-        else:
-            dropped.append(where)
-    return tuple(kept)
-
-
 def _clean_pairs(texts: list, doc2vec: list[str], where: str, dropped: list[str],
                  dropped_doc2vec: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(texts, their doc2vec texts) of the pairs where both are non-empty; the others noted."""
@@ -79,11 +50,6 @@ def _clean_pairs(texts: list, doc2vec: list[str], where: str, dropped: list[str]
             kept.append(t)
             kept_doc2vec.append(d)
     return tuple(kept), tuple(kept_doc2vec)
-
-
-def _report_dropped(dropped: list[str], what: str) -> None:
-    if dropped:
-        print(f"dropped {len(dropped)} {what} (first: {', '.join(map(shown, dropped[:3]))})")
 
 
 def _doc2vec_texts(rec: dict, n_texts: int, where: str) -> list | None:
@@ -128,7 +94,7 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
     items, empty, empty_d2v = [], [], []
     first: tuple[bool, int] | None = None   # whether the first item has a doc2vec_text, its line
     # Split on "\n" only: JSON strings may hold U+2028 and the like, which splitlines() breaks on.
-    for n, line in enumerate(_read_text(path).split("\n"), 1):
+    for n, line in enumerate(read_text(path).split("\n"), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"
@@ -161,7 +127,7 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
                                f'{"none" if has else "one"}: give it to every item or to none')
         d2v = _doc2vec_texts(rec, len(texts), where)
         if d2v is None:
-            texts = _clean_texts(texts, what, empty)
+            texts = clean_texts(texts, what, empty)
         else:
             texts, d2v = _clean_pairs(texts, d2v, what, empty, empty_d2v)
         if not texts:
@@ -169,14 +135,14 @@ def read_jsonl(path: Path, image_root: Path | None = None) -> list[Item]:
         split = check_split(rec.get("split", "train"), where)
         label = None if rec.get("label") is None else str(rec["label"])
         if len(images) == 1:
-            items.append(Item(item_id, _resolve(images[0], root), texts, split, label, d2v))
+            items.append(Item(item_id, resolve(images[0], root), texts, split, label, d2v))
             continue
         # An article with several pictures: one item per picture, all with its text, in one
         # group so that they are never each other's negatives or neighbours.
-        items.extend(Item(f"{item_id}@{k}", _resolve(image, root), texts, split, label, d2v,
+        items.extend(Item(f"{item_id}@{k}", resolve(image, root), texts, split, label, d2v,
                           group=f"{where} (id {item_id})") for k, image in enumerate(images))
-    _report_dropped(empty, "empty texts")
-    _report_dropped(empty_d2v, "texts whose doc2vec_text is empty")
+    report_dropped(empty, "empty texts")
+    report_dropped(empty_d2v, "texts whose doc2vec_text is empty")
     check_unique_ids(items, str(path))
     return items
 
@@ -190,7 +156,7 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
 def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
     root = image_root or path.parent
     try:
-        data = json.loads(_read_text(path))
+        data = json.loads(read_text(path))
         images = data["images"]
         if not isinstance(images, list):
             raise TypeError(f"'images' is {type(images).__name__}")
@@ -208,12 +174,12 @@ def read_karpathy(path: Path, image_root: Path | None = None) -> list[Item]:
             raise InputError(f"{where}: missing field {e}: every image needs filename, split and "
                                "sentences[].raw") from None
         item_id = str(img.get("cocoid", img.get("imgid", rel)))
-        texts = _clean_texts(raws, f"{where} ({rel})", empty)
+        texts = clean_texts(raws, f"{where} ({rel})", empty)
         if not raws:    # no sentence at all: counted as the empty captions are
             empty.append(f"{where} ({rel})")
         if texts:
-            items.append(Item(item_id, _resolve(rel, root), texts, check_split(split, where)))
-    _report_dropped(empty, "empty captions")
+            items.append(Item(item_id, resolve(rel, root), texts, check_split(split, where)))
+    report_dropped(empty, "empty captions")
     check_unique_ids(items, str(path))
     return items
 
@@ -280,10 +246,10 @@ def read_politics(path: Path, image_root: Path | None = None, min_chars: int = 5
                 raise InputError(f"{split_file}: {split} path {quoted(p)} has no text in {path.name}: "
                                    "use the split file made with this db")
             unsplit.discard(p)
-            kept = _clean_texts([texts[p]], f"{path.name} ({p})", empty)
+            kept = clean_texts([texts[p]], f"{path.name} ({p})", empty)
             if kept:
-                items.append(Item(p, _resolve(p, root), kept, split))
-    _report_dropped(empty, "empty texts")
+                items.append(Item(p, resolve(p, root), kept, split))
+    report_dropped(empty, "empty texts")
     if unsplit:
         print(f"left out {len(unsplit)} items that {split_file.name} puts in no split "
               f"(first: {', '.join(map(shown, sorted(unsplit)[:3]))})")
@@ -308,7 +274,7 @@ def _report_politics_file(path: Path, preferred: bool, n_records: int, short: di
 
 def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Path | None = None,
                  val_size: int | None = None, seed: int = 0, politics_min_chars: int = 500,
-                 csv_keys: "CsvKeys | None" = None) -> list[Item]:
+                 csv_keys: CsvKeys | None = None) -> list[Item]:
     """Read any supported dataset and assign the seeded validation slice."""
     path = Path(path)
     if not path.exists():
@@ -319,7 +285,6 @@ def load_dataset(path: str | Path, fmt: str | None = None, image_root: str | Pat
     if fmt == "jsonl":
         items = read_jsonl(path, root)
     elif fmt == "csv":
-        from .tabular import CsvKeys, read_csv   # here: it builds on this module's helpers
         items = read_csv(path, root, csv_keys or CsvKeys())
     elif fmt == "karpathy":
         items = read_karpathy(path, root)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .files import open_regular
-from .items import InputError
+from .errors import InputError
 from .workdir import atomic_write, write_error
 
 MARKER = ".made-by"

@@ -12,7 +12,7 @@ import stat
 from pathlib import Path
 from typing import IO
 
-from .items import InputError
+from common.errors import InputError
 
 _KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
           (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),

@@ -25,14 +25,14 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-from data.pool import fork_map
+from common.pool import fork_map
 
-from data.files import not_regular
-from data.places import check_replaceable
-from data.items import InputError
-from data.workdir import default_mode, pid_alive, swap_folder, write_error
+from common.errors import InputError
+from common.files import not_regular
+from common.places import check_replaceable
+from common.workdir import default_mode, pid_alive, swap_folder, write_error
 
-from data.images import ImageFiles, find_bad_images, try_read_image
+from data.images.read import ImageFiles, find_bad_images, try_read_image
 
 CACHE_DIR = "image_cache"
 ARRAY, INDEX = "images.npy", "index.json"

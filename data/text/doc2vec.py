@@ -11,10 +11,10 @@ from typing import Iterator, Sequence
 import gensim.models.doc2vec as gensim_doc2vec
 import numpy as np
 from gensim.models.doc2vec import Doc2Vec, TaggedDocument
-from .pool import fork_map
+from common.pool import fork_map
 
-from .files import require_regular
-from .items import InputError
+from common.errors import InputError
+from common.files import require_regular
 
 
 def check_settings(vector_size: int, window: int, min_count: int, epochs: int, workers: int) -> None:

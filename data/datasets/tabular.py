@@ -7,7 +7,7 @@ The image and caption columns are named by --csv-image-key and --csv-caption-key
 filepath and title by default), the separator by --csv-separator (a comma, or a tab for a .tsv
 file, when not given). Optional columns, read when the header has them: "split" (train, val or
 test; train when absent), "id" (the row's line number when absent) and "label". Rows naming
-one image file are one image to training's negatives and to evaluation (data.items).
+one image file are one image to training's negatives and to evaluation (items.py).
 """
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
-from .items import InputError, Item, check_split, check_unique_ids
-from .readers import _clean_texts, _read_text, _report_dropped, _resolve
+from common.errors import InputError
+from data.datasets.fields import clean_texts, read_text, report_dropped, resolve
+from data.datasets.items import Item, check_split, check_unique_ids
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def read_csv(path: Path, image_root: Path | None = None, keys: CsvKeys = CsvKeys
     root = image_root or path.parent
     sep = keys.delimiter(path)
     # newline="": a quoted caption may hold a line break; strict: a stray quote is an error.
-    reader = csv.reader(io.StringIO(_read_text(path), newline=""), delimiter=sep, strict=True)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=sep, strict=True)
     try:
         header = next(reader, None)
         if header is None:
@@ -67,15 +68,15 @@ def read_csv(path: Path, image_root: Path | None = None, keys: CsvKeys = CsvKeys
             if not image:
                 raise InputError(f"{where}: empty {keys.image!r}: give the row an image path")
             item_id = (get("id") or "").strip() or str(line)
-            texts = _clean_texts([get(keys.caption)], f"{where} (id {item_id})", empty)
+            texts = clean_texts([get(keys.caption)], f"{where} (id {item_id})", empty)
             if not texts:
                 continue
             split = check_split((get("split") or "train").strip(), where)
             label = (get("label") or "").strip() or None
-            items.append(Item(item_id, _resolve(image, root), texts, split, label))
+            items.append(Item(item_id, resolve(image, root), texts, split, label))
     except csv.Error as e:
         raise InputError(f"{path}:{reader.line_num}: not readable as CSV ({e}): fix the row's "
                          "quoting") from None
-    _report_dropped(empty, "empty captions")
+    report_dropped(empty, "empty captions")
     check_unique_ids(items, str(path))
     return items

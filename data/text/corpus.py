@@ -9,8 +9,9 @@ from __future__ import annotations
 import argparse
 from typing import Sequence
 
-from .items import Document, Item, documents, shown
-from .text import preprocess_all
+from common.errors import shown
+from data.datasets.items import Document, Item, documents
+from data.text.preprocess import preprocess_all
 
 
 def tokenized_documents(items: Sequence[Item], splits: Sequence[str], args: argparse.Namespace

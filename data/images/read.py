@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from data.pool import fork_map
+from common.pool import fork_map
 
-from data.files import open_regular
-from data.items import InputError, shown
+from common.errors import InputError, shown
+from common.files import open_regular
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -11,8 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .files import open_regular
-from .items import InputError
+from common.errors import InputError
+from common.files import open_regular
 
 DOC2VEC_MODEL = "doc2vec_model.gensim"
 DOC2VEC_FEATURES = "doc2vec_features.pickle"

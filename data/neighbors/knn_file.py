@@ -6,7 +6,7 @@ where numpy hands each table to pickle as one out-of-frame BYTEARRAY8 payload; t
 unpickles with the pure-Python unpickler, notes where each large payload starts and seeks past
 it, and numpy's reconstructor then gets a `Rows` over the file instead of the bytes. Anything
 else (an older protocol, a small or unusual array) is read as usual. Only the classes
-data.workdir allows are ever built.
+common.workdir allows are ever built.
 """
 from __future__ import annotations
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import open_regular
-from .items import InputError
-from .workdir import KNN, WRITER, allowed_class, require
+from common.errors import InputError
+from common.files import open_regular
+from common.workdir import KNN, WRITER, allowed_class, require
 
 LARGE = 1 << 20     # payloads from this size are left in the file
 

@@ -1,0 +1,1 @@
+"""Images: reading and checking image files, and the image cache."""

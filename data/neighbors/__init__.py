@@ -1,0 +1,1 @@
+"""Neighbours: the kNN backends and the kNN file."""

@@ -1,0 +1,1 @@
+"""Text: preprocessing, the corpus of documents and Doc2Vec."""
