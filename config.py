@@ -88,3 +88,6 @@ IMAGE_CACHE = "auto"            # prepare_image_cache.py's store: "auto" (when u
 FROZEN_IMAGE = False            # True: train on prepare_image_features.py's backbone features (cheap
                                 # runs to tune the weights); the backbone is not trained
 IMAGE_HEAD = "linear"           # the image head: "linear" (the release's) or "mlp" (two layers)
+
+# --- Weight sweep (tune_weights.py) ---------------------------------------------------------
+MAX_RUNS = 1000                 # a sweep planning more runs (a range with a tiny step) is refused

@@ -45,6 +45,7 @@ from cli import check_flags, check_output, eval_parser, real, run_main
 from common.errors import shown
 from common.workdir import check_writable
 import config
+from common.places import own_folder
 from data.datasets import provenance
 from data.datasets.load import load_items
 from data.datasets.settings import DATA_FLAGS, TOKEN_FLAGS
@@ -60,6 +61,8 @@ from evaluation.split import (EvalSplit, integer_labels, load_split, reference_t
                               without_unreadable)
 
 SPLIT_KEYS = (*DATA_FLAGS, *TOKEN_FLAGS, "split")   # runs that agree on these share one split
+
+EMBEDDING_FILES = ("ids.json",)   # what an embeddings folder of a version before its marker holds
 
 
 def parse_args() -> argparse.Namespace:
@@ -97,6 +100,9 @@ def parse_args() -> argparse.Namespace:
             p.error(f"--checkpoint {c} is given twice: list each checkpoint once")
     check_output(p, "--out", args.out, folder=False)
     check_output(p, "--save-embeddings", args.save_embeddings, folder=True)
+    if args.save_embeddings and len(args.checkpoint) == 1:
+        own_folder(args.save_embeddings, "evaluate_retrieval.py", "--save-embeddings",
+                   EMBEDDING_FILES, make=False)
     if args.projector and args.save_embeddings is None:
         args.save_embeddings = ""
     return args
@@ -213,6 +219,8 @@ def check_outputs(args: argparse.Namespace, names: list[str]) -> None:
             check_writable(per_query_path(path, args.split),
                            fix="drop --save-ranks, or copy the checkpoint somewhere writable")
         if args.save_embeddings is not None:
+            own_folder(embeddings_dir(args, path, name, len(names) > 1), "evaluate_retrieval.py",
+                       "--save-embeddings", EMBEDDING_FILES)
             check_writable(embeddings_dir(args, path, name, len(names) > 1), folder=True,
                            fix="pass --save-embeddings DIR somewhere writable")
 

@@ -12,10 +12,14 @@ import argparse
 from pathlib import Path
 
 from cli import HelpFormatter, run_main
+from common.places import own_folder
 from common.workdir import check_writable
 from evaluation.embed import with_checkpoint_defaults
 from models.checkpoint import load_checkpoint, rebuild
 from models.exported import PREPARATION, write_encoders
+
+# What an export of a version before the folder's .made-by marker holds.
+ENCODER_FILES = ("image_encoder.safetensors", "text_encoder.safetensors")
 
 
 def parse_args() -> argparse.Namespace:
@@ -25,12 +29,14 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if Path(args.out).exists() and not Path(args.out).is_dir():
         p.error(f"--out {args.out} is a file: pass a folder")
+    own_folder(args.out, "export_encoders.py", "--out", ENCODER_FILES, make=False)
     return args
 
 
 def main() -> None:
     args = parse_args()
     state = load_checkpoint(args.checkpoint)
+    own_folder(args.out, "export_encoders.py", "--out", earlier=ENCODER_FILES)
     check_writable(args.out, folder=True, fix="pass --out somewhere writable")
     model, vocab = rebuild(state)
     # The preprocessing flags resolved as evaluate_retrieval.py resolves them.

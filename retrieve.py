@@ -19,6 +19,7 @@ from cli import check_flags, check_output, eval_parser, real, run_main
 from common.errors import InputError, shown
 from common.workdir import check_writable
 import config
+from common.places import own_folder
 from data.datasets import provenance
 from data.datasets.items import not_text
 from data.datasets.load import load_items
@@ -29,6 +30,8 @@ from evaluation.page import (Hit, QueryResult, Thumbnails, contact_sheet, image_
                              images_by_text, normal_text, query_tokens, read_query_file, write_page)
 from evaluation.split import EvalSplit, load_split, without_unreadable
 from models import CrossModalModel, Vocabulary
+
+RETRIEVAL_FILES = ("index.html",)   # what a retrieval folder of a version before its marker holds
 
 
 def parse_args() -> argparse.Namespace:
@@ -53,9 +56,11 @@ def parse_args() -> argparse.Namespace:
             p.error(f"--query {n} '{shown(query)}' is not UTF-8 text (the shell passed a byte "
                     "that does not decode): pass the query in UTF-8")
     check_flags(p, args, "batch_size", "k", "block")
-    if args.thumb_size < 16:
-        p.error("--thumb-size must be at least 16")
+    if not 16 <= args.thumb_size <= 1024:   # a page of k thumbnails per query, each side^2 x 3 bytes
+        p.error(f"--thumb-size {args.thumb_size}: pass 16 to 1024 pixels")
     check_output(p, "--out", args.out, folder=True)
+    if args.out:
+        own_folder(args.out, "retrieve.py", "--out", RETRIEVAL_FILES, make=False)
     return args
 
 
@@ -135,6 +140,7 @@ def main() -> None:
     flags = parse_args()
     model, vocab, run = load_model(flags.checkpoint, flags)
     out = Path(run.out) if run.out else Path(run.checkpoint).parent / "retrieval"
+    own_folder(out, "retrieve.py", "--out", RETRIEVAL_FILES)
     check_writable(out, folder=True, fix="pass --out DIR somewhere writable")
     queries = list(run.query) + (read_query_file(run.queries) if run.queries else [])
     tokens = query_tokens(queries, vocab, run.max_sentences, run.max_chars, run.keep_unicode)

@@ -58,9 +58,10 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
     g.add_argument("--patience", type=whole(1), default=config.PATIENCE,
                    help="stop after this many epochs without a better validation value (--select-by)")
-    g.add_argument("--select-by", choices=SELECT_BY, default=config.SELECT_BY,
+    g.add_argument("--select-by", choices=SELECT_BY, default=None,
                    help="what best.pt, early stopping and the plateau scheduler follow: the "
-                        "validation L_i2t loss (the release's rule) or the validation rsum (VSE++'s)")
+                        "validation L_i2t loss (the release's rule) or the validation rsum "
+                        f"(VSE++'s) (default: {config.SELECT_BY}; --resume keeps the run's own)")
     g.add_argument("--run-seed", type=whole(0), default=None,
                    help="seed of the initial weights, the epoch order, the neighbour draws and the "
                         "flips (default: --seed); --seed also fixes the validation slice, which "
@@ -123,6 +124,9 @@ def main() -> None:
     log_dir = log_folder(args)
     folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
     resumed = (log_dir / "last.pt", load_resume(log_dir / "last.pt", ctx.device)) if args.resume else None
+    # Not given: the run's own rule when resuming (a different one given is refused below).
+    if args.select_by is None:
+        args.select_by = resumed[1].get("select_by", "loss") if resumed else config.SELECT_BY
     record = settings_record(args)   # the flags the checkpoints keep
     if resumed is not None:   # before any data is read: only --epochs and --patience may change
         notes = check_resume_settings(resumed[1].get("config"), record, resumed[0])

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import math
 import os
 import sys
 import time
@@ -42,20 +43,25 @@ from pathlib import Path
 
 import numpy as np
 
+import config
 from cli import HelpFormatter, max_workers, run_main, whole
 from common.errors import InputError
+from common.places import Lock, own_folder
 from common.workdir import DOC2VEC_MODEL, check_writable
 from data.datasets.load import load_items
 from evaluation.metrics import TIES
 from evaluation.report import K
 from losses.weights import Weights
-from tuning.grid import BASELINE, format_triple, parse_grid, parse_values, product_grid
+from tuning.grid import BASELINE, TooMany, format_triple, parse_grid, parse_values, product_grid
 from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
 from tuning.report import aggregate, choose, csv_text, test_table, validation_table
 from tuning.stats import available, bootstrap_difference, seed_interval
 from tuning.sweep import (NO_FLAG, Run, Settings, execute, parse_devices, plan, run_all,
                           write_json_atomic, write_text_atomic)
+
+# What a sweep folder of a version before its .made-by marker holds.
+SWEEP_FILES = ("sweep.csv", "summary.json", "*/*/seed_*/started.json")
 
 # Flags the sweep sets for every run; given after `--` they would be overridden.
 RESERVED = {"log_dir": "--log-dir", "run_name": "--run-name", "resume": "--resume",
@@ -73,6 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         g.add_argument(f"--{name}", help="instead of --grid, values of this weight, a list "
                                          "(0,0.1,0.2) or START:STOP:STEP; the grid is the product")
     g.add_argument("--seeds", type=int, default=3, help="runs per triple, --run-seed 0..N-1")
+    g.add_argument("--max-runs", type=int, default=config.MAX_RUNS, metavar="N",
+                   help="refuse a sweep that plans more runs than this (training and fine-tuned "
+                        "runs together), e.g. a range with a tiny step")
     g.add_argument("--objectives", default=None,
                    help="--negatives values to sweep, e.g. release,clean (default: the trainer's "
                         "default objective)")
@@ -107,9 +116,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if args.grid is not None:
             args.triples = parse_grid(args.grid)
         elif all((args.w_sym, args.w_img, args.w_text)):
-            args.triples = product_grid(parse_values(args.w_sym, "--w-sym"),
-                                        parse_values(args.w_img, "--w-img"),
-                                        parse_values(args.w_text, "--w-text"))
+            axes = [parse_values(text, flag, args.max_runs) for text, flag in
+                    ((args.w_sym, "--w-sym"), (args.w_img, "--w-img"), (args.w_text, "--w-text"))]
+            size = math.prod(map(len, axes))
+            if size > args.max_runs:   # counted before the product is made
+                raise TooMany(f"--w-sym x --w-img x --w-text: {' x '.join(str(len(a)) for a in axes)}"
+                              f" = {size} triples, more than --max-runs {args.max_runs}: narrow "
+                              "the ranges, or pass a larger --max-runs")
+            args.triples = product_grid(*axes)
         else:
             p.error("give the weights: --grid \"1 0 0; 1 0.3 0.2\" or all of --w-sym, --w-img "
                     "and --w-text")
@@ -123,15 +137,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     missing = [t for t in args.also_test if t not in args.triples]
     if missing:
         p.error(f"--also-test {format_triple(missing[0])}: not in the grid; add it to the grid")
+    if args.max_runs < 1:
+        p.error("--max-runs must be at least 1")
     if args.seeds < 1:
         p.error("--seeds must be at least 1")
     if args.finetune_chosen < 0:
         p.error("--finetune-chosen must be 0 or more")
-    if args.bootstrap < 100:
-        p.error("--bootstrap must be at least 100 resamples")
+    if not 100 <= args.bootstrap <= 1_000_000:   # its differences are held in memory, per metric
+        p.error(f"--bootstrap must be at least 100 resamples and at most 1000000 (got "
+                f"{args.bootstrap}): its differences are held in memory, per metric")
     if args.eval_workers is not None and args.eval_workers < 0:
         p.error("--eval-workers must be 0 or more")
 
+    planned = planned_runs(args)
+    if sum(planned) > args.max_runs:
+        p.error(f"the sweep plans {sum(planned)} runs ({planned[0]} on the grid"
+                f"{f', up to {planned[1]} fine-tuned' if planned[1] else ''}), more than "
+                f"--max-runs {args.max_runs}: fewer triples or seeds, or pass a larger --max-runs")
     args.trainer_args = trainer_args
     args.trainer = trainer_flags(p, args.triples[0], trainer_args)
     if args.finetune_chosen and not getattr(args.trainer, "frozen_image", False):
@@ -159,6 +181,39 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def grid_triples(args: argparse.Namespace) -> list:
+    """The sweep's triples: the grid's, the baseline first when the grid lacks it."""
+    return args.triples if BASELINE in args.triples else [BASELINE, *args.triples]
+
+
+def finetune_triples(args: argparse.Namespace) -> int:
+    """How many triples --finetune-chosen trains at most: the chosen one, the baseline and the
+    --also-test ones (fewer when the choice is one of them)."""
+    return len({BASELINE, *args.also_test}) + 1
+
+
+def planned_runs(args: argparse.Namespace) -> tuple[int, int]:
+    """(runs of the grid, at most this many fine-tuned runs), from the counts alone."""
+    objectives = args.objectives
+    if isinstance(objectives, str):   # before parse_args has split it
+        objectives = [o for o in objectives.split(",") if o.strip()]
+    n_obj = max(1, len(objectives or []))
+    return (len(grid_triples(args)) * args.seeds * n_obj,
+            finetune_triples(args) * args.finetune_chosen * n_obj)
+
+
+def finetune_line(args: argparse.Namespace) -> str:
+    """What the first line adds for --finetune-chosen: the runs it trains after the choice."""
+    if not args.finetune_chosen:
+        return ""
+    most = planned_runs(args)[1]
+    fewest = most - args.finetune_chosen * len(args.objectives)
+    return (f", then {fewest}-{most} fine-tuned runs (--finetune-chosen {args.finetune_chosen}: "
+            f"the chosen triple{', the --also-test ones' if args.also_test else ''} and the "
+            f"baseline, {args.finetune_chosen} seeds each; {fewest} when the choice is one of "
+            "those)")
 
 
 def trainer_flags(p: argparse.ArgumentParser, triple, trainer_args: list[str]) -> argparse.Namespace:
@@ -331,10 +386,20 @@ def main() -> None:
     args = parse_args()
     check_data(args)
     out = Path(args.out or Path(args.trainer.work_dir) / "sweep").resolve()
+    own_folder(out, "tune_weights.py", "--out", earlier=SWEEP_FILES)
+    # Held to the end: a second sweep here would retrain (--overwrite) the runs this one trains.
+    lock = Lock(out / ".sweep.lock", f"{out}: another tune_weights.py (PID {{pid}}) is running "
+                "a sweep in this folder: wait for it to end, or pass another --out")
+    try:
+        sweep(args, out)
+    finally:
+        lock.release()
+
+
+def sweep(args: argparse.Namespace, out: Path) -> None:
     check_writable(out, folder=True, fix="pass another --out")   # before the runs, not after
-    triples = list(args.triples)
-    if BASELINE not in triples:
-        triples.insert(0, BASELINE)
+    triples = grid_triples(args)
+    if BASELINE not in args.triples:
         print(f"adding the baseline {format_triple(BASELINE)} to the grid: the chosen triple is "
               "compared with it")
     workers = args.eval_workers if args.eval_workers is not None else args.trainer.workers
@@ -342,8 +407,8 @@ def main() -> None:
     runs = plan(out, args.objectives, triples, args.seeds)
     print(f"{len(runs)} runs: {len(triples)} triples x {args.seeds} seeds x "
           f"{len(args.objectives)} objective{'s' if len(args.objectives) > 1 else ''} "
-          f"({', '.join(args.objectives)}), on {', '.join(d.name for d in args.devices)}; "
-          f"folder {out}", flush=True)
+          f"({', '.join(args.objectives)}){finetune_line(args)}, on "
+          f"{', '.join(d.name for d in args.devices)}; folder {out}", flush=True)
     val = run_phase(runs, "val", args, settings)
 
     rows = []

@@ -111,6 +111,34 @@ def stop_children(e: BaseException) -> None:
             proc.wait()
 
 
+def _prctl():
+    """Linux's prctl, or None (elsewhere a child of a killed parent is not stopped for it)."""
+    try:
+        import ctypes
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int):
+    """For Popen's preexec_fn: the child gets SIGTERM when the thread that started it dies, as it
+    does when the parent is killed with SIGKILL (no handler of the parent's runs then, so
+    stop_children cannot): a sweep's trainer never trains on as an orphan. A parent already gone
+    before the request took effect ends the child at once."""
+    if _PRCTL is None:
+        return None
+
+    def in_child() -> None:
+        _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGTERM)
+    return in_child
+
+
 def run_child(cmd: list[str], **kwargs) -> int:
     """subprocess.run(cmd, **kwargs).returncode, in its own process group, stopped with this
     process: call stop_children when the caller is stopped (the main thread is interrupted while
@@ -118,7 +146,7 @@ def run_child(cmd: list[str], **kwargs) -> int:
     with _lock:
         if _stopping:
             return 128 + signal.SIGTERM
-        proc = subprocess.Popen(cmd, process_group=0, **kwargs)
+        proc = subprocess.Popen(cmd, process_group=0, preexec_fn=_die_with(os.getpid()), **kwargs)
         _children.add(proc)
     try:
         return proc.wait()

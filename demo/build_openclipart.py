@@ -10,7 +10,8 @@ from pathlib import Path
 
 from common.errors import InputError
 import config
-from demo.openclipart import build_openclipart
+from common.places import own_folder
+from demo.openclipart import STAMP, build_openclipart
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -30,6 +31,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--limit", type=int, default=None, help="take only N items (seeded), for quick runs")
     args = p.parse_args(argv)
     try:
+        own_folder(args.out, "demo.build_openclipart", "--out", earlier=(STAMP,))
         report = build_openclipart(Path(args.out), Path(args.root) if args.root else None,
                                    Path(args.cache) if args.cache else None, args.max_side, args.seed,
                                    args.workers, args.limit, args.max_pixels, args.max_shared_text)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import config
+from common.errors import InputError
+from common.places import own_folder
 from demo.synthetic import generate_synthetic
 
 STAMP = "synthetic_params.json"
@@ -33,6 +36,11 @@ def main(argv: list[str] | None = None) -> Path:
                   sentences_per_text=args.sentences, val_fraction=args.val_fraction,
                   test_fraction=args.test_fraction, seed=args.seed, image_format=args.format)
     out = Path(args.out)
+    try:   # its manifest.jsonl and images/ would replace a user's own
+        own_folder(out, "demo.build_synthetic", "--out", earlier=(STAMP,), make=False)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     manifest, stamp = out / "manifest.jsonl", out / STAMP
     if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
         print("synthetic dataset already built with these settings: reusing it")
@@ -45,6 +53,7 @@ def main(argv: list[str] | None = None) -> Path:
     except ValueError as e:
         p.error(str(e))
     stamp.write_text(json.dumps(params, indent=1) + "\n")
+    own_folder(out, "demo.build_synthetic", "--out", earlier=(STAMP,))   # the marker
     print(f"generated {args.items} items ({args.topics} topics x {args.motifs} motifs, "
           f"{args.image_size}px) in {time.time() - t:.1f}s")
     print(manifest)

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from common.errors import InputError
+from common.places import check_replaceable
 from common.workdir import default_mode, swap_folder, write_error
 from data.images.cache import CachedImages, ImageCache, _remove_leftovers, file_stats
 from data.images.read import normalize
@@ -119,6 +120,7 @@ def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
     identity = weights_identity(args)
     backbone = build_backbone(args)
     final = features_folder(args.work_dir, args.arch, args.image_size)
+    check_replaceable(final, RECORD, "prepare_image_features.py")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
@@ -205,21 +207,40 @@ def training_features(args: argparse.Namespace, item_paths: Sequence[str], used:
     among `used`, a line saying where they come from, the record without its per-image lists
     (for the checkpoints))."""
     folder = features_folder(args.work_dir, args.arch, args.image_size)
+    # The array is opened before its record is read and checked after: what the run reads for
+    # its whole length (the open file, whatever a rebuild swaps in) is what the record describes.
+    held = open_held(folder / ARRAY, args)
     record = read_record(folder)
     check_record(record, folder, args, used)
+    if not held.unchanged():
+        raise InputError(f"{folder}: rebuilt while this run read it: start the run again once "
+                         "prepare_image_features.py is done")
     row_of = {p: r for r, p in enumerate(record["paths"])}
     bad = record["bad"]
     rows = np.array([-1 if p in bad else row_of.get(p, -1) for p in item_paths], dtype=np.int64)
     reasons = {i: bad[p] for i, p in enumerate(item_paths) if p in bad}
     summary = {k: v for k, v in record.items() if k not in ("paths", "stats", "bad")}
-    return (CachedImages(folder / ARRAY, rows, reasons), {p: bad[p] for p in sorted(set(used)) if p in bad},
+    return (CachedImages(folder / ARRAY, rows, reasons, held.identity), {p: bad[p] for p in sorted(set(used)) if p in bad},
             f"images: frozen features from {folder}", summary)
 
 
-def load_backbone(args: argparse.Namespace) -> dict:
-    """The state dict of the backbone that made the features (checked by training_features)."""
-    path = features_folder(args.work_dir, args.arch, args.image_size) / BACKBONE
+def open_held(path: Path, args: argparse.Namespace) -> CachedImages:
+    """The features array opened (a reader of no rows: its identity and open file)."""
+    if not path.is_file():
+        check_record(None, path.parent, args, [])
+    return CachedImages(path, np.zeros(0, dtype=np.int64), {})
+
+
+def load_backbone(args: argparse.Namespace, read: CachedImages | None = None) -> dict:
+    """The state dict of the backbone that made the features (checked by training_features);
+    with `read` (training_features' reader), refused when the folder was rebuilt since."""
+    folder = features_folder(args.work_dir, args.arch, args.image_size)
+    path = folder / BACKBONE
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged file is remade
         raise InputError(f"{path}: unreadable ({type(e).__name__}): {remake_hint(args)}") from None
+    if read is not None and not read.unchanged():
+        raise InputError(f"{folder}: rebuilt while this run read it: start the run again once "
+                         "prepare_image_features.py is done")
+    return state

@@ -37,7 +37,10 @@ def train(argv) -> None:
     p.add_argument("--overwrite", action="store_true")
     a, _ = p.parse_known_args(argv)
     start = time.time()
-    time.sleep(float(a.sleep or 0))
+    if os.environ.get("FAKE_STARTED"):     # the PID of every trainer, as it starts
+        with open(os.environ["FAKE_STARTED"], "a") as f:
+            f.write(f"{os.getpid()}\n")
+    time.sleep(float(a.sleep or os.environ.get("FAKE_SLEEP") or 0))
     log_call(script="train", weights=[a.w_sym, a.w_img, a.w_text], seed=int(a.run_seed),
              negatives=a.negatives, resume=a.resume, overwrite=a.overwrite, device=a.device, epochs=a.epochs,
              frozen="--frozen-image" in argv, start=start, end=time.time())

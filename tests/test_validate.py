@@ -88,12 +88,17 @@ def test_recall_is_logged_at_the_global_step_selects_best_and_matches_evaluation
             assert last["val_recall"][d][k] == pytest.approx(evaluated[d][k], abs=1e-6), (d, k)
     # Resuming under the other rule is refused with one line (every other setting as trained:
     # a changed one is refused on its own).
-    proc = cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
-               "--work-dir", work, *TINY_TRAIN, "--epochs", "4", "--lr", "1e-3", "--resume",
-               check=False)
+    resume = ["train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
+              "--work-dir", work, *TINY_TRAIN, "--epochs", "4", "--lr", "1e-3", "--resume"]
+    proc = cli(*resume, "--select-by", "loss", check=False)
     assert proc.code == 2 and "--select-by rsum" in proc.err
     assert torch.equal(load_checkpoint(log_dir / "last.pt")["model"]["text.head.bias"],
                        last["model"]["text.head.bias"])
+    # Without --select-by the resumed run keeps its own rule.
+    cli(*resume)
+    again = load_checkpoint(log_dir / "last.pt")
+    assert again["epoch"] == last["epoch"] + 1 and again["select_by"] == "rsum"
+    assert again["scheduler"]["mode"] == "max"
 
 
 def test_epoch_line_marks_the_followed_value_best():

@@ -99,7 +99,7 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     source, features, backbone = None, None, None
     if getattr(args, "frozen_image", False):   # a cheap check, on every rank
         read, bad, where, features = training_features(args, [it.image for it in items], used)
-        backbone = load_backbone(args)
+        backbone = load_backbone(args, read)
         if ctx.main:
             print(where)
         source = (read, bad)

@@ -9,11 +9,11 @@ that run) or --overwrite (remove its checkpoints and logs first).
 """
 from __future__ import annotations
 
-import fcntl
 import os
 from pathlib import Path
 
 from common.errors import InputError
+from common.places import Lock
 from common.workdir import write_error
 from losses.weights import Weights
 
@@ -43,37 +43,23 @@ def check_run_name(name: str | None) -> str | None:
 class RunFolder:
     """The claimed folder; keep the object alive for the whole run (it holds the lock open)."""
 
-    def __init__(self, path: Path, lock_fd: int | None):
-        self.path, self._fd = path, lock_fd
+    def __init__(self, path: Path, lock: Lock | None):
+        self.path, self._lock = path, lock
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)     # closing drops the flock
-            self._fd = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     # A run that stops on an error releases the folder when the object goes, as a file object
     # closes itself: what matters when main() runs inside another Python process (the tests).
     __del__ = release
 
 
-def _lock(path: Path) -> int:
+def _lock(path: Path) -> Lock:
     """An exclusive flock on path/.lock holding our PID; one line naming the holder otherwise."""
-    lock = path / LOCK
-    try:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-    except OSError as e:
-        raise write_error(lock, e) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "unknown"
-        os.close(fd)
-        raise InputError(f"{path}: another training run (PID {holder}) is writing to this folder: "
-                         "wait for it to end, or pass --run-name NAME (or --log-dir) for this "
-                         "run") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
-    return fd
+    return Lock(path / LOCK, f"{path}: another training run (PID {{pid}}) is writing to this "
+                "folder: wait for it to end, or pass --run-name NAME (or --log-dir) for this run")
 
 
 def earlier_run(path: Path) -> list[str]:
@@ -92,13 +78,13 @@ def claim(path: Path, resume: bool, overwrite: bool, main: bool) -> RunFolder:
     --overwrite the earlier checkpoints and logs are removed here, before any training, so the
     best.pt printed at the end is always one this run wrote.
     """
-    fd = None
+    lock = None
     if main:
         try:
             path.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise write_error(path, e) from None
-        fd = _lock(path)
+        lock = _lock(path)
         # Under the lock no other trainer writes here: any checkpoint's temporary file is a
         # leftover of a run killed mid-save (kill -9), as large as the checkpoint.
         stale = [t for name in CHECKPOINTS for t in path.glob(f".{name}.*.tmp")]
@@ -118,10 +104,10 @@ def claim(path: Path, resume: bool, overwrite: bool, main: bool) -> RunFolder:
             if found:
                 print(f"--overwrite: removed the earlier run's {', '.join(found)} from {path}")
     except BaseException:
-        if fd is not None:
-            os.close(fd)
+        if lock is not None:
+            lock.release()
         raise
-    return RunFolder(path, fd)
+    return RunFolder(path, lock)
 
 
 class LogWriter:

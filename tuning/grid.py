@@ -31,8 +31,10 @@ def parse_grid(text: str) -> list[Triple]:
     return triples
 
 
-def parse_values(text: str, flag: str) -> list[float]:
-    """'0,0.1,0.2' (a list) or '0:0.4:0.1' (start:stop:step, stop included) -> the values."""
+def parse_values(text: str, flag: str, limit: int | None = None) -> list[float]:
+    """'0,0.1,0.2' (a list) or '0:0.4:0.1' (start:stop:step, stop included) -> the values.
+    A range of more than `limit` values is refused before any is made (its count is
+    arithmetic: 0:1:1e-300 would otherwise build 1e300 floats)."""
     text = text.strip()
     if ":" in text:
         parts = text.split(":")
@@ -45,7 +47,13 @@ def parse_values(text: str, flag: str) -> list[float]:
             raise ValueError(f"{flag} {text}: step {parts[2]!r} is not a number") from None
         if not step > 0 or stop < start:
             raise ValueError(f"{flag} {text}: a range needs STEP > 0 and STOP >= START")
-        count = math.floor((stop - start) / step + 1e-9) + 1
+        span = (stop - start) / step
+        count = math.floor(span + 1e-9) + 1 if math.isfinite(span) else math.inf
+        if limit is not None and count > limit:
+            shown = "over 1e308" if count == math.inf else f"{count:.3g}" if count > 1e12 else str(count)
+            raise TooMany(f"{flag} {text}: the range holds {shown} values, more than the "
+                          f"--max-runs {limit} a sweep may plan (every value is a trained run "
+                          "per seed): give a larger STEP, or pass a larger --max-runs")
         # Rounded so that 0.1 steps give 0.3, not 0.30000000000000004, in folder names.
         values = [round(start + i * step, 10) for i in range(count)]
     else:
@@ -55,6 +63,10 @@ def parse_values(text: str, flag: str) -> list[float]:
     if len(set(values)) < len(values):
         raise ValueError(f"{flag} {text}: a value is listed twice")
     return values
+
+
+class TooMany(ValueError):
+    """A grid or plan past the sweep's --max-runs."""
 
 
 def product_grid(w_sym: list[float], w_img: list[float], w_text: list[float]) -> list[Triple]:

@@ -29,6 +29,7 @@ from common.pool import fork_map
 
 from common.errors import InputError
 from common.files import not_regular
+from common.places import check_replaceable
 from common.workdir import default_mode, pid_alive, swap_folder, write_error
 
 from data.images.read import ImageFiles, find_bad_images, try_read_image
@@ -70,22 +71,55 @@ def fingerprint(paths: Sequence[str], stats: Sequence, size: int) -> str:
 
 class CachedImages:
     """image id -> uint8 [3, s, s], a row of the cache's array; rows[id] is -1 for an image the
-    cache does not hold. Picklable and fork-safe: each process maps the file on its first read,
-    so DataLoader workers never share a map opened before they were forked."""
+    cache does not hold.
 
-    def __init__(self, array_path: str | Path, rows: np.ndarray, reasons: dict[int, str]):
+    The array file is opened once, here, and every process reads that open file: a rebuild
+    (prepare_image_cache.py or prepare_image_features.py swaps a new folder in) during a run
+    leaves the run reading what it checked at its start. Forked loader workers inherit the
+    descriptor and map it themselves (a map is never shared across a fork); a copy unpickled
+    in another process re-opens the path and stops with one line when it is no longer the
+    same file."""
+
+    def __init__(self, array_path: str | Path, rows: np.ndarray, reasons: dict[int, str],
+                 identity: tuple | None = None):
         self.array_path, self.rows, self.reasons = str(array_path), rows, reasons
         self._array: np.ndarray | None = None
         self._pid: int | None = None
+        try:
+            self._fd = os.open(self.array_path, os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            raise InputError(f"{self.array_path}: cannot be opened ({e.strerror}): "
+                             f"{BUILD_HINT}") from None
+        self.identity = file_identity(os.fstat(self._fd))
+        if identity is not None and identity != self.identity:
+            os.close(self._fd)
+            raise InputError(f"{self.array_path}: replaced since this run checked it (rebuilt "
+                             "meanwhile?): start the run again once the rebuild is done")
 
     def __getstate__(self) -> dict:
-        return {"array_path": self.array_path, "rows": self.rows, "reasons": self.reasons}
+        return {"array_path": self.array_path, "rows": self.rows, "reasons": self.reasons,
+                "identity": self.identity}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["array_path"], state["rows"], state["reasons"])
+        self.__init__(state["array_path"], state["rows"], state["reasons"], state["identity"])
+
+    def __del__(self) -> None:
+        fd = getattr(self, "_fd", None)
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def unchanged(self) -> bool:
+        """Whether the path still names the file this reader reads."""
+        try:
+            return file_identity(os.stat(self.array_path)) == self.identity
+        except OSError:
+            return False
 
     def __call__(self, image_id: int) -> torch.Tensor:
         row = int(self.rows[image_id])
@@ -95,9 +129,32 @@ class CachedImages:
             raise ValueError(f"image {image_id} is not in the image cache {self.array_path}: "
                              f"{BUILD_HINT}")
         if self._pid != os.getpid():
-            self._array = np.load(self.array_path, mmap_mode="r")
+            self._array = map_npy(self._fd, self.array_path)
             self._pid = os.getpid()
         return torch.from_numpy(np.array(self._array[row]))
+
+
+def file_identity(st: os.stat_result) -> tuple:
+    """What tells one file from its replacement: device, inode, size, mtime, ctime."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def map_npy(fd: int, name: str) -> np.ndarray:
+    """A read-only memory map of the .npy file open as `fd` (read through the descriptor, not a
+    path, so a file renamed over it meanwhile is not what it maps)."""
+    with os.fdopen(os.dup(fd), "rb") as f:
+        f.seek(0)
+        try:
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise ValueError(f"format version {version}")
+            shape, fortran, dtype = read_header(f)
+        except ValueError as e:
+            raise InputError(f"{name}: not a .npy array ({e}): {BUILD_HINT}") from None
+        return np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
+                         order="F" if fortran else "C")
 
 
 @dataclass
@@ -108,6 +165,7 @@ class ImageCache:
     stats: list
     bad: dict[str, str]
     fingerprint: str
+    array_identity: tuple | None = None    # the array file the index was read with
 
     @cached_property
     def row_of(self) -> dict[str, int]:
@@ -124,7 +182,7 @@ class ImageCache:
         """A reader whose image id i is paths[i]."""
         rows = np.array([-1 if p in self.bad else self.row_of.get(p, -1) for p in paths], dtype=np.int64)
         reasons = {i: self.bad[p] for i, p in enumerate(paths) if p in self.bad}
-        return CachedImages(self.folder / ARRAY, rows, reasons)
+        return CachedImages(self.folder / ARRAY, rows, reasons, self.array_identity)
 
 
 def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]:
@@ -138,6 +196,7 @@ def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]
     try:
         index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
         array = np.load(folder / ARRAY, mmap_mode="r")
+        identity = file_identity(os.stat(folder / ARRAY))
         ok = (index.get("format") == FORMAT and index.get("image_size") == size
               and array.shape == (len(index["paths"]), 3, size, size) and array.dtype == np.uint8)
     except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke in it
@@ -145,7 +204,7 @@ def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]
     if not ok:
         return None, f"the image cache in {folder} was written by another version or image size"
     return ImageCache(folder, size, index["paths"], index["stats"], index["bad"],
-                      index["fingerprint"]), ""
+                      index["fingerprint"], identity), ""
 
 
 def find_cache(work_dir: str | Path, paths: Sequence[str], size: int) -> tuple[ImageCache | None, str]:
@@ -209,6 +268,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
         raise ValueError(f"image size must be at least 1, got {size}")
     stats = file_stats(unique)   # before decoding: a file changed meanwhile reads as changed later
     final = cache_folder(work_dir, size)
+    check_replaceable(final, INDEX, "prepare_image_cache.py")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)

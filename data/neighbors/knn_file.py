@@ -11,6 +11,7 @@ common.workdir allows are ever built.
 from __future__ import annotations
 
 import math
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -25,12 +26,22 @@ LARGE = 1 << 20     # payloads from this size are left in the file
 
 
 class Rows:
-    """A C-order 2-D array stored in a file at `offset`: `rows[a:b]` reads rows a to b."""
+    """A C-order 2-D array stored in a file at `offset`: `rows[a:b]` reads rows a to b.
 
-    def __init__(self, path: str | Path, offset: int, dtype: np.dtype, shape: tuple[int, int]):
+    Read through the descriptor the file was unpickled from (its own copy), never by path
+    again: a kNN file rewritten meanwhile (a new file renamed over it) is not what it reads."""
+
+    def __init__(self, path: str | Path, offset: int, dtype: np.dtype, shape: tuple[int, int],
+                 fd: int):
         self.path, self.offset = str(path), offset
         self.dtype, self.shape = np.dtype(dtype), tuple(shape)
         self.ndim = 2
+        self._fd = os.dup(fd)
+
+    def __del__(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -41,9 +52,8 @@ class Rows:
         start, stop, _ = key.indices(self.shape[0])
         count = max(0, stop - start) * self.shape[1]
         row_bytes = self.shape[1] * self.dtype.itemsize
-        with open(self.path, "rb") as f:
-            f.seek(self.offset + start * row_bytes)
-            out = np.fromfile(f, dtype=self.dtype, count=count)
+        data = _pread(self._fd, count * self.dtype.itemsize, self.offset + start * row_bytes)
+        out = np.frombuffer(data, dtype=self.dtype, count=len(data) // self.dtype.itemsize)
         if out.size != count:
             raise InputError(f"{self.path}: the file ends inside its neighbour table (cut short "
                              f"while written or copied): run {WRITER[KNN]} again")
@@ -79,8 +89,8 @@ class _RowsUnpickler(pickle._Unpickler):
             dtype = np.dtype(dtype)
             whole = math.prod(shape) * dtype.itemsize == buf.size
             if order == "C" and len(shape) == 2 and whole and not rest:
-                return Rows(self._path, buf.offset, dtype, shape)
-            return real(_read(self._path, buf), dtype, shape, order, *rest)
+                return Rows(self._path, buf.offset, dtype, shape, self._fh.fileno())
+            return real(_read(self._fh.fileno(), self._path, buf), dtype, shape, order, *rest)
         return build
 
     def load_bytearray8(self):
@@ -98,23 +108,32 @@ class _RowsUnpickler(pickle._Unpickler):
     dispatch[pickle.BYTEARRAY8[0]] = load_bytearray8
 
 
-def _read(path: Path, stored: _Stored) -> bytearray:
-    with open(path, "rb") as f:
-        f.seek(stored.offset)
-        data = bytearray(f.read(stored.size))
+def _pread(fd: int, size: int, offset: int) -> bytearray:
+    """`size` bytes at `offset` (fewer at the end of the file), the file position untouched."""
+    out = bytearray()
+    while len(out) < size:
+        block = os.pread(fd, min(size - len(out), 1 << 30), offset + len(out))
+        if not block:
+            break
+        out += block
+    return out
+
+
+def _read(fd: int, path: Path, stored: _Stored) -> bytearray:
+    data = _pread(fd, stored.size, stored.offset)
     if len(data) != stored.size:
         raise InputError(f"{path}: the file is cut short: run {WRITER[KNN]} again")
     return data
 
 
-def _resolve(obj: object, path: Path) -> object:
+def _resolve(obj: object, fd: int, path: Path) -> object:
     """A payload that no array took (not this project's layout) becomes its bytes after all."""
     if isinstance(obj, _Stored):
-        return _read(path, obj)
+        return _read(fd, path, obj)
     if isinstance(obj, dict):
-        return {k: _resolve(v, path) for k, v in obj.items()}
+        return {k: _resolve(v, fd, path) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_resolve(v, path) for v in obj]
+        return [_resolve(v, fd, path) for v in obj]
     return obj
 
 
@@ -124,7 +143,7 @@ def load_knn(work_dir: str | Path) -> dict:
     path = require(work_dir, KNN)
     try:
         with open_regular(path) as f:   # a FIFO would block a plain open()
-            obj = _resolve(_RowsUnpickler(f, path).load(), path)
+            obj = _resolve(_RowsUnpickler(f, path).load(), f.fileno(), path)
     except InputError:
         raise
     except Exception as e:  # a damaged pickle can raise almost anything
