@@ -64,7 +64,6 @@ def main() -> None:
                   f"{args.arch} at {args.image_size}px): reused")
             return
     device = pick_device(args.device)
-    torch.set_grad_enabled(False)
     t = time.time()
     folder = build_features(args, cache, dataset_hash(items, dataset_root(args)), device,
                             args.batch_size)

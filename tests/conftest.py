@@ -71,8 +71,12 @@ class Result:
 
 
 def cli(script: str, *args, check: bool = True) -> Result:
-    """`python script args` in this process, exiting as run_main would: code 0, or SystemExit's."""
+    """`python script args` in this process, exiting as run_main would: code 0, or SystemExit's.
+    A script that leaves torch's global grad mode changed fails here, not in a later test's
+    backward."""
+    import torch
     argv, out, err = sys.argv, io.StringIO(), io.StringIO()
+    grad = torch.is_grad_enabled()
     sys.argv = [script, *map(str, args)]
     code = 0
     try:
@@ -82,6 +86,9 @@ def cli(script: str, *args, check: bool = True) -> Result:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     finally:
         sys.argv = argv
+        leaked = torch.is_grad_enabled() != grad
+        torch.set_grad_enabled(grad)
+    assert not leaked, f"{script} left torch's grad mode changed"
     result = Result(code, out.getvalue(), err.getvalue())
     if check and code != 0:
         raise AssertionError(f"{script} {' '.join(map(str, args))} exited {code}:\n"
