@@ -169,11 +169,29 @@ def check_output(p: argparse.ArgumentParser, flag: str, path: str | None, folder
 # Write failures that no code path turned into an InputError naming its file (a TensorBoard
 # writer thread, a third-party save) still end as one line rather than a traceback.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM}
+# What to do about the other errors the system reports for a path the user gave.
+PATH_FIXES = {errno.ENAMETOOLONG: "shorten the path (a name holds at most 255 bytes)",
+              errno.ENOENT: "check the path", errno.ENOTDIR: "check the path: a part of it is a file",
+              errno.EISDIR: "pass a file, not a folder", errno.ELOOP: "check the symbolic links",
+              errno.EIO: "check the disk", errno.EMFILE: "raise the open-file limit (ulimit -n)"}
+# torch's zip writer reports a failed write as a RuntimeError without the file or the errno.
+TORCH_WRITE_FAILURES = ("PytorchStreamWriter failed", "inline_container.cc")
+
+
+def os_error_line(e: OSError) -> str:
+    """One line for an OSError that reached a script's top: the file, the cause, what to do."""
+    from common.workdir import write_error
+    if e.errno in WRITE_ERRNOS:
+        return str(write_error(e.filename or "a file", e))
+    where = f"{e.filename}: " if e.filename else ""
+    cause = e.strerror or " ".join(str(e).split())[:200] or type(e).__name__
+    return f"{where}{cause}: {PATH_FIXES.get(e.errno, 'check the path and the disk')}"
 
 
 def run_main(main) -> None:
-    """Run a script's main(), turning input errors (and a full or read-only disk) into one line
-    on stderr and exit status 2, and a stop (Ctrl-C, SIGTERM, SIGHUP) into one line and 128 + the
+    """Run a script's main(), turning input errors, every error the system reports (a full or
+    read-only disk, a name too long, a missing folder) and a failed torch write into one line on
+    stderr and exit status 2, and a stop (Ctrl-C, SIGTERM, SIGHUP) into one line and 128 + the
     signal, after every `finally` has removed what it was writing."""
     handlers = signals.install()
     try:
@@ -186,10 +204,13 @@ def run_main(main) -> None:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except OSError as e:
-        if e.errno not in WRITE_ERRNOS:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
+        sys.exit(2)
+    except RuntimeError as e:
+        if not any(mark in str(e) for mark in TORCH_WRITE_FAILURES):
             raise
-        from common.workdir import write_error
-        print(f"error: {write_error(e.filename or 'a file', e)}", file=sys.stderr)
+        print("error: a file could not be written (torch's writer failed; the disk is likely "
+              "full): free some space or write to another disk", file=sys.stderr)
         sys.exit(2)
     finally:
         signals.restore(handlers)

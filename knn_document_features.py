@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from cli import parser, run_main, whole
+from common.devices import pick_device
 from common.errors import InputError
 import config
 from data.datasets import provenance
@@ -123,6 +124,8 @@ def backend_settings(args, n: int, dim: int) -> dict:
                              "selection returns equal distances (duplicate texts) in no fixed "
                              "order; pass --device cpu, or --backend exact (torch, which keeps "
                              "them in index order)")
+    elif args.backend == "exact" and args.device is not None:
+        pick_device(args.device)   # refused here, before the vectors are read onto it
     return settings
 
 

@@ -22,10 +22,12 @@ from typing import Sequence
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, save_file
 from torch import Tensor
 
+from common import records as R
 from common.errors import InputError
+from common.files import NotRegularFile, kind_of, open_regular
 from common.workdir import atomic_write
 from data.datasets.settings import TOKEN_FLAGS
 from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
@@ -40,6 +42,15 @@ CONFIG_FILE, VOCAB_FILE = "config.json", "vocab.json"
 FILES = (IMAGE_FILE, TEXT_FILE, CONFIG_FILE, VOCAB_FILE)
 # The settings a text or an image must be prepared with, copied from the training record.
 PREPARATION = ("image_size", "max_tokens", *TOKEN_FLAGS)
+REMAKE = "export the encoders again with export_encoders.py"
+_CHANNEL = R.list_of(R.of(float), length=3)
+CONFIG_SCHEMA = {
+    "format": R.one_of(FORMAT), "arch": R.of(str), "embed_dim": R.whole(1), "word_dim": R.whole(1),
+    "hidden": R.whole(1), "vocab_size": R.whole(3), "image_size": R.whole(1),
+    "max_tokens": R.whole(1), "max_sentences": R.optional(R.whole(0)), "max_chars": R.whole(0),
+    "keep_unicode": R.of(bool), "image_mean": _CHANNEL,
+    "image_std": R.list_of(R.of(float, check=lambda v: v > 0, want="a positive number"), length=3),
+}
 
 
 def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder, vocab: Vocabulary,
@@ -69,27 +80,27 @@ def _save(state: dict[str, Tensor], tmp: str) -> None:
         save_file(state, tmp, metadata={"format": "pt"})
     except SafetensorError as e:
         # Its write errors carry the OS error code in the text: a full disk gets the usual line.
-        code = re.search(r"code: (\d+)", str(e))
+        code = re.search(r"(?:code:|os error) (\d+)", str(e))
         raise OSError(int(code.group(1)) if code else errno.EIO, str(e)) from None
-
-
-def _read_json(path: Path) -> object:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found: pass the folder export_encoders.py wrote") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{path}: unreadable ({type(e).__name__}): export the encoders again") from None
 
 
 def _state(path: Path) -> dict[str, Tensor]:
     if not path.is_file():
         raise InputError(f"{path}: not found: pass the folder export_encoders.py wrote")
     try:
-        return load_file(path)
+        with open_regular(path) as f:
+            state = load(f.read())
+    except NotRegularFile as e:
+        raise InputError(f"{path}: is {kind_of(e)}, not a regular file: {REMAKE}") from None
     except (SafetensorError, OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable safetensors file ({type(e).__name__}): export "
-                         "the encoders again") from None
+        raise InputError(f"{path}: not a readable safetensors file ({type(e).__name__}): "
+                         f"{REMAKE}") from None
+    # Weights that are not finite embed every input as NaN: a damaged file, not a model.
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()),
+               None)
+    if bad is not None:
+        raise InputError(f"{path}: tensor {bad!r} holds NaN or infinite values: {REMAKE}")
+    return state
 
 
 def _load(module: torch.nn.Module, path: Path) -> None:
@@ -142,11 +153,8 @@ class Encoders:
 def load_encoders(folder: str | Path, device: str | torch.device = "cpu") -> Encoders:
     """The encoders export_encoders.py wrote to `folder` (no pretrained weights are fetched)."""
     folder = Path(folder)
-    config = _read_json(folder / CONFIG_FILE)
-    if not isinstance(config, dict) or config.get("format") != FORMAT:
-        raise InputError(f"{folder / CONFIG_FILE}: not an encoder config of format {FORMAT}: "
-                         "export the encoders again with this version")
-    words = _read_json(folder / VOCAB_FILE)
+    config = R.read_record(folder / CONFIG_FILE, CONFIG_SCHEMA, REMAKE)
+    words = R.read_json(folder / VOCAB_FILE, REMAKE)
     try:
         vocab = Vocabulary.from_state(words)
     except ValueError as e:
@@ -154,7 +162,10 @@ def load_encoders(folder: str | Path, device: str | torch.device = "cpu") -> Enc
     if len(vocab) != config["vocab_size"]:
         raise InputError(f"{folder / VOCAB_FILE}: {len(vocab) - 3} words but config.json says "
                          f"{config['vocab_size'] - 3}: export the encoders again")
-    image = ImageEncoder(config["arch"], config["embed_dim"], pretrained=False)
+    try:
+        image = ImageEncoder(config["arch"], config["embed_dim"], pretrained=False)
+    except ValueError as e:   # an arch this version does not know
+        raise InputError(f"{folder / CONFIG_FILE}: {e}: {REMAKE}") from None
     text = TextEncoder(config["vocab_size"], config["word_dim"], config["hidden"], config["embed_dim"])
     _load(image, folder / IMAGE_FILE)
     _load(text, folder / TEXT_FILE)

@@ -8,14 +8,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from common.devices import pick_device
 from data.images.read import normalize
 
 PRECISIONS = ("bf16", "fp32")
-
-
-def pick_device(name: str | None) -> torch.device:
-    """The named device, or CUDA when present."""
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def use_bf16(device: torch.device, precision: str) -> bool:

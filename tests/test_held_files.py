@@ -140,3 +140,32 @@ def test_the_backbone_of_rebuilt_features_is_refused(tmp_path):
     msg = input_error(load_backbone, args, read)
     assert "rebuilt while this run read it" in msg and str(path.parent) in msg
     assert os.path.exists(path)
+
+
+def test_mapping_the_held_array_never_moves_the_offset_forked_workers_share(tmp_path):
+    """Loader workers inherit one open file, so one file offset: a reader that seeks to map the
+    array moves the header another worker is reading (seen as 'mmap length is greater than file
+    size' in a worker). Mapping reads by position only, wherever the offset was left."""
+    from data.images.cache import map_npy
+    array = np.arange(2 * 3 * 4, dtype=np.float16).reshape(2, 3, 4)
+    np.save(tmp_path / "a.npy", array)
+    fd = os.open(tmp_path / "a.npy", os.O_RDONLY)
+    try:
+        for where in (0, 7, os.fstat(fd).st_size):   # as another worker may have left it
+            os.lseek(fd, where, os.SEEK_SET)
+            mapped = map_npy(fd, "a.npy")
+            assert os.lseek(fd, 0, os.SEEK_CUR) == where
+            assert np.array_equal(mapped, array) and not mapped.flags.writeable
+    finally:
+        os.close(fd)
+
+
+def test_a_held_array_cut_short_is_one_line(tmp_path):
+    from data.images.cache import map_npy
+    np.save(tmp_path / "a.npy", np.zeros((4, 8), dtype=np.uint8))
+    os.truncate(tmp_path / "a.npy", os.path.getsize(tmp_path / "a.npy") - 5)
+    fd = os.open(tmp_path / "a.npy", os.O_RDONLY)
+    try:
+        assert "cut short" in input_error(map_npy, fd, "a.npy")
+    finally:
+        os.close(fd)

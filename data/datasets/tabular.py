@@ -40,13 +40,22 @@ def read_csv(path: Path, image_root: Path | None = None, keys: CsvKeys = CsvKeys
     root = image_root or path.parent
     sep = keys.delimiter(path)
     # newline="": a quoted caption may hold a line break; strict: a stray quote is an error.
-    reader = csv.reader(io.StringIO(read_text(path), newline=""), delimiter=sep, strict=True)
+    text = read_text(path)
+    # csv's field limit (131,072 characters) is no bound of ours: a quoted caption may be as
+    # long as a JSONL text, that is as long as the file.
+    csv.field_size_limit(max(csv.field_size_limit(), len(text)))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=sep, strict=True)
     try:
         header = next(reader, None)
         if header is None:
             raise InputError(f"{path}: empty file: a CSV dataset needs a header row "
                              f"({keys.image}{sep}{keys.caption}) and one row per image-caption pair")
         column = {name.strip(): i for i, name in enumerate(header)}
+        if len(column) != len(header):
+            names = [name.strip() for name in header]
+            twice = next(n for i, n in enumerate(names) if n in names[:i])
+            raise InputError(f"{path}:1: the header names the column {twice!r} twice: which one "
+                             "holds the data is ambiguous: rename or remove one of them")
         missing = [k for k in (keys.image, keys.caption) if k not in column]
         if missing:
             shown = ", ".join(repr(h) for h in header[:8])

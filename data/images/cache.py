@@ -14,7 +14,9 @@ mtime, ctime and inode it had when decoded.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import mmap
 import os
 import shutil
 import tempfile
@@ -38,6 +40,7 @@ CACHE_DIR = "image_cache"
 ARRAY, INDEX = "images.npy", "index.json"
 FORMAT = 2          # 2: ctime and inode in the stats, EXIF orientation applied
 MODES = ("auto", "off", "require")
+HEADER_LIMIT = 1 << 20   # bytes read for a .npy header (numpy writes a few hundred)
 CHUNK = 64          # images per worker task: big enough to amortise the task, small for the bar
 BUILD_HINT = "run prepare_image_cache.py with the same --dataset, --work-dir and --image-size"
 
@@ -141,20 +144,30 @@ def file_identity(st: os.stat_result) -> tuple:
 
 def map_npy(fd: int, name: str) -> np.ndarray:
     """A read-only memory map of the .npy file open as `fd` (read through the descriptor, not a
-    path, so a file renamed over it meanwhile is not what it maps)."""
-    with os.fdopen(os.dup(fd), "rb") as f:
-        f.seek(0)
-        try:
-            version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                           (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-            if read_header is None:
-                raise ValueError(f"format version {version}")
-            shape, fortran, dtype = read_header(f)
-        except ValueError as e:
-            raise InputError(f"{name}: not a .npy array ({e}): {BUILD_HINT}") from None
-        return np.memmap(f, dtype=dtype, mode="r", offset=f.tell(), shape=shape,
-                         order="F" if fortran else "C")
+    path, so a file renamed over it meanwhile is not what it maps).
+
+    Only positional reads (pread, mmap) touch the descriptor: forked loader workers share its
+    file offset, and a seek in one would move the header another is reading."""
+    size = os.fstat(fd).st_size
+    head = io.BytesIO(os.pread(fd, min(size, HEADER_LIMIT), 0))
+    try:
+        version = np.lib.format.read_magic(head)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"format version {version}")
+        shape, fortran, dtype = read_header(head)
+    except ValueError as e:
+        raise InputError(f"{name}: not a .npy array ({e}): {BUILD_HINT}") from None
+    offset, nbytes = head.tell(), int(np.prod(shape)) * dtype.itemsize
+    if offset + nbytes > size:
+        raise InputError(f"{name}: cut short ({size} bytes, its header promises "
+                         f"{offset + nbytes}): {BUILD_HINT}")
+    if nbytes == 0:
+        return np.zeros(shape, dtype=dtype)
+    buffer = mmap.mmap(fd, offset + nbytes, access=mmap.ACCESS_READ)
+    return np.ndarray(shape, dtype=dtype, buffer=buffer, offset=offset,
+                      order="F" if fortran else "C")
 
 
 @dataclass

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
+from common.devices import pick_device
+
 if TYPE_CHECKING:
     import torch
 
@@ -125,7 +127,7 @@ def exact_knn(vectors: np.ndarray, k: int, space: str = "l2", device: str | None
     import torch
     n = len(vectors)
     _check_arguments(n, k, space)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     base = torch.as_tensor(np.ascontiguousarray(vectors), dtype=torch.float32, device=dev)
     q_all = base if queries is None else torch.as_tensor(np.ascontiguousarray(queries),
                                                          dtype=torch.float32, device=dev)
