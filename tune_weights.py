@@ -46,6 +46,7 @@ import numpy as np
 import config
 from cli import HelpFormatter, max_workers, run_main, whole
 from common.errors import InputError
+from common.files import read_npz
 from common.places import Lock, own_folder
 from common.workdir import DOC2VEC_MODEL, check_writable
 from data.datasets.load import load_items
@@ -303,7 +304,7 @@ def run_phase(runs, split: str, args, settings: Settings) -> list[dict]:
 def compare(chosen_runs, baseline_runs, chosen_metrics, baseline_metrics, samples: int) -> dict:
     """{metric: baseline and chosen means, their difference, the seeds' and the queries' 95%
     intervals} on test."""
-    per_query = {r: dict(np.load(r.folder / "per_query_test.npz")) for r in [*chosen_runs, *baseline_runs]}
+    per_query = {r: read_npz(r.folder / "per_query_test.npz") for r in [*chosen_runs, *baseline_runs]}
     a = [flatten(m) for m in chosen_metrics]
     b = [flatten(m) for m in baseline_metrics]
     names = [n for n in METRICS if n in available(per_query[chosen_runs[0]]) and n in a[0]]

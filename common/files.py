@@ -56,6 +56,19 @@ def open_regular(path: str | os.PathLike, mode: str = "rb", **kwargs) -> IO:
         raise
 
 
+def read_regular_text(path: str | os.PathLike, errors: str = "strict") -> str:
+    """The UTF-8 text of a regular file (NotRegularFile for a FIFO or device, never a wait)."""
+    with open_regular(path, "r", encoding="utf-8", errors=errors) as f:
+        return f.read()
+
+
+def read_npz(path: str | os.PathLike) -> dict:
+    """Every array of an .npz file, read through open_regular."""
+    import numpy as np
+    with open_regular(path) as f, np.load(f) as data:
+        return {k: data[k] for k in data.files}
+
+
 def not_regular(path: str | os.PathLike) -> str | None:
     """None when `path` is a regular file (or missing: the caller reports that its own way),
     else what it is. For readers that take a path (torch, gensim, numpy's memory map)."""

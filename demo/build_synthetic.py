@@ -11,6 +11,7 @@ from pathlib import Path
 import config
 from common.errors import InputError
 from common.places import own_folder
+from common.records import read_json
 from demo.synthetic import generate_synthetic
 
 STAMP = "synthetic_params.json"
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> Path:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     manifest, stamp = out / "manifest.jsonl", out / STAMP
-    if manifest.exists() and stamp.exists() and json.loads(stamp.read_text()) == params:
+    if manifest.exists() and stamp.exists() and read_json(stamp, "remove it: the dataset is built again") == params:
         print("synthetic dataset already built with these settings: reusing it")
         print(manifest)
         return manifest

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from common.errors import InputError
+from common.records import read_json
 from data.datasets.readers import read_jsonl, write_jsonl
 from data.text.preprocess import preprocess
 from demo.debian import FetchError, fetch_packages
@@ -318,7 +319,7 @@ def build_openclipart(out_dir: Path, root: Path | None = None, cache: Path | Non
                   max_shared_text=max_shared_text, val_fraction=val_fraction, test_fraction=test_fraction)
     manifest, stamp = out_dir / "manifest.jsonl", out_dir / STAMP
     if manifest.exists() and stamp.exists():
-        done = json.loads(stamp.read_text())
+        done = read_json(stamp, "remove it: the dataset is built again")
         if done.get("params") == params and all(os.path.isfile(it.image) for it in read_jsonl(manifest)):
             return BuildReport(**{**done["report"], "reused": True})
     stamp.unlink(missing_ok=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 from cli import max_workers, real, whole
 from common import signals
 from common.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
+from common.records import read_json
 from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 from losses import NEGATIVES
 from losses.weights import Weights
@@ -76,7 +77,7 @@ class Steps:
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "demo_steps.json"
-        self.done = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.done = read_json(self.path, "remove it: every step runs again") if self.path.exists() else {}
         self.changed = False   # once a step runs, every later step runs too: its inputs changed
 
     def run(self, name: str, cmd: list[str], output: Path | None = None, always: bool = False,

@@ -104,12 +104,14 @@ def _state(path: Path) -> dict[str, Tensor]:
 
 
 def _load(module: torch.nn.Module, path: Path) -> None:
-    try:
-        module.load_state_dict(_state(path))
-    except RuntimeError as e:
-        first = " ".join(str(e).split())[:160]
-        raise InputError(f"{path}: does not fit config.json ({first}): export the encoders "
-                         "again") from None
+    state, own = _state(path), module.state_dict()
+    wrong = next((f"tensor {k!r} is missing" for k in own if k not in state), None) or \
+        next((f"tensor {k!r} is not one of this model's" for k in state if k not in own), None) or \
+        next((f"tensor {k!r} has shape {list(state[k].shape)}, config.json makes it "
+              f"{list(own[k].shape)}" for k in own if state[k].shape != own[k].shape), None)
+    if wrong:
+        raise InputError(f"{path}: does not fit config.json ({wrong}): {REMAKE}")
+    module.load_state_dict(state)
 
 
 @dataclass

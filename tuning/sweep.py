@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from common import signals
+from common.files import read_regular_text
+from common.records import read_json
 from common.workdir import atomic_write
 from losses.weights import Weights, exact_number
 from tuning.grid import Triple, format_triple
@@ -130,7 +132,7 @@ def marker(run: Run, split: str) -> Path:
 def finished(run: Run, split: str, settings: Settings) -> dict | None:
     """The run's metrics on `split` when its marker is there with this sweep's key, else None."""
     try:
-        done = json.loads(marker(run, split).read_text())
+        done = json.loads(read_regular_text(marker(run, split)))
     except (OSError, ValueError):
         return None
     needed = [run.folder / "best.pt"] + ([run.folder / "per_query_test.npz"] if split == "test" else [])
@@ -166,7 +168,7 @@ def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> str:
         code = signals.run_child(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if code == 0:
         return ""
-    lines = [line for line in log.read_text(errors="replace").replace("\r", "\n").splitlines()
+    lines = [line for line in read_regular_text(log, errors="replace").replace("\r", "\n").splitlines()
              if line.strip()]
     return f"exit {code}, see {log}: {lines[-1].strip() if lines else '(no output)'}"
 
@@ -176,7 +178,7 @@ def train(run: Run, device: Device, settings: Settings) -> str:
     else the error."""
     started = run.folder / "started.json"
     try:
-        record = json.loads(started.read_text())
+        record = json.loads(read_regular_text(started))
     except (OSError, ValueError):
         record = {}
     key = settings.train_key(run)
@@ -219,7 +221,7 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
                   run.folder / f"evaluate_{split}.log")
     if error:
         return Outcome("failed", time.time() - start, error=error)
-    metrics = json.loads(out.read_text())
+    metrics = read_json(out, f"evaluate_retrieval.py wrote no readable metrics: see {out.parent}")
     write_json_atomic({"key": settings.key(run, split), "metrics": metrics}, marker(run, split))
     if split == "val" and not settings.keep_last:
         # Finished: nothing resumes it any more, and every later evaluation reads best.pt.

@@ -21,6 +21,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from common import records as R
 from common.errors import InputError
 from data.datasets.items import Item
 from data.datasets.settings import SPLIT as SPLIT_FIELD, DataSettings, TextSettings, names
@@ -93,12 +94,18 @@ def _rerun_from(step: str) -> str:
     return scripts[0] if len(scripts) == 1 else ", ".join(scripts[:-1]) + " and " + scripts[-1]
 
 
+SCHEMA = {"format": R.one_of(FORMAT), "data": {"items": R.whole(0), "hash": R.of(str)},
+          "steps": R.of(dict, check=lambda steps: all(isinstance(v, dict) for v in steps.values()),
+                        want="an object of each step's settings")}
+
+
 def require_record(record: object, path: str | Path, step: str) -> dict:
-    """The record, or one line saying the file is of unknown origin and which step remakes it."""
+    """The record, or one line saying the file is of unknown origin (or its record damaged) and
+    which step remakes it."""
     if not isinstance(record, dict) or record.get("format") != FORMAT or "data" not in record:
         raise InputError(f"{path}: no provenance record (made by an older version of this "
                          f"project, or not by it): rerun {_rerun_from(step)}")
-    return record
+    return R.check(record, SCHEMA, f"{path}: its provenance record", f"rerun {_rerun_from(step)}")
 
 
 def check_data(record: object, now: dict, path: str | Path, step: str, fix: str | None = None

@@ -30,7 +30,7 @@ import torch
 from common.pool import fork_map
 
 from common.errors import InputError
-from common.files import not_regular
+from common.files import not_regular, read_regular_text
 from common.places import check_replaceable
 from common.workdir import default_mode, pid_alive, swap_folder, write_error
 
@@ -207,7 +207,7 @@ def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]
     if odd:
         return None, f"the image cache in {folder} is unreadable ({ARRAY} is {odd})"
     try:
-        index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
+        index = json.loads(read_regular_text(folder / INDEX))
         array = np.load(folder / ARRAY, mmap_mode="r")
         identity = file_identity(os.stat(folder / ARRAY))
         ok = (index.get("format") == FORMAT and index.get("image_size") == size
