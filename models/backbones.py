@@ -13,6 +13,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -120,18 +121,18 @@ class Backbone:
     input_size: int = 224
 
 
-def torchvision_resnet(make: Callable[..., nn.Module]) -> Callable[[], nn.Module]:
+def torchvision_resnet(make: Callable[..., nn.Module]) -> nn.Module:
     """A torchvision ResNet whose fc is gone (avgpool stays). Built whole first: its fc's draws
     from the generator are part of what a seeded run's weights are."""
-    def build() -> nn.Module:
-        net = make(weights=None)
-        net.fc = nn.Identity()
-        return net
-    return build
+    net = make(weights=None)
+    net.fc = nn.Identity()
+    return net
 
 
 def _resnet(name: str, make: Callable[..., nn.Module], weights: object, width: int) -> Backbone:
-    return Backbone(name, torchvision_resnet(make), width, IMAGENET, TorchvisionWeights(weights.url))
+    # A partial, not a closure: an entry (inside an ImageSource) pickles into loader workers.
+    return Backbone(name, partial(torchvision_resnet, make), width, IMAGENET,
+                    TorchvisionWeights(weights.url))
 
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (

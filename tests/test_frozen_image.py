@@ -205,7 +205,7 @@ def test_frozen_resume_equals_uninterrupted_and_checkpoint_embeds_without_featur
     on_the_fly, failures = embed_images(model, record["paths"], 32, torch.device("cpu"),
                                         precision="fp32", batch_size=64)
     with torch.no_grad():
-        from_file = model.embed_images(stored)
+        from_file = model.embed_image_features(stored)
     assert not failures
     assert torch.allclose(on_the_fly, from_file, atol=2e-3)
     assert (on_the_fly * from_file).sum(1).min() > 0.9999
