@@ -16,10 +16,6 @@ ARCHS = BACKBONES   # the choices of --arch
 HEADS = ("linear", "mlp")
 
 
-def check_arch(arch: str) -> None:
-    backbone(arch)
-
-
 def projection_head(in_dim: int, out_dim: int) -> nn.Linear:
     """The linear map into the joint space, initialised as the release does for both branches:
     xavier-normal weight, bias 0.1."""
