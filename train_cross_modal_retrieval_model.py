@@ -129,12 +129,13 @@ def main() -> None:
     if args.select_by is None:
         args.select_by = resumed[1].get("select_by", "loss") if resumed else config.SELECT_BY
     record = settings_record(args)   # the flags the checkpoints keep
+    image = ImageSettings.from_args(args)
     if resumed is not None:   # before any data is read: only --epochs and --patience may change
         notes = check_resume_settings(resumed[1].get("config"), record, resumed[0])
-        check_image_mode(resumed[1], ImageSettings.from_args(args).frozen_image, resumed[0])
+        check_image_mode(resumed[1], image.frozen_image, resumed[0])
         if ctx.main and notes:
             print("\n".join(notes))
-    data = prepare(args, ctx, resumed)
+    data = prepare(args, ctx, resumed, image)
     precision = Precision.resolve(ctx.device, args.precision)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once

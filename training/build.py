@@ -11,7 +11,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from losses import CrossModalObjective, LossConfig
 from models import CrossModalModel, ModelConfig, Precision, build_model
-from models.settings import ImageSettings
 
 from .data import PairDataset
 from .distributed import Context
@@ -22,7 +21,7 @@ def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Preci
     """The model to train. Under --frozen-image its backbone is the one that made the features
     (drawn first under the same seed as fine-tuning draws it, so the heads start alike), kept
     out of training and in eval mode; the checkpoints then hold it."""
-    image = ImageSettings.from_args(args)
+    image = data.image_settings
     config = ModelConfig(arch=image.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
                          hidden=args.gru_hidden, vocab_size=len(data.vocab), image_head=image.image_head)
     frozen = data.images.features

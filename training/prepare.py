@@ -41,6 +41,7 @@ class TrainingData:
     val_tokens: list[list[int]]
     sampler: NeighborSampler
     images: ImageSource                    # image id (item index) -> the image branch's row
+    image_settings: ImageSettings          # the flags the image side was prepared with
     groups: np.ndarray                     # item index -> its same-image group (item_groups)
     provenance: dict                       # what the run is made from, saved in its checkpoints
     backbone: dict | None = None           # --frozen-image: the weights that made the features
@@ -87,9 +88,10 @@ def check_provenance(items: list[Item], args: argparse.Namespace, d2v: Doc2Vec, 
     return provenance.new_record(now, "train", {}, knn_record)
 
 
-def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] | None = None
-            ) -> TrainingData:
-    """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue."""
+def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] | None = None,
+            image: ImageSettings | None = None) -> TrainingData:
+    """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue;
+    `image`: the image settings the caller built from `args` (built here when not given)."""
     d2v = load_model(require(args.work_dir, DOC2VEC_MODEL))
     vocab = Vocabulary(d2v.wv.index_to_key)
     knn_path = require(args.work_dir, KNN)
@@ -101,7 +103,7 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     # Images come from the image cache when it is up to date, else from the files, each decoded
     # once here first; either way a bad image is known before training, reported, never replaced.
     used = sorted({items[d.item].image for d in docs})
-    image = ImageSettings.from_args(args)
+    image = image or ImageSettings.from_args(args)
     entry = backbone_entry(image.arch)
     source, summary, backbone = None, None, None
     if image.frozen_image:   # a cheap check, on every rank
@@ -142,5 +144,5 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler, images, groups,
-                        record, backbone)
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, images, image,
+                        groups, record, backbone)
