@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from common.files import not_regular
+from common.errors import InputError
+from common.files import not_regular, open_regular
 from data.images.read import Preprocessing
 
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -66,21 +67,23 @@ class TorchvisionWeights:
         return Path(torch.hub.get_dir()) / "checkpoints" / self.name
 
     def load_file(self, backbone: nn.Module, path: Path, arch: str) -> None:
-        """Load the state dict in `path`; ValueError in one line when it is not one of `arch`."""
+        """Load the state dict in `path`; one line (InputError) when it is not one of `arch`."""
         if not path.exists():
-            raise ValueError(f"image weights file {path} not found: pass an existing file to "
+            raise InputError(f"image weights file {path} not found: pass an existing file to "
                              "--image-weights, or --no-pretrained")
         odd = not_regular(path)   # torch.load would wait forever on a FIFO
         if odd:
-            raise ValueError(f"image weights file {path} is {odd}, not a regular file: pass a "
+            raise InputError(f"image weights file {path} is {odd}, not a regular file: pass a "
                              f"{self.family} state dict to --image-weights, or --no-pretrained")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with open_regular(path) as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
         except Exception as e:  # any unreadable file gets the same one-line answer
-            raise ValueError(f"image weights file {path} could not be read ({one_line(e)}): "
+            raise InputError(f"image weights file {path} could not be read ({one_line(e)}): "
                              f"delete it or replace it with a {self.family} state dict") from None
-        if not isinstance(state, dict):
-            raise ValueError(f"image weights file {path} holds a {type(state).__name__}, not a "
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise InputError(f"image weights file {path} holds a {type(state).__name__}, not a "
                              f"state dict: save {arch}.state_dict() with torch.save")
         state = {k: v for k, v in state.items() if not k.startswith(self.classifier)}
         own = backbone.state_dict()
@@ -91,7 +94,7 @@ class TorchvisionWeights:
             parts = [f"{len(keys)} {name} keys (e.g. {keys[0]})" for name, keys in
                      (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
                      if keys]
-            raise ValueError(f"image weights file {path} does not match torchvision {arch} "
+            raise InputError(f"image weights file {path} does not match torchvision {arch} "
                              f"({'; '.join(parts)}): pass the weights of a {arch} or choose "
                              "the arch they belong to")
         backbone.load_state_dict(state)
@@ -103,7 +106,7 @@ class TorchvisionWeights:
             try:
                 download_weights(self.url, path)
             except Exception as e:  # offline, proxy, bad hash: all end in the same instructions
-                raise ValueError(f"ImageNet weights for {arch} are not available ({one_line(e)}): "
+                raise InputError(f"ImageNet weights for {arch} are not available ({one_line(e)}): "
                                  f"put {path.name} at {path}, or pass --image-weights FILE, "
                                  "or --no-pretrained") from None
         self.load_file(backbone, path, arch)

@@ -26,13 +26,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common import records as R
 from common.errors import InputError
+from common.files import not_regular, open_regular, read_regular_text
 from common.places import check_replaceable
 from common.workdir import default_mode, swap_folder, write_error
 from data.datasets.settings import DataSettings
 from data.images.cache import CachedImages, ImageCache, _remove_leftovers, file_stats
 from data.images.read import Preprocessing
 from models.backbones import backbone as backbone_entry
+from models.checkpoint import state_mismatch, torch_save
 from models.settings import ImageSettings
 
 FEATURES_DIR = "image_features"
@@ -167,7 +170,7 @@ def build_features(request: FeatureRequest, cache: ImageCache, data_hash: str,
         compute_features(backbone, entry.preprocessing, cache, array, device, batch_size, progress)
         array.flush()
         del array
-        torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp / BACKBONE)
+        torch_save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp / BACKBONE)
         (tmp / RECORD).write_text(json.dumps(record), encoding="utf-8")
         for f in (tmp / ARRAY, tmp / BACKBONE, tmp / RECORD):
             os.chmod(f, default_mode())
@@ -180,14 +183,33 @@ def build_features(request: FeatureRequest, cache: ImageCache, data_hash: str,
     return final
 
 
-def read_record(folder: Path) -> dict | None:
+RECORD_SCHEMA = {
+    "format": R.one_of(FORMAT), "arch": R.of(str), "image_size": R.whole(1),
+    "weights": {"kind": R.one_of("file", "random", "imagenet")}, "dataset_hash": R.of(str),
+    "image_cache": R.of(str), "paths": R.list_of(R.of(str)),
+    "stats": R.list_of(R.optional(R.list_of(R.of(int)))), "bad": R.of(dict),
+    "shape": R.list_of(R.whole(0), length=3),
+}
+
+
+def read_record(folder: Path, fix: str = "run prepare_image_features.py again") -> dict | None:
+    """The folder's record; None where there is none of this version (or its array is not a
+    float16 one of the recorded shape); one line naming the field where the record is damaged
+    (edited, cut short)."""
     try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-        array = np.load(folder / ARRAY, mmap_mode="r")
+        record = json.loads(read_regular_text(folder / RECORD))
+        array = np.load(folder / ARRAY, mmap_mode="r") if not not_regular(folder / ARRAY) else None
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or \
-            list(array.shape) != record.get("shape") or array.dtype != np.float16:
+    if not isinstance(record, dict) or record.get("format") != FORMAT or array is None:
+        return None
+    R.check(record, RECORD_SCHEMA, folder / RECORD, fix)
+    n = record["shape"][0]
+    for name in ("paths", "stats"):
+        if len(record[name]) != n:
+            raise InputError(f"{folder / RECORD}: field {name!r} has {len(record[name])} entries "
+                             f"for {n} rows: {fix}")
+    if list(array.shape) != record["shape"] or array.dtype != np.float16:
         return None
     return record
 
@@ -232,7 +254,7 @@ def training_features(request: FeatureRequest, item_paths: Sequence[str], used: 
     # The array is opened before its record is read and checked after: what the run reads for
     # its whole length (the open file, whatever a rebuild swaps in) is what the record describes.
     held = open_held(folder / ARRAY, request)
-    record = read_record(folder)
+    record = read_record(folder, remake_hint(request))
     check_record(record, folder, request, used)
     if not held.unchanged():
         raise InputError(f"{folder}: rebuilt while this run read it: start the run again once "
@@ -259,9 +281,18 @@ def load_backbone(request: FeatureRequest, read: CachedImages | None = None) -> 
     folder = request.folder
     path = folder / BACKBONE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged file is remade
         raise InputError(f"{path}: unreadable ({type(e).__name__}): {remake_hint(request)}") from None
+    # Shapes only: built on the meta device, it allocates nothing and draws no random numbers.
+    with torch.device("meta"):
+        own = backbone_entry(request.image.arch).build().state_dict()
+    wrong = "it is not a state dict" if not isinstance(state, dict) or \
+        not all(isinstance(v, torch.Tensor) for v in state.values()) else state_mismatch(own, state)
+    if wrong:
+        raise InputError(f"{path}: not the {request.image.arch} backbone the features were made "
+                         f"with ({wrong}): {remake_hint(request)}")
     if read is not None and not read.unchanged():
         raise InputError(f"{folder}: rebuilt while this run read it: start the run again once "
                          "prepare_image_features.py is done")

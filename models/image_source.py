@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from common.errors import InputError
 from data.images.read import Preprocessing, try_read_image
 from models.backbones import Backbone
 from models.precision import Precision
@@ -89,6 +90,12 @@ class ImageSource:
     def inputs(self, batch: Tensor, precision: Precision, train: bool) -> Tensor:
         """A batch of rows -> the branch's input on the device (mirrored at random when `train`)."""
         if self.features:
+            # Checked on the CPU, before the copy: a damaged feature file would otherwise show up
+            # steps later as a NaN loss blamed on the learning rate.
+            if batch.device.type == "cpu" and not torch.isfinite(batch).all():
+                where = getattr(self.read, "array_path", "the frozen feature file")
+                raise InputError(f"{where}: a batch of features holds NaN or infinite values (the "
+                                 "file is damaged): run prepare_image_features.py again")
             return prep_features(batch, precision.device, train)
         return prep_images(batch, precision.device, train, precision.bf16, self.preprocessing)
 
