@@ -54,7 +54,10 @@ def torch_save(obj: object, path: str | Path) -> None:
                       str(path)) from None
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dict:
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", check: bool = True
+                    ) -> dict:
+    """The checkpoint at `path`, read weights-only; with `check`, what rebuilding the model reads
+    checked against SCHEMA (a reader of its weights alone, such as a fingerprint, passes False)."""
     path = Path(path)
     fix = "pass the best.pt that train_cross_modal_retrieval_model.py printed"
     if not path.exists():
@@ -79,7 +82,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or not {"model", "model_config", "vocab"} <= set(state):
         raise InputError(f"{path}: not a checkpoint of this project (no model, model_config "
                            "or vocab): pass a best.pt written by the training script")
-    return R.check(state, SCHEMA, path, "pass a best.pt written by the training script, unedited")
+    return R.check(state, SCHEMA, path, "pass a best.pt written by the training script, unedited") \
+        if check else state
 
 
 # What rebuilding the model reads; the image head's kind is absent from checkpoints older than
@@ -125,13 +129,17 @@ def load_resume(path: str | Path, device: str | torch.device = "cpu") -> dict:
     if not path.is_file():
         raise InputError(f"{path}: not found, so there is no run to resume: start it without "
                            "--resume (or pass the --log-dir or --run-name of the run to continue)")
-    return R.check(load_checkpoint(path, device), RESUME_SCHEMA, path,
-                   "start the run afresh without --resume")
+    return load_checkpoint(path, device)
 
 
 # What resuming reads besides the model.
 RESUME_SCHEMA = {"optimizer": R.of(dict), "scheduler": R.of(dict), "epoch": R.whole(-1),
                  "step": R.whole(0)}
+
+
+def check_resumable(state: dict, path: str | Path) -> dict:
+    """`state` when it holds what restore reads besides the model, else one line."""
+    return R.check(state, RESUME_SCHEMA, path, "start the run afresh without --resume")
 
 
 def check_resume(state: dict, path: str | Path, model_config: ModelConfig,
@@ -196,6 +204,7 @@ def restore(resumed: tuple[Path, dict], model: CrossModalModel, optimizer, sched
     path, state = resumed
     check_resume(state, path, model.config(), vocab_fingerprint)
     check_image_mode(state, image_mode["frozen"], path)
+    check_resumable(state, path)
     load_model_state(model, state["model"], path)
     try:
         optimizer.load_state_dict(state["optimizer"])
