@@ -37,6 +37,11 @@ DETERMINISTIC = False           # True: Doc2Vec trains on one thread and the HNS
                                 # one, so a seed gives the same files on every run and machine
                                 # (gensim's threads race; slower on many cores)
 
+# --- Transformer vectors (extract_transformer_vectors.py, instead of Doc2Vec's) -------------
+TEXT_MODEL = "minilm"           # a Hugging Face model folder, or "minilm" (all-MiniLM-L6-v2,
+                                # installed by requirements.txt)
+TEXT_BATCH_SIZE = 64            # texts per forward pass
+
 # --- Semantic neighbourhoods (kNN) ---------------------------------------------------------
 K = 200
 BACKEND = "hnsw"                # "hnsw" (nmslib), "exact" (torch, GPU when present), or faiss:
