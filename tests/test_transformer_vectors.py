@@ -176,3 +176,22 @@ def test_packaged_minilm_puts_paraphrases_nearer():
         paraphrase = sims[i, i + 1]
         unrelated = max(sims[i, j] for j in range(len(texts)) if j not in (i, i + 1))
         assert paraphrase > 0.5 and paraphrase > unrelated + 0.2, sims
+
+
+@pytest.mark.slow
+def test_train_resume_and_evaluate_on_transformer_neighbourhoods(side):
+    """The trainer takes transformer neighbours beside the Doc2Vec vocabulary, resumes on them,
+    and evaluation measures the text overlap in the transformer's space; the model replaced by
+    another is one line."""
+    from pipeline import TINY_TRAIN
+    cli("knn_document_features.py", *side.common, "--k", "5", "--backend", "exact")
+    train = ["train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset",
+             side.manifest, "--work-dir", side.work, *TINY_TRAIN, "--run-name", "tf"]
+    cli(*train, "--epochs", "1")
+    cli(*train, "--epochs", "2", "--resume")
+    best = side.work / "models" / "tf" / "best.pt"
+    out = cli("evaluate_retrieval.py", "--checkpoint", best, "--workers", "0").out
+    assert "neighbourhood: in the space of tiny-bert" in out and "text overlap@10" in out
+    tiny_bert(side.model, seed=1)   # other weights under the same name
+    result = cli("evaluate_retrieval.py", "--checkpoint", best, "--workers", "0", check=False)
+    one_line_error(result, "tiny-bert", "now holds weights")
