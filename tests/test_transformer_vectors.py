@@ -123,6 +123,20 @@ def test_a_changed_dataset_names_the_transformer_script(side):
     assert "extract_transformer_vectors.py and knn_document_features.py" in msg
 
 
+def test_neighbour_label_benchmark_reads_both_spaces(side, tmp_path):
+    from benchmarks.neighbour_labels import label_share
+    d2v = tmp_path / "d2v"
+    d2v.mkdir()
+    with open(d2v / "doc2vec_features.pickle", "wb") as f:
+        pickle.dump(side.d2v, f)
+    out = cli("benchmarks/neighbour_labels.py", "--dataset", side.manifest,
+              "--space", d2v, "--space", side.work, "--workers", "0").out.splitlines()
+    assert out[0].startswith("Doc2Vec ") and out[1].startswith("transformer tiny-bert")
+    assert all("of 10 neighbours share the label (chance" in line for line in out)
+    clustered = np.repeat(np.eye(3, dtype=np.float32), 12, axis=0) + 0.01
+    assert label_share(clustered, [str(i // 12) for i in range(36)], 10) == 1.0
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "pickled", "remote-code", "damaged"])
 def test_bad_model_folder_is_one_line(side, tmp_path, case):
     common = ["--dataset", side.manifest, "--work-dir", tmp_path / "w", "--workers", "0"]
