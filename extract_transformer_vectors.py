@@ -23,6 +23,7 @@ from pathlib import Path
 
 from cli import parser, run_main, whole
 from common.devices import pick_device
+from common.errors import InputError
 from common.workdir import DOC2VEC_FEATURES, check_writable, save_pickle
 import config
 from data.datasets import provenance
@@ -55,6 +56,10 @@ def main() -> None:
     data = provenance.data_record(items, args)
     all_docs = documents(items, ["train"])
     docs, _ = drop_empty(all_docs, doc2vec_tokens(items, all_docs, args), "training")
+    if not docs:
+        raise InputError(f"{args.dataset}: no training document leaves a word after "
+                         "preprocessing, so there is nothing to embed: mark items \"split\": "
+                         "\"train\" with non-empty texts")
     texts = raw_documents(items, docs, args)
     field, cut = doc2vec_source(items, args)
     print(f"the transformer reads {field}, {'whole' if cut is None else f'first {cut} sentences'}")

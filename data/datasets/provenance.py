@@ -7,6 +7,11 @@ model and the dataset were. A later step rebuilds the "data" part from its own f
 and compares: a difference stops it with one line naming the setting, both values and the step
 to rerun, before any image is decoded.
 
+Vectors from a transformer (extract_transformer_vectors.py) start a record of their own: their
+vectors step names the model and its weights' hash, and no Doc2Vec step precedes it. Beside the
+work folder's Doc2Vec model (the GRU's vocabulary) such a kNN file is compared on its own steps;
+against a record of the other space, the two spaces are named.
+
 Files made before records existed (no record) are refused with a line naming the step to rerun:
 a file of unknown origin is exactly what this module is here to catch. Checkpoints are the
 exception (evaluation/retrieval say so and go on): they cost hours to remake, and their model

@@ -13,12 +13,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from common.errors import InputError, shown
 from common.files import open_regular
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 WEIGHTS = "model.safetensors"
 # Files besides the weights that decide the vectors: the tokenizer's and the architecture's.
@@ -126,7 +130,8 @@ def _offline() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 
-def load(folder: ModelFolder, device: str = "cpu"):
+def load(folder: ModelFolder, device: str = "cpu"
+         ) -> tuple["PreTrainedTokenizerBase", "PreTrainedModel"]:
     """(tokenizer, model in eval mode on `device`), or one line saying why the folder will not load."""
     _offline()
     from transformers import AutoModel, AutoTokenizer
@@ -147,7 +152,8 @@ def load(folder: ModelFolder, device: str = "cpu"):
     return tokenizer, model.to(device).eval()
 
 
-def model_limit(folder: ModelFolder, tokenizer, model) -> int:
+def model_limit(folder: ModelFolder, tokenizer: "PreTrainedTokenizerBase",
+                model: "PreTrainedModel") -> int:
     """The longest input in tokens: the length the model was trained at when the folder says
     (sentence-transformers' max_seq_length), else what its positions and tokenizer allow."""
     limits = [getattr(model.config, "max_position_embeddings", None),
@@ -163,8 +169,9 @@ def model_limit(folder: ModelFolder, tokenizer, model) -> int:
     return min(limits) if limits else 512
 
 
-def encode(tokenizer, model, texts: Sequence[str], max_length: int, batch_size: int = 64,
-           device: str = "cpu", progress: bool = True) -> tuple[np.ndarray, int]:
+def encode(tokenizer: "PreTrainedTokenizerBase", model: "PreTrainedModel", texts: Sequence[str],
+           max_length: int, batch_size: int = 64, device: str = "cpu", progress: bool = True
+           ) -> tuple[np.ndarray, int]:
     """(float32 [N, hidden] unit vectors in the order of `texts`, how many texts were cut).
 
     Texts are embedded in order of length, so a batch pads to about its own length; bf16 on a
@@ -172,6 +179,8 @@ def encode(tokenizer, model, texts: Sequence[str], max_length: int, batch_size: 
     import torch
     from tqdm import tqdm
 
+    if not texts:
+        return np.empty((0, model.config.hidden_size), dtype=np.float32), 0
     lengths = [len(ids) for ids in tokenizer(list(texts), add_special_tokens=True,
                                              truncation=False, verbose=False)["input_ids"]]
     cut = sum(n > max_length for n in lengths)
@@ -192,7 +201,7 @@ def encode(tokenizer, model, texts: Sequence[str], max_length: int, batch_size: 
     return out, cut
 
 
-def mean_pool(hidden, mask):
+def mean_pool(hidden: "torch.Tensor", mask: "torch.Tensor") -> "torch.Tensor":
     """The mean of each row's token states over its attention mask, L2-normalised (float32)."""
     import torch.nn.functional as F
     m = mask.unsqueeze(-1).to(hidden.dtype)
