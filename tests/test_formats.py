@@ -118,6 +118,10 @@ def test_csv_keys_separators_and_the_shared_flags(tmp_path):
     ('filepath,title\na.jpg,"x"y\n', CsvKeys(), ["d.csv:2", "not readable as CSV", "quoting"]),
     ("id,filepath,title\n1,a.jpg,x\n1,b.jpg,y\n", CsvKeys(), ["duplicate id '1'"]),
     ("filepath,title\na.jpg,x\n", CsvKeys(separator=";;"), ["--csv-separator"]),
+    # Read from the last one, the captions became the labels.
+    ("filepath,title,split,title\na.jpg,x,train,y\n", CsvKeys(),
+     ["d.csv:1", "column 'title' twice"]),
+    ("filepath,title, filepath\na.jpg,x,b.jpg\n", CsvKeys(), ["d.csv:1", "'filepath' twice"]),
 ])
 def test_malformed_csv_is_one_line_naming_the_row(tmp_path, content, keys, words):
     path = tmp_path / "d.csv"
@@ -125,6 +129,13 @@ def test_malformed_csv_is_one_line_naming_the_row(tmp_path, content, keys, words
     msg = input_error(read_csv, path, keys=keys)
     for w in words:
         assert w in msg, msg
+
+
+def test_a_quoted_caption_longer_than_csvs_own_field_limit_is_read(tmp_path):
+    caption = "word, " * 40_000          # 240,000 characters, commas and all
+    path = tmp_path / "d.csv"
+    path.write_text(f'filepath,title\na.jpg,"{caption}"\n', encoding="utf-8")
+    assert read_csv(path)[0].texts == (caption,)
 
 
 def test_csv_through_load_dataset_needs_training_items(tmp_path):
