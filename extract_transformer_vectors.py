@@ -65,7 +65,7 @@ def main() -> None:
     print(f"the transformer reads {field}, {'whole' if cut is None else f'first {cut} sentences'}")
 
     tokenizer, model = transformer.load(folder, device)
-    limit = transformer.model_limit(folder, tokenizer, model)
+    limit = transformer.model_limit(folder, tokenizer, model.config)
     max_length = limit if args.max_length is None else min(args.max_length, limit)
     t = time.time()
     vectors, n_cut = transformer.encode(tokenizer, model, texts, max_length, args.batch_size,

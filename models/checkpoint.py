@@ -27,6 +27,7 @@ from common.errors import InputError
 from common.files import open_regular, require_regular
 from common.workdir import atomic_write
 from models import CrossModalModel, ModelConfig, Vocabulary, build_model
+from models.hf_text import vocabulary_from_state
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -117,7 +118,7 @@ def rebuild(state: dict, device: str | torch.device = "cpu") -> tuple[CrossModal
     """The trained model and its vocabulary, from the checkpoint alone (no pretrained weights)."""
     model = build_model(ModelConfig.from_dict(state["model_config"]))
     model.load_state_dict(state["model"])
-    return model.to(device).eval(), Vocabulary.from_state(state["vocab"])
+    return model.to(device).eval(), vocabulary_from_state(state["vocab"])
 
 
 @dataclass

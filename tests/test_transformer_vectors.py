@@ -185,7 +185,7 @@ def test_packaged_minilm_puts_paraphrases_nearer():
              ("Two dogs run across a grassy field.", "A pair of dogs are running through grass."),
              ("The stock market fell sharply today.", "Share prices dropped steeply this day.")]
     texts = [t for pair in pairs for t in pair]
-    v, _ = transformer.encode(tok, model, texts, transformer.model_limit(folder, tok, model),
+    v, _ = transformer.encode(tok, model, texts, transformer.model_limit(folder, tok, model.config),
                               progress=False)
     sims = v @ v.T
     for i in range(0, len(texts), 2):

@@ -25,6 +25,7 @@ from data.images.cache import training_images
 from data.images.read import report_bad_images
 from models.features import load_backbone, training_features
 from .neighbors import NeighborSampler
+from .text_branch import text_vocabulary
 
 
 @dataclass
@@ -86,7 +87,7 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
             ) -> TrainingData:
     """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue."""
     d2v = load_model(require(args.work_dir, DOC2VEC_MODEL))
-    vocab = Vocabulary(d2v.wv.index_to_key)
+    vocab = text_vocabulary(args, d2v.wv.index_to_key)   # the Doc2Vec words, or a tokenizer
     knn_path = require(args.work_dir, KNN)
     knn = load_knn(args.work_dir)   # its [N, k] tables stay in the file, read in blocks
     items = load_items(args)

@@ -134,29 +134,55 @@ def load(folder: ModelFolder, device: str = "cpu"
          ) -> tuple["PreTrainedTokenizerBase", "PreTrainedModel"]:
     """(tokenizer, model in eval mode on `device`), or one line saying why the folder will not load."""
     _offline()
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()   # its notes on unused pooler weights are not ours to act on
     hf_logging.disable_progress_bar()  # a bar per load of a few files says nothing
-    kw = dict(local_files_only=True, trust_remote_code=False)
+    tokenizer = load_tokenizer(folder)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder.path), **kw)
-        model = AutoModel.from_pretrained(str(folder.path), use_safetensors=True, **kw)
+        model = AutoModel.from_pretrained(str(folder.path), use_safetensors=True, **_LOCAL)
     except Exception as e:  # noqa: BLE001 - a damaged or foreign folder can raise anything
-        msg = shown(" ".join(str(e).split()), 160)
-        raise InputError(f"{folder.path}: not a loadable model folder ({type(e).__name__}: "
-                         f"{msg}): check its files, or pass another --text-model") from None
-    if not getattr(tokenizer, "is_fast", False):
-        raise InputError(f"{folder.path}: its tokenizer has no fast (Rust) version: pass a "
-                         "folder with a tokenizer.json or a vocab.txt")
+        raise _unloadable(folder, e) from None
     return tokenizer, model.to(device).eval()
 
 
-def model_limit(folder: ModelFolder, tokenizer: "PreTrainedTokenizerBase",
-                model: "PreTrainedModel") -> int:
+_LOCAL = dict(local_files_only=True, trust_remote_code=False)
+
+
+def _unloadable(folder: ModelFolder, e: Exception) -> InputError:
+    msg = shown(" ".join(str(e).split()), 160)
+    return InputError(f"{folder.path}: not a loadable model folder ({type(e).__name__}: {msg}): "
+                      "check its files, or pass another --text-model")
+
+
+def load_tokenizer(folder: ModelFolder) -> "PreTrainedTokenizerBase":
+    """The folder's fast tokenizer, or one line saying why it has none."""
+    _offline()
+    from transformers import AutoTokenizer
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder.path), **_LOCAL)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign folder can raise anything
+        raise _unloadable(folder, e) from None
+    if not getattr(tokenizer, "is_fast", False):
+        raise InputError(f"{folder.path}: its tokenizer has no fast (Rust) version: pass a "
+                         "folder with a tokenizer.json or a vocab.txt")
+    return tokenizer
+
+
+def load_config(folder: ModelFolder):
+    """The folder's transformers configuration (no weights read)."""
+    _offline()
+    from transformers import AutoConfig
+    try:
+        return AutoConfig.from_pretrained(str(folder.path), **_LOCAL)
+    except Exception as e:  # noqa: BLE001 - a damaged or foreign folder can raise anything
+        raise _unloadable(folder, e) from None
+
+
+def model_limit(folder: ModelFolder, tokenizer: "PreTrainedTokenizerBase", config) -> int:
     """The longest input in tokens: the length the model was trained at when the folder says
     (sentence-transformers' max_seq_length), else what its positions and tokenizer allow."""
-    limits = [getattr(model.config, "max_position_embeddings", None),
+    limits = [getattr(config, "max_position_embeddings", None),
               getattr(tokenizer, "model_max_length", None)]
     st = folder.path / "sentence_bert_config.json"
     if st.is_file():
