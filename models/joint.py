@@ -12,6 +12,11 @@ from models.image import ImageEncoder
 from models.text import TextEncoder
 
 
+# Keys added after the first checkpoints: absent, they take their default (the release's model).
+TEXT_KEYS = ("text_encoder", "text_config", "text_pooling", "text_frozen")
+OPTIONAL = ("image_head", *TEXT_KEYS)
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The shape of the model: what build_model needs, and what a checkpoint stores (as a plain
@@ -35,7 +40,11 @@ class ModelConfig:
             object.__setattr__(self, name, int(getattr(self, name)))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.text_encoder == "gru":   # the GRU's checkpoints keep the keys they always had
+            for key in TEXT_KEYS:
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -50,8 +59,6 @@ class ModelConfig:
         return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
 
-# Keys added after the first checkpoints: absent, they take their default (the release's model).
-OPTIONAL = ("image_head", "text_encoder", "text_config", "text_pooling", "text_frozen")
 
 
 class CrossModalModel(nn.Module):
