@@ -38,7 +38,7 @@ def main() -> None:
     state = load_checkpoint(args.checkpoint)
     own_folder(args.out, "export_encoders.py", "--out", earlier=ENCODER_FILES)
     check_writable(args.out, folder=True, fix="pass --out somewhere writable")
-    model, vocab = rebuild(state)
+    model, vocab = rebuild(state, path=args.checkpoint)
     # The preprocessing flags resolved as evaluate_retrieval.py resolves them.
     trained = with_checkpoint_defaults(argparse.Namespace(), state)
     preparation = {k: getattr(trained, k) for k in PREPARATION}

@@ -69,7 +69,7 @@ def load_model(path: str | Path, args: argparse.Namespace
     state = load_checkpoint(path, "cpu")
     run = with_checkpoint_defaults(args, state)
     run.device, run.precision = device_and_precision(args.device, args.precision)
-    model, vocab = rebuild(state, "cpu")
+    model, vocab = rebuild(state, "cpu", path)
     return prepare_model(model, run.device, run.precision), vocab, run
 
 

@@ -23,11 +23,12 @@ from pathlib import Path
 
 import torch
 
+from common import records as R
 from common.errors import InputError
 from common.files import open_regular, require_regular
 from common.workdir import atomic_write
 from models import CrossModalModel, ModelConfig, Vocabulary, build_model
-from models.hf_text import vocabulary_from_state
+from models.hf_text import vocabulary_from_state, vocabulary_rule
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -77,7 +78,37 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     if not isinstance(state, dict) or not {"model", "model_config", "vocab"} <= set(state):
         raise InputError(f"{path}: not a checkpoint of this project (no model, model_config "
                            "or vocab): pass a best.pt written by the training script")
-    return state
+    return R.check(state, SCHEMA, path, "pass a best.pt written by the training script, unedited")
+
+
+# What rebuilding the model reads; the image head's kind is absent from checkpoints older than
+# --image-head (the release's Linear then).
+SCHEMA = {
+    "model": R.of(dict, check=lambda m: all(isinstance(v, torch.Tensor) for v in m.values()),
+                  want="a state dict of tensors"),
+    "model_config": {"arch": R.of(str), "embed_dim": R.whole(1), "word_dim": R.whole(1),
+                     "hidden": R.whole(1), "vocab_size": R.whole(4)},
+    "vocab": vocabulary_rule,
+}
+
+
+def state_mismatch(own: dict, state: dict) -> str | None:
+    """The first tensor of `state` that is missing, foreign or of another shape than in `own`
+    (a model's state_dict), in words; None when it fits."""
+    return next((f"tensor {k!r} is missing" for k in own if k not in state), None) or \
+        next((f"tensor {k!r} is not one of the model's" for k in state if k not in own), None) or \
+        next((f"tensor {k!r} has shape {list(state[k].shape)}, the model's is "
+              f"{list(own[k].shape)}" for k in own if state[k].shape != own[k].shape), None)
+
+
+def load_model_state(model: torch.nn.Module, state: dict, path: str | Path) -> None:
+    """`state` into `model`, or one line naming the first tensor that does not fit (a
+    checkpoint's model edited or cut short)."""
+    wrong = state_mismatch(model.state_dict(), state)
+    if wrong:
+        raise InputError(f"{path}: its model does not fit its model_config ({wrong}): pass a "
+                         "best.pt written by the training script, unedited")
+    model.load_state_dict(state)
 
 
 def load_for_resume(path: str | Path, model_config: ModelConfig, vocab_fingerprint: str,
@@ -93,7 +124,13 @@ def load_resume(path: str | Path, device: str | torch.device = "cpu") -> dict:
     if not path.is_file():
         raise InputError(f"{path}: not found, so there is no run to resume: start it without "
                            "--resume (or pass the --log-dir or --run-name of the run to continue)")
-    return load_checkpoint(path, device)
+    return R.check(load_checkpoint(path, device), RESUME_SCHEMA, path,
+                   "start the run afresh without --resume")
+
+
+# What resuming reads besides the model.
+RESUME_SCHEMA = {"optimizer": R.of(dict), "scheduler": R.of(dict), "epoch": R.whole(-1),
+                 "step": R.whole(0)}
 
 
 def check_resume(state: dict, path: str | Path, model_config: ModelConfig,
@@ -114,11 +151,16 @@ def check_resume(state: dict, path: str | Path, model_config: ModelConfig,
     return state
 
 
-def rebuild(state: dict, device: str | torch.device = "cpu") -> tuple[CrossModalModel, Vocabulary]:
+def rebuild(state: dict, device: str | torch.device = "cpu", path: str | Path = "the checkpoint"
+            ) -> tuple[CrossModalModel, Vocabulary]:
     """The trained model and its vocabulary, from the checkpoint alone (no pretrained weights)."""
-    model = build_model(ModelConfig.from_dict(state["model_config"]))
-    model.load_state_dict(state["model"])
-    return model.to(device).eval(), vocabulary_from_state(state["vocab"])
+    try:
+        model = build_model(ModelConfig.from_dict(state["model_config"]))
+        vocab = vocabulary_from_state(state["vocab"])
+    except ValueError as e:   # an arch or head this version does not know, a repeated word
+        raise InputError(f"{path}: {e}") from None
+    load_model_state(model, state["model"], path)
+    return model.to(device).eval(), vocab
 
 
 @dataclass
@@ -157,7 +199,12 @@ def restore(resumed: tuple[Path, dict], model: CrossModalModel, optimizer, sched
         raise InputError(f"{path}: the run was trained {'with' if frozen else 'without'} "
                          "--frozen-image: resume it with the same image mode, or start afresh "
                          "without --resume")
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
+    load_model_state(model, state["model"], path)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: its optimizer or scheduler state does not fit this run "
+                         f"({type(e).__name__}): resume with that run's flags, or start afresh "
+                         "without --resume") from None
     return Progress(state["epoch"], state["step"], state.get("val_loss"), state.get("val_recall"))

@@ -35,6 +35,7 @@ from common.workdir import atomic_write
 from data.datasets.settings import TOKEN_FLAGS
 from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
 from data.text.preprocess import preprocess
+from models.checkpoint import state_mismatch
 from models.image import ImageEncoder
 from models.hf_text import HFTextEncoder, HFTokenizer, vocabulary_from_state
 from models.text import TextEncoder
@@ -114,11 +115,8 @@ def _state(path: Path) -> dict[str, Tensor]:
 
 
 def _load(module: torch.nn.Module, path: Path) -> None:
-    state, own = _state(path), module.state_dict()
-    wrong = next((f"tensor {k!r} is missing" for k in own if k not in state), None) or \
-        next((f"tensor {k!r} is not one of this model's" for k in state if k not in own), None) or \
-        next((f"tensor {k!r} has shape {list(state[k].shape)}, config.json makes it "
-              f"{list(own[k].shape)}" for k in own if state[k].shape != own[k].shape), None)
+    state = _state(path)
+    wrong = state_mismatch(module.state_dict(), state)
     if wrong:
         raise InputError(f"{path}: does not fit config.json ({wrong}): {REMAKE}")
     module.load_state_dict(state)

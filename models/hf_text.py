@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from common import records as R
 from models.image import projection_head
 from models.vocab import Vocabulary
 
@@ -75,6 +76,18 @@ class HFTokenizer:
     def fingerprint(self) -> str:
         return hashlib.sha1(self._json.encode("utf-8") + str(self.max_length).encode()
                             ).hexdigest()[:12]
+
+
+_WORDS = R.list_of(R.of(str))
+_TOKENIZER = R.of(dict, check=lambda v: v.get("kind") == "hf" and isinstance(v.get("tokenizer"), str)
+                  and isinstance(v.get("max_length"), int) and not isinstance(v["max_length"], bool),
+                  want="a list of words or a tokenizer's state")
+
+
+def vocabulary_rule(value: object) -> str | None:
+    """The schema rule of a checkpoint's "vocab" (common.records): the GRU's word list, or the
+    transformer's tokenizer state."""
+    return _TOKENIZER(value) if isinstance(value, dict) else _WORDS(value)
 
 
 def vocabulary_from_state(state: object) -> "Vocabulary | HFTokenizer":

@@ -238,3 +238,68 @@ def test_a_cuda_device_without_one_is_the_same_line_everywhere():
     assert msg == ("--device cuda was asked for but no CUDA device is available: pass "
                    "--device cpu")
     assert input_error(exact_knn, np.zeros((3, 2), np.float32), 1, "l2", "cuda") == msg
+
+
+def tiny_checkpoint(path: Path) -> dict:
+    from models import ModelConfig, build_model
+    from models.checkpoint import save_checkpoint
+    torch.manual_seed(0)
+    words = ["alpha", "beta", "gamma"]
+    model = build_model(ModelConfig("resnet18", 8, 4, 5, len(words) + 3))
+    state = {"model": model.state_dict(), "model_config": model.config().to_dict(),
+             "vocab": words, "vocab_fingerprint": Vocabulary(words).fingerprint(),
+             "optimizer": {}, "scheduler": {}, "epoch": 0, "step": 1, "config": {}}
+    save_checkpoint(state, path)
+    return state
+
+
+def edit(state: dict, change) -> dict:
+    state = {**state, "model": dict(state["model"]), "model_config": dict(state["model_config"])}
+    change(state)
+    return state
+
+
+CHECKPOINT_CASES = [
+    (lambda s: s["model"].pop("text.gru.weight_hh_l0"), "tensor 'text.gru.weight_hh_l0' is missing"),
+    (lambda s: s["model"].update(extra=torch.zeros(1)), "tensor 'extra' is not one of the model's"),
+    (lambda s: s["model_config"].update(embed_dim=128), "tensor 'image.head.weight' has shape [8, 512]"),
+    (lambda s: s["model_config"].update(embed_dim="128"), "field 'model_config.embed_dim' is a string"),
+    (lambda s: s["model_config"].pop("hidden"), "field 'model_config.hidden' is missing"),
+    (lambda s: s["model_config"].update(arch="vgg"), "unknown image arch 'vgg'"),
+    (lambda s: s.update(model=[1]), "field 'model' is a list"),
+    (lambda s: s.update(vocab=["a", "a"]), "appears twice"),
+]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> dict:
+    from models.checkpoint import load_checkpoint, rebuild
+    path = tmp_path_factory.mktemp("ckpt") / "good.pt"
+    state = tiny_checkpoint(path)
+    rebuild(load_checkpoint(path))    # as written, it rebuilds
+    return state
+
+
+@pytest.mark.parametrize("change,said", CHECKPOINT_CASES, ids=[c[1][:32] for c in CHECKPOINT_CASES])
+def test_a_damaged_checkpoint_is_one_line_in_every_script_that_rebuilds_it(checkpoint, tmp_path,
+                                                                            change, said):
+    from models.checkpoint import save_checkpoint
+    bad = tmp_path / "bad.pt"
+    save_checkpoint(edit(checkpoint, change), bad)
+    line = error_line(cli("export_encoders.py", "--checkpoint", bad, "--out", tmp_path / "o",
+                          check=False), str(bad), said)
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").glob("*.safetensors")), line
+    error_line(cli("evaluate_retrieval.py", "--checkpoint", bad, "--workers", "0", check=False),
+               str(bad), said)
+
+
+@pytest.mark.parametrize("change,said", [
+    (lambda s: s.pop("optimizer"), "field 'optimizer' is missing"),
+    (lambda s: s.update(epoch="3"), "field 'epoch' is a string"),
+    (lambda s: s.update(step=-1), "field 'step' is -1"),
+])
+def test_a_damaged_last_checkpoint_is_one_line_on_resume(checkpoint, tmp_path, change, said):
+    from models.checkpoint import load_resume, save_checkpoint
+    save_checkpoint(edit(checkpoint, change), tmp_path / "last.pt")
+    msg = input_error(load_resume, tmp_path / "last.pt")
+    assert said in msg and "without --resume" in msg
