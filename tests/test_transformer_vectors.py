@@ -5,6 +5,7 @@ packaged MiniLM, paraphrases nearer than unrelated texts."""
 from __future__ import annotations
 
 import json
+import sys
 import pickle
 import time
 from argparse import Namespace
@@ -211,3 +212,13 @@ def test_train_resume_and_evaluate_on_transformer_neighbourhoods(side):
     tiny_bert(side.model, seed=1)   # other weights under the same name
     result = cli("evaluate_retrieval.py", "--checkpoint", best, "--workers", "0", check=False)
     one_line_error(result, "tiny-bert", "now holds weights")
+
+
+def test_packaged_model_missing_or_changed_is_one_line(side, monkeypatch):
+    monkeypatch.setitem(transformer.PACKAGED, "gone", ("no_such_package_here", "0" * 64))
+    assert "is not installed" in input_error(transformer.resolve, "gone")
+    # A packaged name whose weights are not the pinned ones: the tiny BERT stands in for it.
+    monkeypatch.setitem(transformer.PACKAGED, "pinned", ("tiny_stand_in", "0" * 64))
+    monkeypatch.setitem(sys.modules, "tiny_stand_in",
+                        Namespace(get_model_path=lambda: side.model))
+    assert "not the pinned" in input_error(transformer.resolve, "pinned")

