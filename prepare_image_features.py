@@ -26,7 +26,7 @@ from data.datasets.provenance import dataset_hash, dataset_root
 from data.images.cache import CACHE_DIR, ensure_cache
 from data.images.read import report_bad_images
 from models import ARCHS
-from models.features import FEATURES_DIR, build_features, check_record, features_folder, read_record
+from models.features import FEATURES_DIR, FeatureRequest, build_features, check_record, read_record
 from models.precision import pick_device
 
 
@@ -52,23 +52,25 @@ def main() -> None:
     cache, what = ensure_cache(args.work_dir, [it.image for it in items], args.image_size, args.workers)
     print(what)
     report_bad_images(cache.bad, len(cache.paths), args.max_bad_images, "dataset")
-    folder = features_folder(args.work_dir, args.arch, args.image_size)
+    request = FeatureRequest.from_args(args)
+    image = request.image
+    folder = request.folder
     record = read_record(folder)
     if record is not None and record.get("image_cache") == cache.fingerprint:
         try:
-            check_record(record, folder, args, cache.paths)
+            check_record(record, folder, request, cache.paths)
         except InputError as e:
             print(f"{e}".split(": run prepare_image_features.py")[0] + ": making them again")
         else:
             print(f"image features {folder} are up to date ({len(cache.paths)} images, "
-                  f"{args.arch} at {args.image_size}px): reused")
+                  f"{image.arch} at {image.image_size}px): reused")
             return
     device = pick_device(args.device)
     t = time.time()
-    folder = build_features(args, cache, dataset_hash(items, dataset_root(args)), device,
+    folder = build_features(request, cache, dataset_hash(items, dataset_root(args)), device,
                             args.batch_size)
-    print(f"wrote {folder} ({len(cache.paths)} images and their mirrors, {args.arch} at "
-          f"{args.image_size}px, on {device.type}) in {time.time() - t:.1f}s")
+    print(f"wrote {folder} ({len(cache.paths)} images and their mirrors, {image.arch} at "
+          f"{image.image_size}px, on {device.type}) in {time.time() - t:.1f}s")
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ import config
 from data.images.cache import MODES
 from losses import LOSSES, NEGATIVES, Weights
 from models import ARCHS, HEADS, Precision
-from models.checkpoint import Progress, checkpoint_state, load_resume, restore
+from models.checkpoint import Progress, check_image_mode, checkpoint_state, load_resume, restore
 from models.precision import PRECISIONS
+from models.settings import ImageSettings
 from training import distributed
 from training.build import build_trainee, datasets, image_mode, objectives, optimization, wrap
 from training.loop import ending, epoch_line, epoch_loader, save_epoch, train_epoch, validate
@@ -142,11 +143,13 @@ def main() -> None:
     if args.select_by is None:
         args.select_by = resumed[1].get("select_by", "loss") if resumed else config.SELECT_BY
     record = settings_record(args)   # the flags the checkpoints keep
+    image = ImageSettings.from_args(args)
     if resumed is not None:   # before any data is read: only --epochs and --patience may change
         notes = check_resume_settings(resumed[1].get("config"), record, resumed[0])
+        check_image_mode(resumed[1], image.frozen_image, resumed[0])
         if ctx.main and notes:
             print("\n".join(notes))
-    data = prepare(args, ctx, resumed)
+    data = prepare(args, ctx, resumed, image)
     precision = Precision.resolve(ctx.device, args.precision)
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
@@ -154,7 +157,7 @@ def main() -> None:
     model = build_trainee(args, data, precision)
     select = Selection(args.select_by)    # what best.pt, early stopping and the schedule follow
     optimizer, scheduler = optimization(model, args, select.mode)
-    mode = image_mode(args, data)
+    mode = image_mode(data)
     progress = Progress()
     if resumed is not None:
         progress = restore(resumed, model, optimizer, scheduler, data.vocab.fingerprint(), mode)
@@ -179,13 +182,14 @@ def main() -> None:
         if select.since_best >= args.patience:
             break
         loader = epoch_loader(train_ds, data.sampler, args, ctx, epoch)
-        train_loss, rate, train_s = train_epoch(net, optimizer, loader, precision, objective, log, progress, ctx, epoch)
+        train_loss, rate, train_s = train_epoch(net, optimizer, loader, precision, objective, log,
+                                                progress, ctx, epoch, data.images)
         t0 = time.time()
-        val = validate(model, val_ds, args, ctx, precision, val_objective)
+        val = validate(model, val_ds, args, ctx, precision, val_objective, data.images)
         log.check(progress.step, "val_loss", val, optimizer.param_groups[0]["lr"])   # before any save
         t1 = time.time()
-        recall = validation_recall(model, data.items, data.val_docs, data.val_tokens, data.read,
-                                   args.image_size, precision, args.batch_size, ctx)
+        recall = validation_recall(model, data.items, data.val_docs, data.val_tokens, data.images,
+                                   precision, args.batch_size, ctx)
         seconds = (train_s, t1 - t0, time.time() - t1)   # training, validation loss, recall
         scheduler.step(select.value(val, recall))
         improved = select.update(select.value(val, recall))

@@ -258,9 +258,9 @@ def check_data(args: argparse.Namespace) -> None:
             raise InputError(f"--select {args.select} needs the Doc2Vec model {model}: run "
                              "train_doc2vec.py first, or choose another --select")
     if getattr(args.trainer, "frozen_image", False):   # one line now, not one per failed run
-        from models.features import training_features
+        from models.features import FeatureRequest, training_features
         paths = [it.image for it in items]
-        training_features(args.trainer, paths, paths)
+        training_features(FeatureRequest.from_args(args.trainer), paths, paths)
     if need is not None:
         n_val = sum(it.split == "val" for it in items)
         if n_val <= K:

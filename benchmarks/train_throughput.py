@@ -53,7 +53,8 @@ from losses import CrossModalObjective, LossConfig, Weights  # noqa: E402
 from models import ModelConfig, Precision, Vocabulary, build_model  # noqa: E402
 from training.data import PairDataset, epoch_order, make_loader, with_random_texts  # noqa: E402
 from data.images.cache import cached_reader, ensure_cache, training_images  # noqa: E402
-from data.images.read import ImageFiles, normalize  # noqa: E402
+from data.images.read import ImageFiles  # noqa: E402
+from models.image_source import ImageSource  # noqa: E402
 from training.neighbors import NeighborSampler  # noqa: E402
 from training.step import StepLog, train_step  # noqa: E402
 
@@ -250,7 +251,7 @@ def interleaved(runs: dict, warmup: int, steps: int, rounds: int,
 def as_features(model, batch: dict, device: torch.device) -> dict:
     """The batch with its images replaced by what prepare_image_features.py stores for them:
     the backbone's float16 features of each image and its mirror."""
-    backbone = model.image.backbone
+    backbone, normalize = model.image.backbone, model.image.entry.preprocessing.normalize
     was = backbone.training
     backbone.eval()
     x = batch["images"].to(device)
@@ -278,7 +279,8 @@ def new_model(args, vocab, vectors, device: torch.device, precision: str):
     return model, torch.optim.Adam(model.parameters(), lr=config.LR, weight_decay=config.WEIGHT_DECAY)
 
 
-def stepper(model, optimizer, device: torch.device, precision: str):
+def stepper(model, optimizer, device: torch.device, precision: str,
+            images: ImageSource | None = None):
     # The paper's weights with config.py's objective (the release's negatives by default).
     objective = CrossModalObjective(LossConfig.for_training(
         weights=Weights(1.0, 0.3, 0.2), loss=config.LOSS, tan2_alpha=config.TAN2_ALPHA,
@@ -287,7 +289,7 @@ def stepper(model, optimizer, device: torch.device, precision: str):
     count = [0]
 
     def step(batch: dict) -> None:
-        loss, parts = train_step(model, optimizer, batch, run, objective)
+        loss, parts = train_step(model, optimizer, batch, run, objective, images)
         count[0] += 1
         log.add(count[0], loss, parts, config.LR)
     return step
@@ -401,7 +403,9 @@ def main(argv: list[str] | None = None) -> dict:
             frozen_optimizer = torch.optim.Adam([p for p in frozen_model.parameters() if p.requires_grad],
                                                 lr=config.LR, weight_decay=config.WEIGHT_DECAY)
             features = [as_features(frozen_model, b, device) for b in ready]
-            runs["frozen"] = (stepper(frozen_model, frozen_optimizer, device, args.precision), features)
+            stored = ImageSource.frozen(frozen_model.image.entry, args.image_size, None, {})
+            runs["frozen"] = (stepper(frozen_model, frozen_optimizer, device, args.precision, stored),
+                              features)
             runs["frozen text branch"] = (text_stepper(frozen_model, device, args.precision), features)
         results["setups"].update(interleaved(runs, args.warmup, args.steps, args.rounds, device))
         if "frozen" in args.setups:

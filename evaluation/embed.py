@@ -21,9 +21,9 @@ from tqdm import tqdm
 import config
 from data.datasets.settings import DataSettings, TextSettings, names
 from data.images.cache import UnreadableImage
-from data.images.read import try_read_image
 from models import CrossModalModel, Vocabulary, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
+from models.image_source import ImageSource
 from models.precision import Precision
 
 # Training flags whose value the checkpoint records; a flag given on the command line wins.
@@ -79,29 +79,29 @@ def prepare_model(model: CrossModalModel, device: torch.device, precision: str) 
 
 
 class ImageFileDataset(Dataset):
-    """Item i: (i, uint8 [3, s, s], "" or the reason the image could not be had).
+    """Item i: (i, the source's row of paths[i], "" or the reason the image could not be had;
+    the source's filler stands in for it then).
 
-    Images come from `read` (the image cache's reader) when given, else from the files.
+    Rows come from the source's reader (the image cache's, or --frozen-image's features) when it
+    has one, else from the files.
     """
 
-    def __init__(self, paths: Sequence[str], size: int, read: Callable[[int], torch.Tensor] | None = None):
-        self.paths, self.size, self.read = list(paths), size, read
+    def __init__(self, paths: Sequence[str], source: ImageSource):
+        self.paths, self.source = list(paths), source
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def _load(self, i: int) -> tuple[torch.Tensor | None, str]:
-        if self.read is None:
-            return try_read_image(self.paths[i], self.size)
         try:
-            return self.read(i), ""
+            return self.source.load(self.paths[i], i)
         except UnreadableImage as e:
             return None, str(e)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, str]:
         image, reason = self._load(i)
         if image is None:
-            return i, torch.zeros(3, self.size, self.size, dtype=torch.uint8), reason
+            return i, self.source.filler(), reason
         return i, image, ""
 
 
@@ -114,15 +114,18 @@ def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
 def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device: torch.device,
                  batch_size: int = 128, workers: int = 0, precision: str = "bf16",
                  desc: str = "embedding images", read: Callable[[int], torch.Tensor] | None = None,
-                 progress: bool = True) -> tuple[torch.Tensor, dict[int, str]]:
+                 progress: bool = True, source: ImageSource | None = None
+                 ) -> tuple[torch.Tensor, dict[int, str]]:
     """(float32 CPU [N, D] unit rows in the order of `paths`, {index: reason} of unreadable files).
 
     `model` must already be on `device` (see prepare_model). `read(i)`, when given, returns the
-    uint8 image of paths[i] (the image cache's reader) instead of decoding the file.
+    uint8 image of paths[i] (the image cache's reader) instead of decoding the file. `source`
+    (training's, with its reader), when given, says what the rows are instead of `size`/`read`.
     """
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
-    loader = DataLoader(ImageFileDataset(paths, size, read), batch_size=batch_size, shuffle=False,
+    source = source or ImageSource.pixels(model.image.entry, size, read)
+    loader = DataLoader(ImageFileDataset(paths, source), batch_size=batch_size, shuffle=False,
                         num_workers=max(0, workers), collate_fn=_collate,
                         pin_memory=device.type == "cuda",
                         prefetch_factor=4 if workers > 0 else None)
@@ -132,9 +135,9 @@ def embed_images(model: CrossModalModel, paths: Sequence[str], size: int, device
     run = Precision.resolve(device, precision)
     for index, images, reasons in tqdm(loader, desc=desc, unit="batch", mininterval=1.0,
                                        disable=len(loader) < 2 or not progress):
-        x = run.image_inputs(images, train=False)   # uint8 images, or --frozen-image's features
+        x = source.inputs(images, run, train=False)
         with run.autocast():
-            out[index.to(device)] = model.embed_images(x).float()
+            out[index.to(device)] = source.embed(model, x).float()
         failures.update({int(i): r for i, r in zip(index, reasons) if r})
     return out.cpu(), failures
 

@@ -7,10 +7,12 @@ evaluation, restore for --resume):
   epoch, step, val_loss, val_recall                where the run stands (Progress)
   select_by, best_val, since_best                  the best epoch's rule and value (--select-by:
                                                    training.validate.Selection)
-  config                                           the trainer's flags (evaluation's defaults)
+  config                                           the trainer's flags (evaluation's defaults),
+                                                   but for --frozen-image
   provenance                                       what the data was made from (data.datasets.provenance)
   image_mode                                       {"frozen": --frozen-image, "features": the
-                                                   feature file's record or None}; the model
+                                                   feature file's record or None}, the only copy
+                                                   of the mode (ImageSource.record); the model
                                                    always holds its backbone's weights
 """
 from __future__ import annotations
@@ -194,11 +196,7 @@ def restore(resumed: tuple[Path, dict], model: CrossModalModel, optimizer, sched
     that they fit); where the run stood."""
     path, state = resumed
     check_resume(state, path, model.config(), vocab_fingerprint)
-    frozen = bool(state.get("image_mode", {}).get("frozen", False))
-    if frozen != image_mode["frozen"]:
-        raise InputError(f"{path}: the run was trained {'with' if frozen else 'without'} "
-                         "--frozen-image: resume it with the same image mode, or start afresh "
-                         "without --resume")
+    check_image_mode(state, image_mode["frozen"], path)
     load_model_state(model, state["model"], path)
     try:
         optimizer.load_state_dict(state["optimizer"])
@@ -208,3 +206,21 @@ def restore(resumed: tuple[Path, dict], model: CrossModalModel, optimizer, sched
                          f"({type(e).__name__}): resume with that run's flags, or start afresh "
                          "without --resume") from None
     return Progress(state["epoch"], state["step"], state.get("val_loss"), state.get("val_recall"))
+
+
+def trained_frozen(state: dict) -> bool:
+    """Whether the checkpoint's run trained on frozen features. Checkpoints written before the
+    mode was kept once also hold it among their flags (config["frozen_image"])."""
+    mode = state.get("image_mode") or {}
+    if "frozen" in mode:
+        return bool(mode["frozen"])
+    return bool((state.get("config") or {}).get("frozen_image", False))
+
+
+def check_image_mode(state: dict, frozen: bool, path: str | Path) -> None:
+    """One line unless the run `state` continues trained in the same image mode."""
+    was = trained_frozen(state)
+    if was != frozen:
+        raise InputError(f"{path}: the run was trained {'with' if was else 'without'} "
+                         "--frozen-image: resume it with the same image mode, or start afresh "
+                         "without --resume")

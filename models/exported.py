@@ -10,7 +10,8 @@ holds the transformer's configuration and pooling, and vocab.json its tokenizer 
 tokenizer's own JSON and the length limit), so loading needs no model folder.
 
 Embedding here is what evaluate_retrieval.py does: an image squashed (not cropped) to
-image_size x image_size, ImageNet-normalised; a text preprocessed as in training, cut to
+image_size x image_size, normalised by the mean and std of its backbone's entry
+(models/backbones.py), which config.json records; a text preprocessed as in training, cut to
 max_tokens words of the vocabulary between START and END.
 """
 from __future__ import annotations
@@ -33,7 +34,7 @@ from common.errors import InputError
 from common.files import NotRegularFile, kind_of, open_regular
 from common.workdir import atomic_write
 from data.datasets.settings import TOKEN_FLAGS
-from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize, read_image
+from data.images.read import Preprocessing, read_image
 from data.text.preprocess import preprocess
 from models.checkpoint import state_mismatch
 from models.image import ImageEncoder
@@ -73,7 +74,8 @@ def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder | 
                  "vocab_size": text.embedding.num_embeddings}
     config = {"format": FORMAT, "arch": image.arch, "embed_dim": image.embed_dim, **shape,
               **{k: preparation[k] for k in PREPARATION},
-              "image_mean": list(IMAGENET_MEAN), "image_std": list(IMAGENET_STD),
+              "image_mean": list(image.entry.preprocessing.mean),
+              "image_std": list(image.entry.preprocessing.std),
               "image_resize": "squashed to image_size x image_size (bilinear), not cropped",
               "source": source}
     for name, module in ((IMAGE_FILE, image), (TEXT_FILE, text)):
@@ -135,9 +137,11 @@ class Encoders:
     def embed_images(self, paths: Sequence[str | os.PathLike], batch_size: int = 64) -> Tensor:
         """[N, embed_dim] unit rows, one per image file, decoded `batch_size` at a time."""
         size, out = self.config["image_size"], []
+        # As config.json says: the export is read as written, whatever the table says now.
+        prep = Preprocessing(tuple(self.config["image_mean"]), tuple(self.config["image_std"]))
         for s in range(0, len(paths), batch_size):
             batch = torch.stack([read_image(str(p), size) for p in paths[s:s + batch_size]])
-            out.append(self.image(normalize(batch.to(self.device))))
+            out.append(self.image(prep.normalize(batch.to(self.device))))
         return torch.cat(out) if out else torch.empty(0, self.image.embed_dim, device=self.device)
 
     def tokens(self, text: str) -> list[int]:

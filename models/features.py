@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -25,11 +26,17 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from common import records as R
 from common.errors import InputError
+from common.files import not_regular, open_regular, read_regular_text
 from common.places import check_replaceable
 from common.workdir import default_mode, swap_folder, write_error
+from data.datasets.settings import DataSettings
 from data.images.cache import CachedImages, ImageCache, _remove_leftovers, file_stats
-from data.images.read import normalize
+from data.images.read import Preprocessing
+from models.backbones import backbone as backbone_entry
+from models.checkpoint import state_mismatch, torch_save
+from models.settings import ImageSettings
 
 FEATURES_DIR = "image_features"
 ARRAY, RECORD, BACKBONE = "features.npy", "record.json", "backbone.pt"
@@ -40,6 +47,23 @@ def features_folder(work_dir: str | Path, arch: str, size: int) -> Path:
     return Path(work_dir) / FEATURES_DIR / f"{arch}_{size}"
 
 
+@dataclass(frozen=True)
+class FeatureRequest:
+    """The features a run asks for: made by the backbone and weights of `image` (random weights
+    are drawn under the data's --seed), for the dataset of `data`, kept under `work_dir`."""
+    work_dir: str
+    image: ImageSettings
+    data: DataSettings
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> "FeatureRequest":
+        return cls(str(args.work_dir), ImageSettings.from_args(args), DataSettings.from_args(args))
+
+    @property
+    def folder(self) -> Path:
+        return features_folder(self.work_dir, self.image.arch, self.image.image_size)
+
+
 def file_hash(path: str | Path) -> str:
     h = hashlib.blake2b(digest_size=16)
     with open(path, "rb") as f:
@@ -48,20 +72,20 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def weights_identity(args: argparse.Namespace) -> dict:
-    """Which backbone weights the flags ask for, as the trainer builds them: a --image-weights
-    file (by its content), torchvision's ImageNet weights (by name), or random weights drawn
+def weights_identity(image: ImageSettings, seed: int) -> dict:
+    """Which backbone weights the settings ask for, as the trainer builds them: a --image-weights
+    file (by its content), the entry's pretrained weights (by name), or random weights drawn
     under --seed (--no-pretrained; the trainer's --run-seed does not change a frozen backbone)."""
-    from models.image import ARCHS
-    if args.image_weights is not None:
-        path = Path(args.image_weights)
+    if image.image_weights is not None:
+        path = Path(image.image_weights)
         if not path.is_file():
             raise InputError(f"image weights file {path} not found: pass an existing file to "
                              "--image-weights, or --no-pretrained")
         return {"kind": "file", "path": str(path.resolve()), "hash": file_hash(path)}
-    if args.no_pretrained:
-        return {"kind": "random", "seed": int(args.seed)}
-    return {"kind": "imagenet", "name": os.path.basename(ARCHS[args.arch][1].url)}
+    if image.no_pretrained:
+        return {"kind": "random", "seed": int(seed)}
+    # "imagenet": the kind older feature files recorded for the pretrained weights
+    return {"kind": "imagenet", "name": backbone_entry(image.arch).weights.name}
 
 
 def describe(identity: dict) -> str:
@@ -72,29 +96,33 @@ def describe(identity: dict) -> str:
     return f"ImageNet weights ({identity['name']})"
 
 
-def remake_hint(args: argparse.Namespace) -> str:
-    weights = (f" --image-weights {args.image_weights}" if args.image_weights else
-               f" --no-pretrained --seed {args.seed}" if args.no_pretrained else "")
-    return (f"run prepare_image_features.py --dataset {args.dataset} --work-dir {args.work_dir} "
-            f"--arch {args.arch} --image-size {args.image_size}{weights}")
+def remake_hint(request: FeatureRequest) -> str:
+    image = request.image
+    weights = (f" --image-weights {image.image_weights}" if image.image_weights else
+               f" --no-pretrained --seed {request.data.seed}" if image.no_pretrained else "")
+    return (f"run prepare_image_features.py --dataset {request.data.dataset} --work-dir "
+            f"{request.work_dir} --arch {image.arch} --image-size {image.image_size}{weights}")
 
 
-def build_backbone(args: argparse.Namespace) -> torch.nn.Module:
+def build_backbone(image: ImageSettings, seed: int) -> torch.nn.Module:
     """The backbone as the trainer builds it: random weights drawn under the seed first (the
-    trainer seeds, then builds the image branch before anything else), then the ImageNet or
+    trainer seeds, then builds the image branch before anything else), then the pretrained or
     --image-weights ones over them."""
     from models.image import ImageEncoder
-    torch.manual_seed(args.seed)
-    encoder = ImageEncoder(args.arch, embed_dim=1, pretrained=not args.no_pretrained,
-                           weights_file=args.image_weights)
+    torch.manual_seed(seed)
+    encoder = ImageEncoder(image.arch, embed_dim=1, pretrained=not image.no_pretrained,
+                           weights_file=image.image_weights)
     return encoder.backbone.eval()
 
 
 @torch.no_grad()
-def compute_features(backbone: torch.nn.Module, cache: ImageCache, out: np.ndarray,
-                     device: torch.device, batch_size: int, progress: bool = True) -> None:
+def compute_features(backbone: torch.nn.Module, preprocessing: Preprocessing, cache: ImageCache,
+                     out: np.ndarray, device: torch.device, batch_size: int,
+                     progress: bool = True) -> None:
     """Write into `out` ([N, 2, F] float16, a memory map: a large dataset never sits in memory)
-    the features of the cache's rows and their mirrors; zeros for the images it could not read."""
+    the features of the cache's rows and their mirrors, prepared as the backbone's entry says;
+    zeros for the images it could not read."""
+    normalize = preprocessing.normalize
     images = np.load(cache.folder / "images.npy", mmap_mode="r")
     bad_rows = {cache.row_of[p] for p in cache.bad}
     backbone = backbone.to(device).eval()
@@ -114,33 +142,35 @@ def compute_features(backbone: torch.nn.Module, cache: ImageCache, out: np.ndarr
         out[s:s + len(x)] = block
 
 
-def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
+def build_features(request: FeatureRequest, cache: ImageCache, data_hash: str,
                    device: torch.device, batch_size: int, progress: bool = True) -> Path:
     """Compute the features of every image of `cache` and write the folder (replacing one)."""
-    identity = weights_identity(args)
-    backbone = build_backbone(args)
-    final = features_folder(args.work_dir, args.arch, args.image_size)
+    image = request.image
+    identity = weights_identity(image, request.data.seed)
+    backbone = build_backbone(image, request.data.seed)
+    final = request.folder
     check_replaceable(final, RECORD, "prepare_image_features.py")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
-    shape = [len(cache.paths), 2, feature_dim(args.arch)]
+    entry = backbone_entry(image.arch)
+    shape = [len(cache.paths), 2, entry.feature_dim]
     need, free = int(np.prod(shape)) * 2, shutil.disk_usage(root).free
     if need > free:
         raise InputError(f"{root}: the features of {len(cache.paths)} images need "
                          f"{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: free some "
                          "space or pass a --work-dir on a larger disk")
-    record = {"format": FORMAT, "arch": args.arch, "image_size": args.image_size,
+    record = {"format": FORMAT, "arch": image.arch, "image_size": image.image_size,
               "weights": identity, "dataset_hash": data_hash, "image_cache": cache.fingerprint,
               "paths": cache.paths, "stats": cache.stats, "bad": cache.bad, "shape": shape}
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.building-pid{os.getpid()}-"))
     os.chmod(tmp, default_mode(folder=True))
     try:
         array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.float16, shape=tuple(shape))
-        compute_features(backbone, cache, array, device, batch_size, progress)
+        compute_features(backbone, entry.preprocessing, cache, array, device, batch_size, progress)
         array.flush()
         del array
-        torch.save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp / BACKBONE)
+        torch_save({k: v.cpu() for k, v in backbone.state_dict().items()}, tmp / BACKBONE)
         (tmp / RECORD).write_text(json.dumps(record), encoding="utf-8")
         for f in (tmp / ARRAY, tmp / BACKBONE, tmp / RECORD):
             os.chmod(f, default_mode())
@@ -153,34 +183,48 @@ def build_features(args: argparse.Namespace, cache: ImageCache, data_hash: str,
     return final
 
 
-def feature_dim(arch: str) -> int:
-    from models.image import ARCHS
-    return ARCHS[arch][2]
+RECORD_SCHEMA = {
+    "format": R.one_of(FORMAT), "arch": R.of(str), "image_size": R.whole(1),
+    "weights": {"kind": R.one_of("file", "random", "imagenet")}, "dataset_hash": R.of(str),
+    "image_cache": R.of(str), "paths": R.list_of(R.of(str)),
+    "stats": R.list_of(R.optional(R.list_of(R.of(int)))), "bad": R.of(dict),
+    "shape": R.list_of(R.whole(0), length=3),
+}
 
 
-def read_record(folder: Path) -> dict | None:
+def read_record(folder: Path, fix: str = "run prepare_image_features.py again") -> dict | None:
+    """The folder's record; None where there is none of this version (or its array is not a
+    float16 one of the recorded shape); one line naming the field where the record is damaged
+    (edited, cut short)."""
     try:
-        record = json.loads((folder / RECORD).read_text(encoding="utf-8"))
-        array = np.load(folder / ARRAY, mmap_mode="r")
+        record = json.loads(read_regular_text(folder / RECORD))
+        array = np.load(folder / ARRAY, mmap_mode="r") if not not_regular(folder / ARRAY) else None
     except (OSError, ValueError):
         return None
-    if not isinstance(record, dict) or record.get("format") != FORMAT or \
-            list(array.shape) != record.get("shape") or array.dtype != np.float16:
+    if not isinstance(record, dict) or record.get("format") != FORMAT or array is None:
+        return None
+    R.check(record, RECORD_SCHEMA, folder / RECORD, fix)
+    n = record["shape"][0]
+    for name in ("paths", "stats"):
+        if len(record[name]) != n:
+            raise InputError(f"{folder / RECORD}: field {name!r} has {len(record[name])} entries "
+                             f"for {n} rows: {fix}")
+    if list(array.shape) != record["shape"] or array.dtype != np.float16:
         return None
     return record
 
 
-def check_record(record: dict | None, folder: Path, args: argparse.Namespace,
+def check_record(record: dict | None, folder: Path, request: FeatureRequest,
                  used: Sequence[str]) -> None:
     """One line, with the command that remakes the folder, unless it holds the features of
-    every one of `used` (unchanged since) made with these flags."""
-    hint = remake_hint(args)
+    every one of `used` (unchanged since) made with these settings."""
+    hint = remake_hint(request)
     if record is None:
         raise InputError(f"{folder}: no image features (or unreadable, or written by another "
                          f"version) for --frozen-image: {hint}")
-    identity = weights_identity(args)
-    for what, then, now in (("--arch", record["arch"], args.arch),
-                            ("--image-size", record["image_size"], args.image_size),
+    identity = weights_identity(request.image, request.data.seed)
+    for what, then, now in (("--arch", record["arch"], request.image.arch),
+                            ("--image-size", record["image_size"], request.image.image_size),
                             ("the backbone's weights", describe(record["weights"]), describe(identity))):
         if then != now:
             raise InputError(f"{folder}: the features were made with {what} {then}, this run "
@@ -201,17 +245,17 @@ def check_record(record: dict | None, folder: Path, args: argparse.Namespace,
                          f"since they were made (first: {changed[0]}): {hint}")
 
 
-def training_features(args: argparse.Namespace, item_paths: Sequence[str], used: Sequence[str]
+def training_features(request: FeatureRequest, item_paths: Sequence[str], used: Sequence[str]
                       ) -> tuple[CachedImages, dict[str, str], str, dict]:
     """For --frozen-image: (image id -> float16 [2, F] reader, {path: reason} of the bad ones
     among `used`, a line saying where they come from, the record without its per-image lists
     (for the checkpoints))."""
-    folder = features_folder(args.work_dir, args.arch, args.image_size)
+    folder = request.folder
     # The array is opened before its record is read and checked after: what the run reads for
     # its whole length (the open file, whatever a rebuild swaps in) is what the record describes.
-    held = open_held(folder / ARRAY, args)
-    record = read_record(folder)
-    check_record(record, folder, args, used)
+    held = open_held(folder / ARRAY, request)
+    record = read_record(folder, remake_hint(request))
+    check_record(record, folder, request, used)
     if not held.unchanged():
         raise InputError(f"{folder}: rebuilt while this run read it: start the run again once "
                          "prepare_image_features.py is done")
@@ -224,22 +268,31 @@ def training_features(args: argparse.Namespace, item_paths: Sequence[str], used:
             f"images: frozen features from {folder}", summary)
 
 
-def open_held(path: Path, args: argparse.Namespace) -> CachedImages:
+def open_held(path: Path, request: FeatureRequest) -> CachedImages:
     """The features array opened (a reader of no rows: its identity and open file)."""
     if not path.is_file():
-        check_record(None, path.parent, args, [])
+        check_record(None, path.parent, request, [])
     return CachedImages(path, np.zeros(0, dtype=np.int64), {})
 
 
-def load_backbone(args: argparse.Namespace, read: CachedImages | None = None) -> dict:
+def load_backbone(request: FeatureRequest, read: CachedImages | None = None) -> dict:
     """The state dict of the backbone that made the features (checked by training_features);
     with `read` (training_features' reader), refused when the folder was rebuilt since."""
-    folder = features_folder(args.work_dir, args.arch, args.image_size)
+    folder = request.folder
     path = folder / BACKBONE
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path) as f:
+            state = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - a damaged file is remade
-        raise InputError(f"{path}: unreadable ({type(e).__name__}): {remake_hint(args)}") from None
+        raise InputError(f"{path}: unreadable ({type(e).__name__}): {remake_hint(request)}") from None
+    # Shapes only: built on the meta device, it allocates nothing and draws no random numbers.
+    with torch.device("meta"):
+        own = backbone_entry(request.image.arch).build().state_dict()
+    wrong = "it is not a state dict" if not isinstance(state, dict) or \
+        not all(isinstance(v, torch.Tensor) for v in state.values()) else state_mismatch(own, state)
+    if wrong:
+        raise InputError(f"{path}: not the {request.image.arch} backbone the features were made "
+                         f"with ({wrong}): {remake_hint(request)}")
     if read is not None and not read.unchanged():
         raise InputError(f"{folder}: rebuilt while this run read it: start the run again once "
                          "prepare_image_features.py is done")

@@ -75,12 +75,18 @@ class CrossModalModel(nn.Module):
     def embed_images(self, images: Tensor) -> Tensor:
         return self.image(images)
 
+    def embed_image_features(self, features: Tensor) -> Tensor:
+        return self.image.forward_features(features)
+
     def embed_texts(self, tokens: Tensor, lengths: Tensor) -> Tensor:
         return self.text(tokens, lengths)
 
-    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """Both branches in one call, so that DistributedDataParallel sees every parameter."""
-        return self.image(images), self.text(tokens, lengths)
+    def forward(self, images: Tensor, tokens: Tensor, lengths: Tensor, features: bool = False
+                ) -> tuple[Tensor, Tensor]:
+        """Both branches in one call, so that DistributedDataParallel sees every parameter.
+        `features`: `images` are backbone features (--frozen-image), not pixels."""
+        image = self.image.forward_features(images) if features else self.image(images)
+        return image, self.text(tokens, lengths)
 
     def config(self) -> ModelConfig:
         if isinstance(self.text, HFTextEncoder):

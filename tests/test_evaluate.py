@@ -21,7 +21,8 @@ from evaluation.neighborhood import knn_overlap
 from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
 from evaluation.split import integer_labels, load_split, without_unreadable
 from conftest import RUN, cli, one_line_error, train_tiny
-from data.images.read import normalize, read_image
+from data.images.read import read_image
+from models.backbones import IMAGENET
 from models import ModelConfig, Vocabulary, build_model, pad_batch
 from models.checkpoint import load_checkpoint, rebuild
 
@@ -84,7 +85,7 @@ def test_metrics_json_table_and_saved_embeddings_agree(trained):
     # ... and they are the model's own output for each image and text, one at a time.
     model, vocab = rebuild(load_checkpoint(best))
     with torch.no_grad():
-        img = model.embed_images(normalize(read_image(ids["image_paths"][5], 32)[None]))
+        img = model.embed_images(IMAGENET.normalize(read_image(ids["image_paths"][5], 32)[None]))
         tokens = vocab.encode(preprocess(test[5]["texts"][1]), config.MAX_TOKENS)
         txt = model.embed_texts(*pad_batch([tokens]))
     assert torch.allclose(img[0], images[5], atol=1e-5)

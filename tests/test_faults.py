@@ -650,7 +650,7 @@ def test_a_fifo_where_any_input_file_should_be_is_refused_without_blocking(pipel
             result = train(manifest, work, "--overwrite", check=False)
             error_line(result, f"{work / name}", "FIFO")
         with pytest.raises(ValueError, match="FIFO"):
-            from models.image import load_backbone_weights
+            from models.backbones import load_backbone_weights
             load_backbone_weights(torch.nn.Linear(1, 1), fifo, "resnet18")
 
 

@@ -14,12 +14,14 @@ from pipeline import TINY_TRAIN, run, text_side
 from data.datasets.load import load_items
 from data.datasets.provenance import dataset_hash, dataset_root
 from data.images.cache import find_cache
-from data.images.read import normalize
+from models.backbones import IMAGENET, backbone as backbone_entry
 from evaluation.embed import embed_images, load_model
 from losses import CrossModalObjective, LossConfig, Weights
 from models import ModelConfig, Precision, build_model
 from models.checkpoint import load_checkpoint
-from models.features import features_folder, read_record, training_features
+from models.features import FeatureRequest, features_folder, read_record
+from models.features import training_features as features_of_request
+from models.image_source import ImageSource
 from training.data import PairDataset, collate
 from training.step import train_step
 
@@ -35,6 +37,10 @@ def prepared(module_tmp):
         "--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1",
         "--batch-size", "50")
     return manifest, root / "work"
+
+
+def training_features(args, item_paths, used):
+    return features_of_request(FeatureRequest.from_args(args), item_paths, used)
 
 
 def flags(manifest, work, **over) -> argparse.Namespace:
@@ -64,7 +70,8 @@ def test_feature_file_records_its_provenance_and_holds_the_backbone_output(prepa
     backbone.eval()
     x = torch.from_numpy(np.load(cache.folder / "images.npy")[:10])
     with torch.no_grad():
-        want = torch.stack([backbone(normalize(x)), backbone(normalize(x.flip(-1)))], 1)
+        want = torch.stack([backbone(IMAGENET.normalize(x)),
+                            backbone(IMAGENET.normalize(x.flip(-1)))], 1)
     assert torch.allclose(torch.from_numpy(feats[:10].astype(np.float32)), want, rtol=2e-3, atol=1e-3)
     assert not torch.allclose(want[:, 0], want[:, 1])   # the mirror is another image
 
@@ -139,13 +146,15 @@ def test_frozen_step_equals_the_backbone_on_the_fly_without_gradients(prepared):
         hardest_negative=False, negatives="release"))
     precision = Precision.resolve("cpu", "fp32")
     results = []
-    for model, read in zip(models, (feats_read, images_read)):
+    entry = backbone_entry("resnet18")
+    sources = (ImageSource.frozen(entry, 32, feats_read, {}), ImageSource.pixels(entry, 32, images_read))
+    for model, read, source in zip(models, (feats_read, images_read), sources):
         ds = PairDataset(list(range(12)), tokens, read)
         ds.set_neighbors(np.array([1, 0, 3, -1, 5, 4, 7, 6, -1, 10, 9, 2]))
         batch = collate([ds[(i, (i * 5) % 12)] for i in range(12)])
         opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
         torch.manual_seed(7)   # the flips
-        loss, parts = train_step(model, opt, batch, precision, objective)
+        loss, parts = train_step(model, opt, batch, precision, objective, source)
         results.append((loss, parts, model.state_dict()))
     (la, pa, sa), (lb, pb, sb) = results
     assert torch.allclose(la, lb, rtol=1e-5, atol=1e-6)
@@ -196,7 +205,7 @@ def test_frozen_resume_equals_uninterrupted_and_checkpoint_embeds_without_featur
     on_the_fly, failures = embed_images(model, record["paths"], 32, torch.device("cpu"),
                                         precision="fp32", batch_size=64)
     with torch.no_grad():
-        from_file = model.embed_images(stored)
+        from_file = model.embed_image_features(stored)
     assert not failures
     assert torch.allclose(on_the_fly, from_file, atol=2e-3)
     assert (on_the_fly * from_file).sum(1).min() > 0.9999

@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from conftest import input_error
 from data.images.cache import build_cache
-from models.features import ARRAY, build_features, features_folder, load_backbone, training_features
+from models.features import ARRAY, FeatureRequest, build_features, features_folder, load_backbone, training_features
 from data.neighbors.knn_file import load_knn
 from common.workdir import KNN, save_pickle, swap_folder
 
@@ -45,9 +45,10 @@ def rebuild_npy(path: Path) -> None:
     swap_folder(tmp, path.parent, path.parent.parent / f".{path.parent.name}.old")
 
 
-def feature_args(work: Path, seed: int = 0) -> argparse.Namespace:
-    return argparse.Namespace(work_dir=str(work), arch="resnet18", image_size=SIZE, seed=seed,
-                              no_pretrained=True, image_weights=None, dataset="d.jsonl")
+def feature_args(work: Path, seed: int = 0) -> FeatureRequest:
+    return FeatureRequest.from_args(argparse.Namespace(
+        work_dir=str(work), arch="resnet18", image_size=SIZE, seed=seed, no_pretrained=True,
+        image_weights=None, dataset="d.jsonl"))
 
 
 def image_cache_case(tmp: Path):

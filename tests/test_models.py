@@ -6,7 +6,7 @@ import pytest
 import torch
 from torchvision import models as tvm
 
-import models.image as image_module
+import models.backbones as image_module
 from models import (END, PAD, START, ImageEncoder, ModelConfig, TextEncoder, Vocabulary,
                     build_model, imagenet_cache_path, pad_batch)
 

@@ -4,14 +4,17 @@ import pytest
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from data.images.read import IMAGENET_MEAN, IMAGENET_STD, normalize
 from losses import CrossModalObjective, LossConfig, Weights
 from models import ModelConfig, Precision, build_model
-from models.precision import prep_images, use_bf16
+from models.backbones import IMAGENET, backbone
+from models.image_source import ImageSource, prep_images
+from models.precision import use_bf16
 from training.data import PairDataset, collate, epoch_order, with_random_texts
 from training.step import StepLog, objective_inputs, train_step
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
+IMAGENET_MEAN, IMAGENET_STD, normalize = IMAGENET.mean, IMAGENET.std, IMAGENET.normalize
+PIXELS = ImageSource.pixels(backbone("resnet18"), 16)
 
 
 @pytest.mark.filterwarnings("ignore:CUDA is not available")   # the CUDA context is only built here
@@ -33,8 +36,8 @@ def test_precision_prepares_the_model_and_its_images_alike():
     fast = Precision(CPU, True)             # the CUDA layout, checked on the CPU
     model = fast.prepare(model)
     assert model.image.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    assert fast.images(batch, train=False).is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(Precision(CPU, False).images(batch, train=False), normalize(batch))
+    assert PIXELS.inputs(batch, fast, train=False).is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(PIXELS.inputs(batch, Precision(CPU, False), train=False), normalize(batch))
 
 
 def test_normalize_matches_the_formula_and_flips_only_the_chosen_images():
@@ -53,12 +56,13 @@ def test_normalize_matches_the_formula_and_flips_only_the_chosen_images():
 def test_prep_images_flips_from_the_seeded_generator_and_lays_out_channels_last():
     batch = torch.randint(0, 256, (8, 3, 6, 6), dtype=torch.uint8)
     torch.manual_seed(5)
-    a = prep_images(batch, CPU, train=True, channels_last=True)
+    a = prep_images(batch, CPU, train=True, channels_last=True, preprocessing=IMAGENET)
     torch.manual_seed(5)
     flips = torch.rand(8) < 0.5
     assert torch.equal(a, normalize(batch, flips))
     assert a.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(prep_images(batch, CPU, train=False, channels_last=False), normalize(batch))
+    assert torch.equal(prep_images(batch, CPU, train=False, channels_last=False,
+                                   preprocessing=IMAGENET), normalize(batch))
 
 
 def tiny_batch(n=6, with_nb=(0, 2, 3), random_texts=False):

@@ -22,12 +22,13 @@ def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Preci
     """The model to train. Under --frozen-image its backbone is the one that made the features
     (drawn first under the same seed as fine-tuning draws it, so the heads start alike), kept
     out of training and in eval mode; the checkpoints then hold it."""
-    config = ModelConfig(arch=args.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
-                         hidden=args.gru_hidden, vocab_size=len(data.vocab), image_head=args.image_head,
-                        **model_fields(args))
-    frozen = args.frozen_image
-    model = build_model(config, data.word_vectors, pretrained=not (args.no_pretrained or frozen),
-                        weights_file=None if frozen else args.image_weights,
+    image = data.image_settings
+    config = ModelConfig(arch=image.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
+                         hidden=args.gru_hidden, vocab_size=len(data.vocab), image_head=image.image_head,
+                         **model_fields(args))
+    frozen = data.images.features
+    model = build_model(config, data.word_vectors, pretrained=not (image.no_pretrained or frozen),
+                        weights_file=None if frozen else image.image_weights,
                         text_body=pretrained_body(args))
     if frozen:
         model.image.backbone.load_state_dict(data.backbone)
@@ -55,8 +56,8 @@ def datasets(data: TrainingData) -> tuple[PairDataset, PairDataset]:
             PairDataset([d.item for d in data.val_docs], data.val_tokens, data.read, data.groups))
 
 
-def image_mode(args: argparse.Namespace, data: TrainingData) -> dict:
-    return {"frozen": bool(args.frozen_image), "features": data.image_features}
+def image_mode(data: TrainingData) -> dict:
+    return data.images.record()
 
 
 def wrap(model: nn.Module, ctx: Context) -> nn.Module:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 from losses import CrossModalObjective
 from models import Precision
 from models.checkpoint import Progress, save_checkpoint
+from models.image_source import ImageSource
 
 from . import distributed
 from .data import VALIDATION_SEED, PairDataset, epoch_order, make_loader, with_random_texts
@@ -36,13 +37,14 @@ def epoch_loader(ds: PairDataset, sampler: NeighborSampler, args: argparse.Names
 
 
 def train_epoch(net: nn.Module, optimizer, loader, precision: Precision, objective: CrossModalObjective,
-                log: StepLog, progress: Progress, ctx: Context, epoch: int) -> tuple[float, float, float]:
+                log: StepLog, progress: Progress, ctx: Context, epoch: int,
+                images: ImageSource | None = None) -> tuple[float, float, float]:
     """One pass over the loader; (mean training loss, items per second, seconds)."""
     net.train()
     t0, seen, loss_sum = time.time(), 0, 0.0   # loss_sum stays on the device: no wait per step
     for b in tqdm(loader, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ctx.main):
         # Looked up at each call, not bound at import: a test swaps it to make the loss diverge.
-        loss, parts = steps.train_step(net, optimizer, b, precision, objective)
+        loss, parts = steps.train_step(net, optimizer, b, precision, objective, images)
         loss_sum = loss_sum + loss
         progress.step += 1
         seen += len(b["image_ids"]) * ctx.world
@@ -52,7 +54,8 @@ def train_epoch(net: nn.Module, optimizer, loader, precision: Precision, objecti
     return float(loss_sum) / max(len(loader), 1), seen / max(seconds, 1e-9), seconds
 
 
-def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalObjective) -> float:
+def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalObjective,
+             images: ImageSource | None = None) -> float:
     """Mean validation L_i2t, as the authors: against B random validation texts drawn under a
     fixed seed (the same every epoch) with the release's negatives, in-batch ones with clean.
     `objective` has zero weights: its total is L_i2t."""
@@ -69,7 +72,7 @@ def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalOb
         for b in make_loader(ds, order, args.batch_size, args.workers, ctx.device.type == "cuda", False):
             if len(b["image_ids"]) < 2 and not release:
                 continue     # no in-batch negative
-            loss, _ = objective(*objective_inputs(model, b, precision, train=False))
+            loss, _ = objective(*objective_inputs(model, b, precision, train=False, images=images))
             total += loss.double() * len(b["image_ids"])
             count += len(b["image_ids"])
     total, count = distributed.all_sum([total.item(), count], ctx)

@@ -23,7 +23,10 @@ from models import END, START, Vocabulary
 from .distributed import Context, broadcast
 from data.images.cache import training_images
 from data.images.read import report_bad_images
-from models.features import load_backbone, training_features
+from models.backbones import backbone as backbone_entry
+from models.features import FeatureRequest, load_backbone, training_features
+from models.image_source import ImageSource
+from models.settings import ImageSettings
 from .neighbors import NeighborSampler
 from .text_branch import text_vocabulary
 
@@ -38,12 +41,15 @@ class TrainingData:
     val_docs: list[Document]
     val_tokens: list[list[int]]
     sampler: NeighborSampler
-    read: Callable[[int], torch.Tensor]    # image id (item index) -> uint8 [3, s, s], or under
-                                           # --frozen-image float16 [2, F] features
+    images: ImageSource                    # image id (item index) -> the image branch's row
+    image_settings: ImageSettings          # the flags the image side was prepared with
     groups: np.ndarray                     # item index -> its same-image group (item_groups)
     provenance: dict                       # what the run is made from, saved in its checkpoints
-    image_features: dict | None = None     # --frozen-image: the feature file's record
     backbone: dict | None = None           # --frozen-image: the weights that made the features
+
+    @property
+    def read(self) -> Callable[[int], torch.Tensor]:
+        return self.images.read
 
 
 def drop_unknown(docs: list[Document], encoded: list[list[int]], ctx: Context
@@ -83,9 +89,10 @@ def check_provenance(items: list[Item], args: argparse.Namespace, d2v: Doc2Vec, 
     return provenance.new_record(now, "train", {}, knn_record)
 
 
-def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] | None = None
-            ) -> TrainingData:
-    """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue."""
+def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] | None = None,
+            image: ImageSettings | None = None) -> TrainingData:
+    """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue;
+    `image`: the image settings the caller built from `args` (built here when not given)."""
     d2v = load_model(require(args.work_dir, DOC2VEC_MODEL))
     vocab = text_vocabulary(args, d2v.wv.index_to_key)   # the Doc2Vec words, or a tokenizer
     knn_path = require(args.work_dir, KNN)
@@ -97,19 +104,24 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     # Images come from the image cache when it is up to date, else from the files, each decoded
     # once here first; either way a bad image is known before training, reported, never replaced.
     used = sorted({items[d.item].image for d in docs})
-    source, features, backbone = None, None, None
-    if getattr(args, "frozen_image", False):   # a cheap check, on every rank
-        read, bad, where, features = training_features(args, [it.image for it in items], used)
-        backbone = load_backbone(args, read)
+    image = image or ImageSettings.from_args(args)
+    entry = backbone_entry(image.arch)
+    source, summary, backbone = None, None, None
+    if image.frozen_image:   # a cheap check, on every rank
+        request = FeatureRequest.from_args(args)
+        read, bad, where, summary = training_features(request, [it.image for it in items], used)
+        backbone = load_backbone(request, read)
         if ctx.main:
             print(where)
         source = (read, bad)
     elif ctx.main:
         read, bad, where = training_images(args.work_dir, [it.image for it in items], used,
-                                           args.image_size, args.image_cache, args.workers)
+                                           image.image_size, args.image_cache, args.workers)
         print(where)
         source = (read, bad)
     read, bad = broadcast(source, ctx)
+    images = (ImageSource.frozen(entry, image.image_size, read, summary) if image.frozen_image
+              else ImageSource.pixels(entry, image.image_size, read))
     if ctx.main:
         report_bad_images(bad, len(used), args.max_bad_images, "train/val")
     keep = [i for i, d in enumerate(docs) if items[d.item].image not in bad]
@@ -133,5 +145,5 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
               f"vocabulary {len(vocab.words)} words")
         sampler.report()
     return TrainingData(items, vocab, d2v.wv.vectors, train_docs, [encoded[i] for i in train],
-                        [docs[i] for i in val], [encoded[i] for i in val], sampler, read, groups,
-                        record, features, backbone)
+                        [docs[i] for i in val], [encoded[i] for i in val], sampler, images, image,
+                        groups, record, backbone)

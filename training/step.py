@@ -13,17 +13,28 @@ from torch import Tensor, nn
 
 from common.errors import InputError
 from losses import CrossModalObjective
+from models.image_source import ImageSource
 from models.precision import Precision
 
 
-def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: bool) -> tuple:
+def pixels_of(net: nn.Module) -> ImageSource:
+    """The pixel source of the (possibly wrapped) model's backbone: what a batch of uint8 images
+    is when no source is named."""
+    model = getattr(net, "module", net)
+    return ImageSource.pixels(model.image.entry, 0)
+
+
+def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: bool,
+                     images: ImageSource | None = None) -> tuple:
     """Forward both branches on the batch, its neighbours and its random texts; the objective's
     arguments (img, txt, nb_img, nb_txt, image_ids, nb_image_ids, has_nb, neg_txt).
 
     `batch` is what training.data.collate returns; its images and tokens may already be on the
-    device. Images are mirrored at random when `train`; under --frozen-image "images" holds each
-    image's features and its mirror's (float16 [n, 2, F]), and the mirror is drawn alike.
+    device. Images are mirrored at random when `train`; under --frozen-image (an `images` source
+    of features) "images" holds each image's features and its mirror's (float16 [n, 2, F]), and
+    the mirror is drawn alike. No `images`: the batch holds pixels.
     """
+    images = images or pixels_of(net)
     device = precision.device
     n = len(batch["image_ids"])
     n_nb = len(batch["images"]) - n      # only real neighbours are stacked: as many images
@@ -32,8 +43,9 @@ def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: b
     rows = has_nb_cpu.nonzero().squeeze(1).to(device, non_blocking=True)
     has_nb = has_nb_cpu.to(device, non_blocking=True)
     with precision.autocast():
-        img_all, txt_all = net(precision.image_inputs(batch["images"], train),
-                               batch["tokens"].to(device, non_blocking=True), batch["lengths"])
+        img_all, txt_all = net(images.inputs(batch["images"], precision, train),
+                               batch["tokens"].to(device, non_blocking=True), batch["lengths"],
+                               features=images.features)
     nb_img = img_all.new_zeros(n, img_all.shape[1]).index_copy(0, rows, img_all[n:])
     nb_txt = txt_all.new_zeros(n, txt_all.shape[1]).index_copy(0, rows, txt_all[n:n + n_nb])
     # The release's random texts, when the batch carries them, follow the neighbours' texts.
@@ -44,11 +56,11 @@ def objective_inputs(net: nn.Module, batch: dict, precision: Precision, train: b
 
 
 def train_step(net: nn.Module, optimizer: torch.optim.Optimizer, batch: dict,
-               precision: Precision, objective: CrossModalObjective
-               ) -> tuple[Tensor, dict[str, Tensor]]:
+               precision: Precision, objective: CrossModalObjective,
+               images: ImageSource | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """One step on one batch: forward, the objective, backward, optimizer step. Returns the
     detached loss and its parts, still on the device."""
-    loss, parts = objective(*objective_inputs(net, batch, precision, train=True))
+    loss, parts = objective(*objective_inputs(net, batch, precision, train=True, images=images))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()

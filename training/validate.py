@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.distributed as dist
@@ -21,6 +21,7 @@ from data.datasets.items import Document, Item, image_key
 from evaluation.embed import embed_images, embed_token_ids
 from evaluation.metrics import RECALL_AT, retrieval_metrics
 from models import CrossModalModel, Precision
+from models.image_source import ImageSource
 
 from .distributed import Context
 
@@ -50,10 +51,10 @@ def _gather(part: torch.Tensor, n: int, ctx: Context) -> torch.Tensor:
 
 @torch.no_grad()
 def validation_recall(model: CrossModalModel, items: Sequence[Item], docs: Sequence[Document],
-                      tokens: Sequence[list[int]], read: Callable[[int], torch.Tensor], size: int,
-                      precision: Precision, batch_size: int, ctx: Context) -> dict:
-    """retrieval_metrics of the validation documents (`tokens`: their encoded texts; `read`: item
-    index -> uint8 image, as training reads it). The model is left in eval mode."""
+                      tokens: Sequence[list[int]], images: ImageSource, precision: Precision,
+                      batch_size: int, ctx: Context) -> dict:
+    """retrieval_metrics of the validation documents (`tokens`: their encoded texts; `images`:
+    item index -> the image branch's row, as training reads it). The model is left in eval mode."""
     model.eval()
     image_of: dict[object, int] = {}
     first_item: list[int] = []         # the item whose image each distinct file is read from
@@ -69,14 +70,16 @@ def validation_recall(model: CrossModalModel, items: Sequence[Item], docs: Seque
     # No DataLoader workers: the images are already decoded (the cache) or checked readable, and
     # a worker pool started every epoch would cost more than it saves on a validation split.
     with torch.random.fork_rng(devices=[]):   # training's random stream stays as it was
-        images, _ = embed_images(model, [items[i].image for i in mine], size, precision.device,
-                                 batch_size, 0, run, read=lambda i: read(mine[i]), progress=False)
+        shard = images.with_reader(lambda i: images.read(mine[i]))
+        embedded, _ = embed_images(model, [items[i].image for i in mine], images.size,
+                                   precision.device, batch_size, 0, run, progress=False,
+                                   source=shard)
     # No progress bars: they would cut through the epoch's bar, and the epoch line gives the time.
     texts = embed_token_ids(model, list(tokens[ctx.rank::ctx.world]), precision.device, batch_size,
                             run, progress=False)
-    images, texts = _gather(images, len(first_item), ctx), _gather(texts, len(tokens), ctx)
+    embedded, texts = _gather(embedded, len(first_item), ctx), _gather(texts, len(tokens), ctx)
     device = precision.device     # the similarities are scored where the model runs
-    return retrieval_metrics(images.to(device), texts.to(device),
+    return retrieval_metrics(embedded.to(device), texts.to(device),
                              torch.tensor(text_image, dtype=torch.long, device=device))
 
 

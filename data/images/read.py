@@ -1,10 +1,12 @@
 """Image decoding (on CPU workers, to uint8) and augmentation + normalisation (on the device).
 
 Workers hand over uint8 tensors already resized, a quarter of the bytes of float32; the flip and
-the ImageNet normalisation then run batched wherever the model runs.
+the backbone's normalisation (its Preprocessing, from models/backbones.py) then run batched
+wherever the model runs.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -16,8 +18,7 @@ from common.pool import fork_map
 from common.errors import InputError, shown
 from common.files import open_regular
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+RESIZES = ("squash",)   # what read_image does; a backbone asking for another has no reader yet
 ORIENTATION = 0x0112   # the EXIF tag
 
 
@@ -109,12 +110,30 @@ def report_bad_images(bad: dict[str, str], total: int, max_share: float, what: s
                            f"image paths (--image-root) or raise the limit (first: {first})")
 
 
-def normalize(batch: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float32 ImageNet-normalised, images with flip[i] mirrored."""
-    # torch.where rather than x[flip]: boolean indexing waits for the GPU to count the rows.
-    if flip is not None:
-        batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-    x = batch.float().div_(255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
-    return x.sub_(mean).div_(std)
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone wants its images: resized by `resize` to the run's image size (squash:
+    bilinear to a square, aspect ratio not kept, as the authors), then scaled to 0..1 and
+    normalised per channel by `mean` and `std`."""
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    resize: str = "squash"
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZES:
+            raise ValueError(f"resize rule {self.resize!r}: the image readers know only "
+                             f"{', '.join(RESIZES)}")
+
+    def normalize(self, batch: torch.Tensor, flip: torch.Tensor | None = None) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> float32 normalised, images with flip[i] mirrored."""
+        # torch.where rather than x[flip]: boolean indexing waits for the GPU to count the rows.
+        if flip is not None:
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+        x = batch.float().div_(255)
+        mean = torch.tensor(self.mean, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, 3, 1, 1)
+        return x.sub_(mean).div_(std)
+
+    def record(self) -> dict:
+        """As a config file or a checkpoint keeps it (plain data)."""
+        return {"mean": list(self.mean), "std": list(self.std), "resize": self.resize}

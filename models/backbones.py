@@ -1,0 +1,164 @@
+"""The image backbones, one entry each: how to build it without its classifier, the width of the
+features it then returns, how an image is prepared for it (mean, std, resize rule) and where its
+pretrained weights come from. Everything else (the image encoder, the frozen features, the
+evaluation, the export) reads the entry, so adding a backbone is adding an entry to BACKBONES.
+
+An entry's `build` returns the network on random weights drawn from torch's generator; the
+`weights` object loads a file of weights into it (--image-weights) and fetches its own
+pretrained ones. Today's weights are torchvision's ImageNet files, kept in the torch hub cache.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Callable
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+from torchvision import models as tvm
+
+from common.errors import InputError
+from common.files import not_regular, open_regular
+from data.images.read import Preprocessing
+
+IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
+DOWNLOAD_TIMEOUT_S = 30   # per socket operation; an offline machine fails instead of hanging
+
+
+def download_weights(url: str, dest: Path) -> None:
+    """Fetch `url` into `dest`, checking the hash prefix in its name as torch.hub does."""
+    match = re.search(r"-([a-f0-9]*)\.", dest.name)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        torch.hub.download_url_to_file(url, str(dest),
+                                       hash_prefix=match.group(1) if match else None)
+    finally:
+        socket.setdefaulttimeout(previous)
+
+
+def one_line(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass(frozen=True)
+class TorchvisionWeights:
+    """A torchvision state dict: read from a file (its classifier's keys, `classifier` prefix,
+    ignored, as the backbone has none), or the pretrained file at `url` fetched into the torch hub
+    cache once."""
+    url: str
+    classifier: str = "fc."
+    family: str = "torchvision ResNet"    # what a user is told to pass
+
+    @property
+    def name(self) -> str:
+        """The pretrained file's name: its identity in a feature file's record."""
+        return os.path.basename(urlparse(self.url).path)
+
+    def cache_path(self) -> Path:
+        """Where torchvision's weights API keeps (and looks for) the pretrained file."""
+        return Path(torch.hub.get_dir()) / "checkpoints" / self.name
+
+    def load_file(self, backbone: nn.Module, path: Path, arch: str) -> None:
+        """Load the state dict in `path`; one line (InputError) when it is not one of `arch`."""
+        if not path.exists():
+            raise InputError(f"image weights file {path} not found: pass an existing file to "
+                             "--image-weights, or --no-pretrained")
+        odd = not_regular(path)   # torch.load would wait forever on a FIFO
+        if odd:
+            raise InputError(f"image weights file {path} is {odd}, not a regular file: pass a "
+                             f"{self.family} state dict to --image-weights, or --no-pretrained")
+        try:
+            with open_regular(path) as f:
+                state = torch.load(f, map_location="cpu", weights_only=True)
+        except Exception as e:  # any unreadable file gets the same one-line answer
+            raise InputError(f"image weights file {path} could not be read ({one_line(e)}): "
+                             f"delete it or replace it with a {self.family} state dict") from None
+        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                  for k, v in state.items()):
+            raise InputError(f"image weights file {path} holds a {type(state).__name__}, not a "
+                             f"state dict: save {arch}.state_dict() with torch.save")
+        state = {k: v for k, v in state.items() if not k.startswith(self.classifier)}
+        own = backbone.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        wrong_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+        if missing or unexpected or wrong_shape:
+            parts = [f"{len(keys)} {name} keys (e.g. {keys[0]})" for name, keys in
+                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
+                     if keys]
+            raise InputError(f"image weights file {path} does not match torchvision {arch} "
+                             f"({'; '.join(parts)}): pass the weights of a {arch} or choose "
+                             "the arch they belong to")
+        backbone.load_state_dict(state)
+
+    def load_pretrained(self, backbone: nn.Module, arch: str) -> None:
+        """The pretrained weights from the torch hub cache, downloaded there first when absent."""
+        path = self.cache_path()
+        if not path.is_file():
+            try:
+                download_weights(self.url, path)
+            except Exception as e:  # offline, proxy, bad hash: all end in the same instructions
+                raise InputError(f"ImageNet weights for {arch} are not available ({one_line(e)}): "
+                                 f"put {path.name} at {path}, or pass --image-weights FILE, "
+                                 "or --no-pretrained") from None
+        self.load_file(backbone, path, arch)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone: `build()` gives it on random weights, without its classifier, returning
+    [B, feature_dim]; `input_size` is the side its pretrained weights were trained at."""
+    name: str
+    build: Callable[[], nn.Module]
+    feature_dim: int
+    preprocessing: Preprocessing
+    weights: TorchvisionWeights
+    input_size: int = 224
+
+
+def torchvision_resnet(make: Callable[..., nn.Module]) -> nn.Module:
+    """A torchvision ResNet whose fc is gone (avgpool stays). Built whole first: its fc's draws
+    from the generator are part of what a seeded run's weights are."""
+    net = make(weights=None)
+    net.fc = nn.Identity()
+    return net
+
+
+def _resnet(name: str, make: Callable[..., nn.Module], weights: object, width: int) -> Backbone:
+    # A partial, not a closure: an entry (inside an ImageSource) pickles into loader workers.
+    return Backbone(name, partial(torchvision_resnet, make), width, IMAGENET,
+                    TorchvisionWeights(weights.url))
+
+
+BACKBONES: dict[str, Backbone] = {b.name: b for b in (
+    _resnet("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, 512),
+    _resnet("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, 512),
+    _resnet("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, 2048),
+    _resnet("resnet101", tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, 2048),
+    _resnet("resnet152", tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1, 2048),
+)}
+
+
+def backbone(arch: str) -> Backbone:
+    """The entry of `arch`; ValueError in one line naming the choices."""
+    if arch not in BACKBONES:
+        raise ValueError(f"unknown image arch {arch!r}: choose one of {', '.join(BACKBONES)}")
+    return BACKBONES[arch]
+
+
+def imagenet_cache_path(arch: str) -> Path:
+    """Where the pretrained weights of `arch` are kept (and looked for)."""
+    return backbone(arch).weights.cache_path()
+
+
+def load_backbone_weights(net: nn.Module, path: Path, arch: str) -> None:
+    """A weights file for the backbone of `arch` loaded into `net` (--image-weights)."""
+    backbone(arch).weights.load_file(net, Path(path), arch)
