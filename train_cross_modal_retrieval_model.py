@@ -54,6 +54,18 @@ def parse_args(argv: list[str] | None = None):
                         "head and the text branch train")
     g.add_argument("--image-head", choices=HEADS, default=config.IMAGE_HEAD,
                    help="linear: the release's; mlp: two layers, the usual head on frozen features")
+    g.add_argument("--text-encoder", choices=("gru", "hf"), default=config.TEXT_ENCODER,
+                   help="gru: the release's, on the Doc2Vec words; hf: a transformer from "
+                        "--text-model reading the same preprocessed words with its own tokenizer")
+    g.add_argument("--text-model", default=config.TEXT_MODEL,
+                   help="--text-encoder hf: a Hugging Face model folder, or minilm (installed by "
+                        "requirements-models.txt); nothing is downloaded")
+    g.add_argument("--text-lr", type=real(0, above=True), default=config.TEXT_LR,
+                   help="--text-encoder hf: the transformer's learning rate (its head trains at --lr)")
+    g.add_argument("--freeze-text", action="store_true",
+                   help="--text-encoder hf: keep the transformer as it is; only its head trains")
+    g.add_argument("--text-pooling", choices=("mean", "cls"), default=config.TEXT_POOLING,
+                   help="--text-encoder hf: the mean of the token states, or the first token's")
     g = p.add_argument_group("training (config.py)")
     g.add_argument("--batch-size", type=int, default=config.BATCH_SIZE, help="per process")
     g.add_argument("--epochs", type=whole(0), default=config.MAX_EPOCHS, help="a cap on the epochs")
@@ -103,6 +115,8 @@ def parse_args(argv: list[str] | None = None):
     check_flags(p, args, "image_size", "embed_dim", "gru_hidden", "max_tokens", "batch_size", "neighbor_pool")
     if args.no_pretrained and args.image_weights:
         p.error("--no-pretrained and --image-weights: pass one")
+    if args.freeze_text and args.text_encoder != "hf":
+        p.error("--freeze-text freezes a transformer text branch: pass --text-encoder hf")
     if args.resume and args.overwrite:
         p.error("--resume continues the folder's run and --overwrite replaces it: pass one")
     if args.run_name is not None and args.log_dir:

@@ -154,8 +154,10 @@ def doc2vec_model_path(work_dir: str | Path, checkpoint: str | Path, vocab: Voca
                       "checkpoint)")
     model = load_model(path)
     words = model.wv.index_to_key
+    # A transformer text branch reads its own tokenizer's ids, not the Doc2Vec words: only the
+    # provenance below ties such a run to this model.
     theirs, ours = Vocabulary(words).fingerprint(), vocab.fingerprint()
-    if theirs != ours:
+    if isinstance(vocab, Vocabulary) and theirs != ours:
         raise InputError(f"{checkpoint}: the checkpoint's vocabulary ({len(vocab.words)} words, "
                          f"fingerprint {ours}) is not that of the Doc2Vec model {path} "
                          f"({len(words)} words, {theirs}): pass --work-dir of the run that "

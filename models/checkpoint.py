@@ -30,6 +30,7 @@ from common.errors import InputError
 from common.files import open_regular, require_regular
 from common.workdir import atomic_write
 from models import CrossModalModel, ModelConfig, Vocabulary, build_model
+from models.hf_text import vocabulary_from_state, vocabulary_rule
 
 
 def save_checkpoint(state: dict, path: str | Path) -> None:
@@ -93,7 +94,7 @@ SCHEMA = {
                   want="a state dict of tensors"),
     "model_config": {"arch": R.of(str), "embed_dim": R.whole(1), "word_dim": R.whole(1),
                      "hidden": R.whole(1), "vocab_size": R.whole(4)},
-    "vocab": R.list_of(R.of(str)),
+    "vocab": vocabulary_rule,
 }
 
 
@@ -165,7 +166,7 @@ def rebuild(state: dict, device: str | torch.device = "cpu", path: str | Path = 
     """The trained model and its vocabulary, from the checkpoint alone (no pretrained weights)."""
     try:
         model = build_model(ModelConfig.from_dict(state["model_config"]))
-        vocab = Vocabulary.from_state(state["vocab"])
+        vocab = vocabulary_from_state(state["vocab"])
     except ValueError as e:   # an arch or head this version does not know, a repeated word
         raise InputError(f"{path}: {e}") from None
     load_model_state(model, state["model"], path)

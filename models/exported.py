@@ -5,6 +5,9 @@ in safetensors files (no pickle: loading runs no code), their settings as JSON, 
     text_encoder.safetensors    TextEncoder.state_dict()
     config.json                 shapes, and how an image and a text are prepared for them
     vocab.json                  the words; word i is row 3 + i (rows 0, 1, 2: PAD, START, END)
+A transformer text branch (--text-encoder hf) is written the same way: config.json then also
+holds the transformer's configuration and pooling, and vocab.json its tokenizer (the
+tokenizer's own JSON and the length limit), so loading needs no model folder.
 
 Embedding here is what evaluate_retrieval.py does: an image squashed (not cropped) to
 image_size x image_size, normalised by the mean and std of its backbone's entry
@@ -35,6 +38,7 @@ from data.images.read import Preprocessing, read_image
 from data.text.preprocess import preprocess
 from models.checkpoint import state_mismatch
 from models.image import ImageEncoder
+from models.hf_text import HFTextEncoder, HFTokenizer, vocabulary_from_state
 from models.text import TextEncoder
 from models.vocab import Vocabulary, pad_batch
 
@@ -55,14 +59,20 @@ CONFIG_SCHEMA = {
 }
 
 
-def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder, vocab: Vocabulary,
+def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder | HFTextEncoder,
+                   vocab: Vocabulary | HFTokenizer,
                    preparation: dict, source: dict) -> list[Path]:
     """The four files in `folder` (created), each written atomically; returns their paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    config = {"format": FORMAT, "arch": image.arch, "embed_dim": image.embed_dim,
-              "word_dim": text.embedding.embedding_dim, "hidden": text.gru.hidden_size,
-              "vocab_size": text.embedding.num_embeddings,
+    if isinstance(text, HFTextEncoder):
+        shape = {"word_dim": text.hidden, "hidden": text.hidden, "vocab_size": len(vocab),
+                 "text_encoder": "hf", "text_config": text.hf_config(),
+                 "text_pooling": text.pooling}
+    else:
+        shape = {"word_dim": text.embedding.embedding_dim, "hidden": text.gru.hidden_size,
+                 "vocab_size": text.embedding.num_embeddings}
+    config = {"format": FORMAT, "arch": image.arch, "embed_dim": image.embed_dim, **shape,
               **{k: preparation[k] for k in PREPARATION},
               "image_mean": list(image.entry.preprocessing.mean),
               "image_std": list(image.entry.preprocessing.std),
@@ -159,10 +169,15 @@ def load_encoders(folder: str | Path, device: str | torch.device = "cpu") -> Enc
     folder = Path(folder)
     config = R.read_record(folder / CONFIG_FILE, CONFIG_SCHEMA, REMAKE)
     words = R.read_json(folder / VOCAB_FILE, REMAKE)
+    hf = config.get("text_encoder") == "hf"
     try:
-        vocab = Vocabulary.from_state(words)
-    except ValueError as e:
-        raise InputError(f"{folder / VOCAB_FILE}: {e}") from None
+        vocab = vocabulary_from_state(words)
+    except Exception as e:  # noqa: BLE001 - a damaged tokenizer JSON can raise anything
+        raise InputError(f"{folder / VOCAB_FILE}: {' '.join(str(e).split())[:160]}: "
+                         f"{REMAKE}") from None
+    if hf != isinstance(vocab, HFTokenizer):
+        raise InputError(f"{folder / VOCAB_FILE}: not the vocabulary of the text encoder "
+                         f"config.json describes: {REMAKE}")
     if len(vocab) != config["vocab_size"]:
         raise InputError(f"{folder / VOCAB_FILE}: {len(vocab) - 3} words but config.json says "
                          f"{config['vocab_size'] - 3}: export the encoders again")
@@ -170,7 +185,16 @@ def load_encoders(folder: str | Path, device: str | torch.device = "cpu") -> Enc
         image = ImageEncoder(config["arch"], config["embed_dim"], pretrained=False)
     except ValueError as e:   # an arch this version does not know
         raise InputError(f"{folder / CONFIG_FILE}: {e}: {REMAKE}") from None
-    text = TextEncoder(config["vocab_size"], config["word_dim"], config["hidden"], config["embed_dim"])
+    if hf:
+        try:
+            text = HFTextEncoder(config["text_config"], config["embed_dim"],
+                                 config.get("text_pooling", "mean"))
+        except Exception as e:  # noqa: BLE001 - a damaged configuration can raise anything
+            raise InputError(f"{folder / CONFIG_FILE}: its transformer configuration does not "
+                             f"build ({type(e).__name__}): {REMAKE}") from None
+    else:
+        text = TextEncoder(config["vocab_size"], config["word_dim"], config["hidden"],
+                           config["embed_dim"])
     _load(image, folder / IMAGE_FILE)
     _load(text, folder / TEXT_FILE)
     device = torch.device(device)

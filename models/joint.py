@@ -7,8 +7,14 @@ from dataclasses import asdict, dataclass, fields
 import numpy as np
 from torch import Tensor, nn
 
+from models.hf_text import HFTextEncoder
 from models.image import ImageEncoder
 from models.text import TextEncoder
+
+
+# Keys added after the first checkpoints: absent, they take their default (the release's model).
+TEXT_KEYS = ("text_encoder", "text_config", "text_pooling", "text_frozen")
+OPTIONAL = ("image_head", *TEXT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -21,15 +27,24 @@ class ModelConfig:
     hidden: int
     vocab_size: int
     image_head: str = "linear"     # checkpoints older than the option have none: the release's
+    # --text-encoder hf: the transformer's configuration (a plain dict), its pooling, and
+    # whether it is frozen; word_dim and hidden are then its width, vocab_size its tokenizer's.
+    text_encoder: str = "gru"
+    text_config: dict | None = None
+    text_pooling: str = "mean"
+    text_frozen: bool = False
 
     def __post_init__(self) -> None:
         # Checkpoints store builtins only: numpy integers (a vector's shape) become ints here.
-        for f in fields(self):
-            if f.name not in ("arch", "image_head"):
-                object.__setattr__(self, f.name, int(getattr(self, f.name)))
+        for name in ("embed_dim", "word_dim", "hidden", "vocab_size"):
+            object.__setattr__(self, name, int(getattr(self, name)))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if self.text_encoder == "gru":   # the GRU's checkpoints keep the keys they always had
+            for key in TEXT_KEYS:
+                d.pop(key)
+        return d
 
     @classmethod
     def from_dict(cls, config: dict) -> "ModelConfig":
@@ -37,17 +52,19 @@ class ModelConfig:
         image head's kind since --image-head, the release's Linear when absent)."""
         if not isinstance(config, dict):
             raise ValueError(f"model config must be a dict, got {type(config).__name__}")
-        missing = [f.name for f in fields(cls) if f.name not in config and f.name != "image_head"]
+        missing = [f.name for f in fields(cls) if f.name not in config and f.name not in OPTIONAL]
         if missing:
             raise ValueError(f"model config lacks {', '.join(missing)}: the checkpoint was not "
                              "written by this project's training")
         return cls(**{f.name: config[f.name] for f in fields(cls) if f.name in config})
 
 
+
+
 class CrossModalModel(nn.Module):
     """Images and texts embedded as unit vectors of one joint space."""
 
-    def __init__(self, image: ImageEncoder, text: TextEncoder):
+    def __init__(self, image: ImageEncoder, text: TextEncoder | HFTextEncoder):
         super().__init__()
         if image.embed_dim != text.embed_dim:
             raise ValueError(f"image embed_dim {image.embed_dim} differs from text embed_dim "
@@ -72,6 +89,13 @@ class CrossModalModel(nn.Module):
         return image, self.text(tokens, lengths)
 
     def config(self) -> ModelConfig:
+        if isinstance(self.text, HFTextEncoder):
+            return ModelConfig(arch=self.image.arch, embed_dim=self.image.embed_dim,
+                               word_dim=self.text.hidden, hidden=self.text.hidden,
+                               vocab_size=int(self.text.body.config.vocab_size),
+                               image_head=self.image.head_kind, text_encoder="hf",
+                               text_config=self.text.hf_config(), text_pooling=self.text.pooling,
+                               text_frozen=self.text.frozen)
         return ModelConfig(arch=self.image.arch, embed_dim=self.image.embed_dim,
                            word_dim=self.text.embedding.embedding_dim,
                            hidden=self.text.gru.hidden_size,
@@ -81,14 +105,20 @@ class CrossModalModel(nn.Module):
 
 def build_model(config: ModelConfig, word_vectors: np.ndarray | None = None,
                 pretrained: bool = False,
-                weights_file: str | os.PathLike | None = None) -> CrossModalModel:
+                weights_file: str | os.PathLike | None = None,
+                text_body: nn.Module | None = None) -> CrossModalModel:
     """The model `config` describes. The defaults build it without any pretrained weights,
-    which is what loading a checkpoint needs: its state dict overwrites every parameter."""
+    which is what loading a checkpoint needs: its state dict overwrites every parameter.
+    `text_body`: the pretrained transformer a --text-encoder hf run starts from."""
     if not isinstance(config, ModelConfig):
         raise ValueError(f"build_model needs a ModelConfig, got {type(config).__name__} (a "
                          "checkpoint's dict goes through ModelConfig.from_dict)")
     image = ImageEncoder(config.arch, config.embed_dim, pretrained=pretrained,
                          weights_file=weights_file, head=config.image_head)
-    text = TextEncoder(config.vocab_size, config.word_dim, config.hidden, config.embed_dim,
-                       word_vectors=word_vectors)
+    if config.text_encoder == "hf":
+        text = HFTextEncoder(config.text_config or {}, config.embed_dim, config.text_pooling,
+                             config.text_frozen, body=text_body)
+    else:
+        text = TextEncoder(config.vocab_size, config.word_dim, config.hidden, config.embed_dim,
+                           word_vectors=word_vectors)
     return CrossModalModel(image, text)

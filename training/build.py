@@ -15,6 +15,7 @@ from models import CrossModalModel, ModelConfig, Precision, build_model
 from .data import PairDataset
 from .distributed import Context
 from .prepare import TrainingData
+from .text_branch import model_fields, param_groups, pretrained_body
 
 
 def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Precision) -> CrossModalModel:
@@ -23,10 +24,12 @@ def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Preci
     out of training and in eval mode; the checkpoints then hold it."""
     image = data.image_settings
     config = ModelConfig(arch=image.arch, embed_dim=args.embed_dim, word_dim=data.word_vectors.shape[1],
-                         hidden=args.gru_hidden, vocab_size=len(data.vocab), image_head=image.image_head)
+                         hidden=args.gru_hidden, vocab_size=len(data.vocab), image_head=image.image_head,
+                         **model_fields(args))
     frozen = data.images.features
     model = build_model(config, data.word_vectors, pretrained=not (image.no_pretrained or frozen),
-                        weights_file=None if frozen else image.image_weights)
+                        weights_file=None if frozen else image.image_weights,
+                        text_body=pretrained_body(args))
     if frozen:
         model.image.backbone.load_state_dict(data.backbone)
         model.image.freeze_backbone()
@@ -36,7 +39,7 @@ def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Preci
 def optimization(model: nn.Module, args: argparse.Namespace, mode: str = "min"):
     """Adam over the trained parameters and the release's plateau schedule on the followed
     validation value (`mode`: "min" for the loss, "max" for rsum; --select-by)."""
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=args.lr,
+    optimizer = torch.optim.Adam(param_groups(model, args), lr=args.lr,
                                  weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode=mode, patience=args.lr_patience)
     return optimizer, scheduler

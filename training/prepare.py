@@ -28,6 +28,7 @@ from models.features import FeatureRequest, load_backbone, training_features
 from models.image_source import ImageSource
 from models.settings import ImageSettings
 from .neighbors import NeighborSampler
+from .text_branch import text_vocabulary
 
 
 @dataclass
@@ -93,7 +94,7 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
     """Everything training reads, checked. `resumed`: (last.pt, its state) of a run to continue;
     `image`: the image settings the caller built from `args` (built here when not given)."""
     d2v = load_model(require(args.work_dir, DOC2VEC_MODEL))
-    vocab = Vocabulary(d2v.wv.index_to_key)
+    vocab = text_vocabulary(args, d2v.wv.index_to_key)   # the Doc2Vec words, or a tokenizer
     knn_path = require(args.work_dir, KNN)
     knn = load_knn(args.work_dir)   # its [N, k] tables stay in the file, read in blocks
     items = load_items(args)

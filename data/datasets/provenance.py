@@ -7,6 +7,11 @@ model and the dataset were. A later step rebuilds the "data" part from its own f
 and compares: a difference stops it with one line naming the setting, both values and the step
 to rerun, before any image is decoded.
 
+Vectors from a transformer (extract_transformer_vectors.py) start a record of their own: their
+vectors step names the model and its weights' hash, and no Doc2Vec step precedes it. Beside the
+work folder's Doc2Vec model (the GRU's vocabulary) such a kNN file is compared on its own steps;
+against a record of the other space, the two spaces are named.
+
 Files made before records existed (no record) are refused with a line naming the step to rerun:
 a file of unknown origin is exactly what this module is here to catch. Checkpoints are the
 exception (evaluation/retrieval say so and go on): they cost hours to remake, and their model
@@ -81,6 +86,25 @@ def new_record(data: dict, step: str, settings: dict, made_from: dict | None = N
     return {"format": FORMAT, "data": data, "steps": steps}
 
 
+TRANSFORMER_SCRIPT = "extract_transformer_vectors.py"
+WHERE = ("path",)   # where a model was read from: not what it is (its hash says that)
+
+
+def transformer_vectors(record: dict | None) -> dict | None:
+    """The vectors step's settings when a transformer made the vectors, else None."""
+    steps = record.get("steps") if isinstance(record, dict) else None
+    vectors = steps.get("vectors") if isinstance(steps, dict) else None
+    return vectors if isinstance(vectors, dict) and vectors.get("encoder") == "transformer" else None
+
+
+def vectors_space(record: dict | None) -> str:
+    """The space the neighbours of a record come from, as a message names it."""
+    t = transformer_vectors(record)
+    if t is None:
+        return "Doc2Vec"
+    return f"transformer {t.get('text_model')} (weights SHA-256 {str(t.get('model'))[:12]})"
+
+
 def _shown(key: str, value: object) -> str:
     if key == "keep_unicode":
         return "--keep-unicode" if value else "no --keep-unicode"
@@ -88,9 +112,16 @@ def _shown(key: str, value: object) -> str:
     return f"{flag} (not given)" if value is None else f"{flag} {value}"
 
 
-def _rerun_from(step: str) -> str:
+def _script(step: str, record: object = None) -> str:
+    """The script that made `step` of `record` (the vectors step has two)."""
+    if step == "vectors" and transformer_vectors(record) is not None:
+        return TRANSFORMER_SCRIPT
+    return SCRIPTS[step]
+
+
+def _rerun_from(step: str, record: object = None) -> str:
     names = list(SCRIPTS)
-    scripts = [SCRIPTS[s] for s in names[names.index(step):]]
+    scripts = [_script(s, record) for s in names[names.index(step):]]
     return scripts[0] if len(scripts) == 1 else ", ".join(scripts[:-1]) + " and " + scripts[-1]
 
 
@@ -107,7 +138,8 @@ def require_record(record: object, path: str | Path, step: str) -> dict:
     if not isinstance(record, dict) or record.get("format") != FORMAT or "data" not in record:
         raise InputError(f"{path}: no provenance record (made by an older version of this "
                          f"project, or not by it): rerun {_rerun_from(step)}")
-    return R.check(record, SCHEMA, f"{path}: its provenance record", f"rerun {_rerun_from(step)}")
+    return R.check(record, SCHEMA, f"{path}: its provenance record",
+                   f"rerun {_rerun_from(step, record)}")
 
 
 def check_data(record: object, now: dict, path: str | Path, step: str, fix: str | None = None
@@ -116,7 +148,7 @@ def check_data(record: object, now: dict, path: str | Path, step: str, fix: str 
     settings than `now` (data_record of this run). The line names the setting, both values and
     the steps to rerun (or `fix`)."""
     made = require_record(record, path, step)["data"]
-    fix = fix or f"rerun {_rerun_from(step)} with this run's flags"
+    fix = fix or f"rerun {_rerun_from(step, record)} with this run's flags"
     for key in PREPROCESSING:
         if made.get(key) != now.get(key):
             raise InputError(f"{path} was made with {_shown(key, made.get(key))}, this run has "
@@ -149,26 +181,45 @@ def neighbour_settings(settings: dict | None) -> dict | None:
             } | {"backend": "exact"}
 
 
+def _compared(step: str, settings: dict | None) -> dict | None:
+    if step == "knn":
+        return neighbour_settings(settings)
+    if step == "vectors" and settings:
+        return {k: v for k, v in settings.items() if k not in WHERE}
+    return settings
+
+
 def check_steps(record: dict, current: dict, path: str | Path, now_path: str | Path,
                 fix: str | None = None) -> None:
     """Stop when the file at `path` was made from other text-side outputs than those `current`
     (the record of the file now at `now_path`) was: e.g. a kNN file of an earlier Doc2Vec model.
     Names the first setting that differs (or says the settings are equal: another training).
-    kNN settings count only where they change the neighbours (neighbour_settings)."""
+    kNN settings count only where they change the neighbours (neighbour_settings).
+
+    Neighbours from a transformer did not come from a Doc2Vec model, so beside one (the GRU's
+    vocabulary in the same work folder) only their own steps are compared; neighbours from
+    another space than `current`'s are named as such."""
+    if "vectors" in record["steps"] and "vectors" in current["steps"] and (
+            (transformer_vectors(record) is None) != (transformer_vectors(current) is None)):
+        raise InputError(f"{path} was made from neighbours in the {vectors_space(record)} space, "
+                         f"but {now_path} comes from the {vectors_space(current)} space: "
+                         f"{fix or 'rerun ' + _rerun_from('vectors', current)}")
     for step in SCRIPTS:
-        made, have = record["steps"].get(step), current["steps"].get(step)
-        if step == "knn":
-            made, have = neighbour_settings(made), neighbour_settings(have)
+        made = _compared(step, record["steps"].get(step))
+        have = _compared(step, current["steps"].get(step))
+        if step == "doc2vec" and made is None and transformer_vectors(record) is not None:
+            continue
         if made == have or have is None:
             continue
         later = list(SCRIPTS)[list(SCRIPTS).index(step) + 1:]
-        step_fix = fix or f"rerun {_rerun_from(later[0]) if later else SCRIPTS[step]}"
+        script = _script(step, current)
+        step_fix = fix or f"rerun {_rerun_from(later[0], current) if later else script}"
         for key in sorted(set(made or {}) | set(have)):
             if key != "model" and (made or {}).get(key) != have.get(key):
-                raise InputError(f"{path} was made from a {SCRIPTS[step]} output with "
+                raise InputError(f"{path} was made from a {script} output with "
                                  f"{_shown(key, (made or {}).get(key))}, but {now_path} comes "
                                  f"from {_shown(key, have.get(key))}: {step_fix}")
-        raise InputError(f"{path} was made from another {SCRIPTS[step]} output than {now_path} "
+        raise InputError(f"{path} was made from another {script} output than {now_path} "
                          f"(same settings, another training): {step_fix}")
 
 

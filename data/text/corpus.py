@@ -11,7 +11,7 @@ from typing import Sequence
 
 from common.errors import shown
 from data.datasets.items import Document, Item, documents
-from data.text.preprocess import preprocess_all
+from data.text.preprocess import cut_text, preprocess_all
 
 
 def tokenized_documents(items: Sequence[Item], splits: Sequence[str], args: argparse.Namespace
@@ -52,6 +52,14 @@ def doc2vec_tokens(items: Sequence[Item], docs: Sequence[Document], args: argpar
                             keep_unicode=getattr(args, "keep_unicode", False))
     of = dict(zip(unique, tokens))
     return [of[t] for t in texts]
+
+
+def raw_documents(items: Sequence[Item], docs: Sequence[Document], args: argparse.Namespace
+                  ) -> list[str]:
+    """The text Doc2Vec reads for each document, cut the same way but not tokenised: the
+    transformer reads the same words, with its own tokenizer."""
+    _, max_sentences = doc2vec_source(items, args)
+    return [cut_text(items[d.item].doc2vec(d.text), max_sentences, args.max_chars) for d in docs]
 
 
 def doc2vec_documents(items: Sequence[Item], splits: Sequence[str], args: argparse.Namespace

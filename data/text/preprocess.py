@@ -44,6 +44,14 @@ def first_sentences(text: str, max_sentences: int | None) -> str:
     return " ".join(sentence_tokenizer().tokenize(text)[:max_sentences])
 
 
+def cut_text(text: str, max_sentences: int | None = 2, max_chars: int | None = 10_000) -> str:
+    """The raw text cut as the preprocessing cuts it (characters, html tags, first sentences),
+    case and words kept: what a transformer's own tokenizer reads."""
+    if max_chars:
+        text = text[:max_chars]
+    return first_sentences(_TAG.sub(" ", text), max_sentences)
+
+
 def preprocess(text: str, max_sentences: int | None = 2, max_chars: int | None = 10_000,
                keep_unicode: bool = False) -> list[str]:
     """Raw text -> tokens: cut, html tags, first sentences, ascii, gensim filters.
@@ -54,9 +62,7 @@ def preprocess(text: str, max_sentences: int | None = 2, max_chars: int | None =
     "Café" stays "café" and a text in another script keeps its words (words are what spaces and
     punctuation separate, so Chinese or Japanese text must come segmented).
     """
-    if max_chars:
-        text = text[:max_chars]
-    text = first_sentences(_TAG.sub(" ", text), max_sentences)
+    text = cut_text(text, max_sentences, max_chars)
     if not keep_unicode:
         text = text.encode("ascii", errors="replace").decode("ascii")
     return preprocess_string(text, FILTERS)

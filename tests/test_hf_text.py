@@ -1,0 +1,125 @@
+"""The transformer text branch (--text-encoder hf) on a tiny random BERT built by the tests: its
+tokenizer behind the vocabulary's interface, pooling, freezing, the checkpoint's rebuild, the
+optimizer's groups; end to end (slow): training, resume, evaluation, retrieval and export."""
+from __future__ import annotations
+
+import copy
+from argparse import Namespace
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import cli, error_line
+from data.text import transformer
+from models import ModelConfig, Vocabulary, build_model, pad_batch
+from models.hf_text import HFTextEncoder, HFTokenizer, stored_config, vocabulary_from_state
+from test_transformer_vectors import tiny_bert
+from training.text_branch import param_groups
+
+
+@pytest.fixture(scope="module")
+def bert(module_tmp):
+    folder = tiny_bert(module_tmp("bert") / "tiny-bert")
+    tokenizer, body = transformer.load(transformer.resolve(str(folder)))
+    return Namespace(folder=folder, json=tokenizer.backend_tokenizer.to_str(), body=body)
+
+
+def test_tokenizer_behind_the_vocabulary_interface(bert):
+    tok = HFTokenizer(bert.json, 16)
+    assert tok.limit == 14    # [CLS] and [SEP] take two of the 16 positions
+    ids = tok.encode(["the", "red", "cat"], 200)
+    assert len(ids) == 5 and ids[0] != ids[-1] and "cat" in tok and len(tok) == len(tok.words)
+    assert len(tok.encode("the red cat sits on the road under a tree".split() * 3, 200)) == 16
+    assert len(tok.encode("the red cat sits".split(), 2)) == 4
+    assert tok.encode([], 5) == [ids[0], ids[-1]]
+    again = vocabulary_from_state(tok.to_state())
+    assert isinstance(again, HFTokenizer) and again.fingerprint() == tok.fingerprint()
+    assert again.encode(["the", "red", "cat"], 200) == ids
+    assert HFTokenizer(bert.json, 20).fingerprint() != tok.fingerprint()
+    assert isinstance(vocabulary_from_state(["red", "cat"]), Vocabulary)
+    with pytest.raises(ValueError, match="no room"):
+        HFTokenizer(bert.json, 2)
+
+
+def test_encoder_pools_padded_batches_alike_and_freezes(bert):
+    tok = HFTokenizer(bert.json, 16)
+    torch.manual_seed(0)
+    enc = HFTextEncoder(stored_config(bert.body.config), 8, body=bert.body).eval()
+    texts = [tok.encode(["red", "cat"], 200), tok.encode("the dog runs on the old road".split(), 200)]
+    both = enc(*pad_batch(texts))
+    alone = enc(*pad_batch(texts[:1]))
+    assert torch.allclose(both.norm(dim=1), torch.ones(2)) and both.shape == (2, 8)
+    torch.testing.assert_close(both[0], alone[0], atol=1e-5, rtol=0)
+    assert enc.body.pooler is None   # unused by the pooling: no parameter without a gradient
+    cls = HFTextEncoder(stored_config(bert.body.config), 8, pooling="cls", body=bert.body).eval()
+    assert not torch.allclose(cls(*pad_batch(texts)), both)
+    frozen = HFTextEncoder(stored_config(bert.body.config), 8, frozen=True)
+    frozen.train()
+    assert not frozen.body.training and frozen.head.training
+    assert not any(p.requires_grad for p in frozen.body.parameters())
+    with pytest.raises(ValueError, match="pooling"):
+        HFTextEncoder(stored_config(bert.body.config), 8, pooling="max")
+
+
+def test_checkpoint_config_rebuilds_the_branch(bert):
+    tok = HFTokenizer(bert.json, 16)
+    config = ModelConfig("resnet18", 16, 1, 1, len(tok), text_encoder="hf")
+    torch.manual_seed(0)
+    model = build_model(config, text_body=bert.body).eval()
+    saved = model.config()
+    assert saved.text_encoder == "hf" and saved.word_dim == 32 and saved.text_config["hidden_size"] == 32
+    again = build_model(ModelConfig.from_dict(saved.to_dict())).eval()
+    again.load_state_dict(model.state_dict())
+    ids, lengths = pad_batch([tok.encode(["red", "cat"], 200)])
+    torch.testing.assert_close(again.embed_texts(ids, lengths), model.embed_texts(ids, lengths))
+    # The optimizer: the transformer at --text-lr, the rest at --lr; frozen, the head only.
+    groups = param_groups(model, Namespace(text_lr=1e-5))
+    assert len(groups) == 2 and groups[1]["lr"] == 1e-5
+    assert len(groups[1]["params"]) == len([p for p in model.text.body.parameters()])
+    frozen = build_model(ModelConfig("resnet18", 16, 1, 1, len(tok), text_encoder="hf",
+                                     text_frozen=True), text_body=copy.deepcopy(bert.body))
+    assert len(param_groups(frozen, Namespace(text_lr=1e-5))) == 1
+    # The GRU's model config is unchanged by the new keys.
+    assert ModelConfig.from_dict({"arch": "resnet18", "embed_dim": 8, "word_dim": 4, "hidden": 4,
+                                  "vocab_size": 9}).text_encoder == "gru"
+
+
+def test_freeze_text_needs_the_transformer_branch(tmp_path):
+    result = cli("train_cross_modal_retrieval_model.py", "1", "0", "0", "--dataset",
+                 tmp_path / "none.jsonl", "--work-dir", tmp_path, "--freeze-text", check=False)
+    error_line(result, "--freeze-text", "--text-encoder hf")
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_retrieve_export(bert, module_tmp):
+    from conftest import quick_text_side
+    from demo.synthetic import generate_synthetic
+    from models.exported import load_encoders
+    from pipeline import TINY_TRAIN
+    root = module_tmp("e2e")
+    manifest = generate_synthetic(root / "data", n_items=80, image_size=16, seed=5)
+    work = root / "work"
+    quick_text_side(manifest, work)
+    train = ["train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
+             "--work-dir", work, *TINY_TRAIN, "--image-size", "16", "--text-encoder", "hf",
+             "--text-model", bert.folder]
+    cli(*train, "--run-name", "hf", "--text-lr", "1e-3", "--epochs", "1")
+    cli(*train, "--run-name", "hf", "--text-lr", "1e-3", "--epochs", "2", "--resume")
+    best = work / "models" / "hf" / "best.pt"
+    out = cli("evaluate_retrieval.py", "--checkpoint", best, "--workers", "0").out
+    assert "rsum" in out and "text overlap@10" in out   # Doc2Vec neighbours, the run's space
+    cli("retrieve.py", "--checkpoint", best, "--query", "rocket orbit", "--out", root / "page")
+    assert (root / "page" / "index.html").is_file()
+    cli("export_encoders.py", "--checkpoint", best, "--out", root / "export")
+    enc = load_encoders(root / "export")
+    assert isinstance(enc.text, HFTextEncoder) and isinstance(enc.vocab, HFTokenizer)
+    assert torch.allclose(enc.embed_texts(["a rocket in orbit"]).norm(dim=1), torch.ones(1))
+    # Frozen: the transformer's weights leave training as they came in.
+    cli(*train, "--run-name", "frozen", "--freeze-text", "--epochs", "1")
+    state = torch.load(work / "models" / "frozen" / "last.pt", weights_only=True)
+    start = load_file(str(bert.folder / "model.safetensors"))
+    word = "embeddings.word_embeddings.weight"
+    key = next(k for k in state["model"] if k.endswith(word))
+    torch.testing.assert_close(state["model"][key], start[next(k for k in start if k.endswith(word))])
+    assert state["model_config"]["text_frozen"] is True
