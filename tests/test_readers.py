@@ -319,8 +319,9 @@ def test_politics_folder_with_both_files_reads_complete_db_with_its_filter(tmp_p
 
 # --- JSONL: a separate text for Doc2Vec ------------------------------------------------------
 
-def test_jsonl_doc2vec_text_as_a_string_or_one_per_text(tmp_path, capsys):
-    path = write_lines(tmp_path / "m.jsonl", [
+def test_jsonl_doc2vec_text_as_a_string_or_one_per_text(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)   # a short path: the report cuts what it quotes at 80 characters
+    path = write_lines(Path("m.jsonl"), [
         {"id": "a", "image": "a.jpg", "texts": ["Cap one.", "Cap two."], "doc2vec_text": "Article A."},
         {"id": "b", "image": "b.jpg", "texts": ["B one.", "  ", "B three."],
          "doc2vec_text": ["Doc b0.", "Doc b1.", "Doc b2."]},
