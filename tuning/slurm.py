@@ -158,7 +158,10 @@ def check(options: SlurmOptions) -> None:
         if shutil.which(tool) is None:
             raise InputError(f"--launcher slurm: {tool} is not on the PATH: run on a SLURM "
                              "cluster's login node, or use --launcher local")
-    check_writable(options.folder, folder=True, fix="pass another --slurm-folder")
+    try:
+        check_writable(options.folder, folder=True, fix="pass another --slurm-folder")
+    except InputError as e:
+        raise InputError(f"--slurm-folder (submitit's files): {e}") from None
     probe = subprocess.run(["sbatch", "--test-only", *options.sbatch_flags(), "--wrap=true"],
                            capture_output=True, text=True, timeout=60)
     if probe.returncode != 0:
