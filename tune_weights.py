@@ -28,7 +28,9 @@ there?) and compared on test with both intervals as above; summary.json's "finet
 
 A run counts as finished when its marker (done_val.json, written after its metrics) holds the
 same settings; run the same command again after a stop and only unfinished runs run, a killed
-one continuing from its last.pt. Runs go one per device at a time over --devices.
+one continuing from its last.pt. Runs go one per device at a time over --devices, or with
+--launcher slurm each run is one task of a SLURM job array (tuning/slurm.py; README: Sweeps on a
+cluster).
 """
 from __future__ import annotations
 
@@ -112,6 +114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     slurm.add_flags(p)
     args = p.parse_args(own)
 
+    if slurm.misused(args):
+        p.error(slurm.misused(args))
     if args.grid is not None and any((args.w_sym, args.w_img, args.w_text)):
         p.error("give either --grid or --w-sym/--w-img/--w-text, not both")
     try:

@@ -83,7 +83,7 @@ def test_a_slurm_sweep_equals_the_local_one_and_a_rerun_submits_nothing(cluster,
     summary = [json.loads((o / "summary.json").read_text()) for o in (local, remote)]
     assert summary[0]["test"] == summary[1]["test"] and summary[0]["chosen"] == summary[1]["chosen"]
     # The job's own log beside the run's logs.
-    run = remote / "release" / "l_i2t_l_sym_1_l_img_0_3_l_text_0_2" / "seed_1"
+    run = remote / "release" / "l_i2t_l_sym_1_l_img_0_3_l_text_0_2" / "seed_0"
     assert (run / "slurm_val.out").resolve().is_file() and (run / "train.log").is_file()
 
     n = len(read_calls(calls))
@@ -246,3 +246,15 @@ def test_a_two_rank_job_trains_as_torchrun_does(cluster, frozen_data, tmp_path):
     assert a["step"] == b["step"] > 0
     for name, tensor in a["model"].items():
         assert torch.equal(tensor, b["model"][name]), name
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--partition", "gpu"], "--partition is for --launcher slurm"),
+    (["--no-wait"], "are for --launcher slurm"),
+    (["--launcher", "slurm", "--devices", "cuda:0"], "--devices: the local launcher's"),
+])
+def test_each_launchers_flags_belong_to_it(fakes, tmp_path, flags, message):
+    manifest, calls = fakes
+    result = cli(*slurm_args(manifest, tmp_path / "sweep", *flags), check=False)
+    assert result.code == 2 and message in result.err, result.err
+    assert not calls.exists()

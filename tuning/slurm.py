@@ -135,6 +135,21 @@ def add_flags(p) -> None:
                         "them (or waits) and goes on with the next phase")
 
 
+def misused(args) -> str | None:
+    """The SLURM flag given to the local launcher, or --devices given to SLURM's, if any."""
+    if args.launcher == "slurm":
+        return "--devices: the local launcher's; under --launcher slurm give --gpus-per-run" \
+            if args.devices != "auto" else None
+    for flag in ("partition", "time", "mem", "cpus_per_run", "max_parallel", "tasks_per_node",
+                 "slurm_folder"):
+        if getattr(args, flag) is not None:
+            return f"--{flag.replace('_', '-')} is for --launcher slurm: add it, or leave the flag out"
+    if args.gpus_per_run or args.nodes != 1 or args.slurm_extra or args.no_wait:
+        return "--gpus-per-run, --nodes, --slurm-extra and --no-wait are for --launcher slurm: " \
+               "add it, or leave them out"
+    return None
+
+
 def options(args, out: Path) -> SlurmOptions:
     """The options of parsed flags; bad values are InputErrors."""
     for flag, value, least in (("--gpus-per-run", args.gpus_per_run, 0), ("--nodes", args.nodes, 1),
@@ -302,6 +317,8 @@ def _submit(runs: Sequence[Run], split: str, settings: Settings, options: SlurmO
     # reused folder would hand a new job an old job's result.
     base = options.folder / f"{split}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     executor = submitit.SlurmExecutor(folder=base / "%j")
+    if split != "val":   # evaluation only: one process, whatever the training's group was
+        options = replace(options, nodes=1, tasks_per_node=1, gpus_per_run=min(1, options.gpus_per_run))
     params = dict(job_name=JOB_NAME, nodes=options.nodes, ntasks_per_node=options.tasks_per_node,
                   partition=options.partition, gpus_per_node=options.gpus_per_run or None,
                   cpus_per_task=options.cpus_per_run, mem=options.mem,
