@@ -75,8 +75,9 @@ def main() -> None:
         sweep = ["--grid", "1 0 0; 1 0.3 0.2", "--seeds", "2", "--bootstrap", "200"]
         local = script(ROOT / "tune_weights.py", *sweep, "--devices", "cpu", "--out",
                        root / "local", *trainer)
+        # Both one run at a time with every core, so that the difference is the launcher's.
         slurm = script(ROOT / "tune_weights.py", *sweep, "--launcher", "slurm",
-                       "--cpus-per-run", "1", "--out", root / "slurm", *trainer)
+                       "--cpus-per-run", str(os.cpu_count()), "--out", root / "slurm", *trainer)
         per_task = array_overhead(root / "noop", args.tasks)
         print(f"frozen sweep, 2 triples x 2 seeds, {args.epochs} epochs (4 runs validated, 4 "
               f"tested): local launcher {local:.0f} s, SLURM {slurm:.0f} s")

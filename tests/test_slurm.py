@@ -191,8 +191,9 @@ def script(*args, timeout=300) -> subprocess.CompletedProcess:
 def test_a_frozen_sweep_through_slurm_gives_the_local_numbers(cluster, frozen_data, tmp_path):
     manifest, work, local = frozen_data
     out = work.parent / "slurm-sweep"
+    # Two cores per run: the threads torch takes on this 2-core machine without the launcher.
     proc = script(ROOT / "tune_weights.py", *slurm_args(manifest, out, "--launcher", "slurm",
-                                                        "--cpus-per-run", "1", seeds=2,
+                                                        "--cpus-per-run", "2", seeds=2,
                                                         trainer=FROZEN)[1:])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert metric_rows(out) == metric_rows(local)

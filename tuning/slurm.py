@@ -208,10 +208,12 @@ class RunTask:
         import submitit
         env = submitit.JobEnvironment()
         flag = "cuda" if self.gpus else "cpu"
-        plain = Device(f"slurm job {env.job_id}", flag)
+        # torch would take every core of the node, however many other tasks share it.
+        cpus = os.environ.get("SLURM_CPUS_PER_TASK")
+        plain = Device(f"slurm job {env.job_id}", flag, (("OMP_NUM_THREADS", cpus),) if cpus else ())
         if env.num_tasks == 1:
             return self._unless_stopped(execute(self.run, self.split, plain, self.settings))
-        ranked = replace(plain, env=tuple(ddp_env(env).items()))
+        ranked = replace(plain, env=(*plain.env, *ddp_env(env).items()))
         if env.global_rank != 0:
             # The other ranks only train, with the start rank 0 decides from the same files.
             if self.split == "val" and finished(self.run, self.split, self.settings) is None:
