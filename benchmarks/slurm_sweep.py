@@ -37,7 +37,7 @@ def array_overhead(folder: Path, tasks: int) -> float:
     """Seconds per task of an array of no-op tasks run one at a time (--max-parallel 1)."""
     import submitit
     executor = submitit.SlurmExecutor(folder=folder / "%j")
-    executor.update_parameters(time=5, cpus_per_task=1, array_parallelism=1,
+    executor.update_parameters(time=30, cpus_per_task=1, array_parallelism=1,
                                setup=[f"export PYTHONPATH={ROOT}"])
     start = time.time()
     with executor.batch():
@@ -76,7 +76,7 @@ def main() -> None:
         local = script(ROOT / "tune_weights.py", *sweep, "--devices", "cpu", "--out",
                        root / "local", *trainer)
         # Both one run at a time with every core, so that the difference is the launcher's.
-        slurm = script(ROOT / "tune_weights.py", *sweep, "--launcher", "slurm",
+        slurm = script(ROOT / "tune_weights.py", *sweep, "--launcher", "slurm", "--time", "30",
                        "--cpus-per-run", str(os.cpu_count()), "--out", root / "slurm", *trainer)
         per_task = array_overhead(root / "noop", args.tasks)
         print(f"frozen sweep, 2 triples x 2 seeds, {args.epochs} epochs (4 runs validated, 4 "

@@ -58,6 +58,8 @@ def cluster():
 
 
 def slurm_args(manifest, out, *extra, grid="1 0 0; 1 0.3 0.2", seeds=1, trainer=()):
+    if "slurm" in extra and "--time" not in extra:
+        extra = (*extra, "--time", "30")
     return ["tune_weights.py", "--grid", grid, "--seeds", str(seeds), "--out", out,
             "--bootstrap", "200", *extra, "--", "--dataset", manifest, "--work-dir",
             out.parent / "work", "--workers", "0", *trainer]
@@ -140,6 +142,7 @@ def test_no_wait_then_collect_and_a_second_sweep_into_the_folder_is_refused(clus
     (["--time", "1:2:3:4"], "Invalid --time specification"),
     (["--slurm-extra", "qos"], "--slurm-extra qos: give KEY=VALUE"),
     (["--nodes", "0"], "--nodes must be at least 1"),
+    (["--time", ""], "--launcher slurm needs --time"),
 ])
 def test_bad_slurm_settings_are_one_line_before_any_job(cluster, fakes, tmp_path, flags, message):
     manifest, calls = fakes
@@ -259,3 +262,12 @@ def test_each_launchers_flags_belong_to_it(fakes, tmp_path, flags, message):
     result = cli(*slurm_args(manifest, tmp_path / "sweep", *flags), check=False)
     assert result.code == 2 and message in result.err, result.err
     assert not calls.exists()
+
+
+def test_sbatch_time_formats_in_minutes():
+    from tuning.slurm import minutes
+    assert [minutes(t) for t in ("90", "1:30", "2:00:00", "1-12", "1-0:0:1", "0:20")] == \
+        [90, 2, 120, 2160, 1441, 1]
+    for bad in ("x", "1:2:3:4", "1-a"):
+        with pytest.raises(ValueError):
+            minutes(bad)

@@ -45,7 +45,7 @@ STOPPED_WAIT_S = 180    # a stopped trainer's job waits this long for SLURM's ki
 class SlurmOptions:
     folder: Path                          # submitit's files, one subfolder per submission
     partition: str | None = None
-    time: str | None = None               # as sbatch takes it: MM, HH:MM:SS, D-HH, ...
+    time: str = "60"                      # as sbatch takes it: MM, HH:MM:SS, D-HH, ...
     gpus_per_run: int = 0                 # per node
     cpus_per_run: int | None = None       # per task (rank)
     mem: str | None = None                # per node, as sbatch takes it (8G)
@@ -65,8 +65,7 @@ class SlurmOptions:
         flags = [f"--nodes={self.nodes}", f"--ntasks-per-node={self.tasks_per_node}"]
         if self.partition:
             flags.append(f"--partition={self.partition}")
-        if self.time:
-            flags.append(f"--time={self.time}")
+        flags.append(f"--time={self.time}")
         if self.gpus_per_run:
             flags.append(f"--gpus-per-node={self.gpus_per_run}")
         if self.cpus_per_run:
@@ -112,8 +111,8 @@ def add_flags(p) -> None:
                    help="local: the runs over --devices on this machine; slurm: submitted "
                         "through submitit, requeued runs resuming from their last.pt")
     g.add_argument("--partition", help="sbatch --partition (default: the cluster's)")
-    g.add_argument("--time", help="sbatch --time per run, e.g. 4:00:00 or 1-12 (default: the "
-                                  "partition's limit as submitit sets it, 5 minutes: give it)")
+    g.add_argument("--time", help="sbatch --time of one run, e.g. 4:00:00 or 1-12 (needed: "
+                                  "submitit would ask for 5 minutes)")
     g.add_argument("--gpus-per-run", type=int, default=0, metavar="G",
                    help="sbatch --gpus-per-node: GPUs of each node of a run (0: the CPU)")
     g.add_argument("--cpus-per-run", type=int, default=None, metavar="C",
@@ -158,6 +157,11 @@ def options(args, out: Path) -> SlurmOptions:
                                ("--max-parallel", args.max_parallel, 1)):
         if value is not None and value < least:
             raise InputError(f"{flag} must be at least {least} (got {value})")
+    if not args.time:
+        # submitit would ask for 5 minutes, and every run would end as a time-out.
+        raise InputError("--launcher slurm needs --time, one run's time limit as sbatch takes it "
+                         "(e.g. 4:00:00 or 1-12); keep it above 15 minutes: below that submitit "
+                         "takes every preemption for a time-out")
     tasks = args.tasks_per_node or max(1, args.gpus_per_run)
     return SlurmOptions(folder=Path(args.slurm_folder or out / "slurm").resolve(),
                         partition=args.partition, time=args.time, gpus_per_run=args.gpus_per_run,
@@ -184,12 +188,11 @@ def check(options: SlurmOptions) -> None:
                   if "error:" in line] or [probe.stderr.strip() or f"exit {probe.returncode}"]
         raise InputError(f"--launcher slurm: sbatch refuses the runs' settings "
                          f"({' '.join(options.sbatch_flags())}): {'; '.join(errors)}")
-    if options.time:
-        try:
-            minutes(options.time)
-        except ValueError:   # sbatch took a form this parser does not know
-            raise InputError(f"--time {shown(options.time)}: give MM, HH:MM:SS or "
-                             "D-HH:MM:SS") from None
+    try:
+        minutes(options.time)
+    except ValueError:   # sbatch took a form this parser does not know
+        raise InputError(f"--time {shown(options.time)}: give MM, HH:MM:SS or "
+                         "D-HH:MM:SS") from None
 
 
 class RunTask:
@@ -288,8 +291,8 @@ def _job_outcome(run: Run, split: str, settings: Settings, record: dict) -> Outc
     """A job SLURM no longer holds: its run's marker, else the failure its result or log holds."""
     from submitit.core.utils import JobPaths
     metrics = finished(run, split, settings)
-    if metrics is not None:
-        return Outcome("done", float(record.get("seconds", 0)), metrics)
+    if metrics is not None:   # its time: since it was submitted, the queue's wait included
+        return Outcome("done", time.time() - float(record.get("submitted", time.time())), metrics)
     paths = JobPaths(record["folder"], job_id=record["job"], task_id=0)
     try:
         import pickle
@@ -327,8 +330,7 @@ def _submit(runs: Sequence[Run], split: str, settings: Settings, options: SlurmO
                   additional_parameters=dict(options.extra) or None,
                   # The job imports this package from wherever sbatch starts it.
                   setup=[f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"])
-    if options.time:
-        params["time"] = minutes(options.time)
+    params["time"] = minutes(options.time)
     if options.max_parallel:
         params["array_parallelism"] = options.max_parallel
     executor.update_parameters(**{k: v for k, v in params.items() if v is not None})
