@@ -20,6 +20,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import pickle
 import re
 import shutil
 import signal
@@ -32,7 +33,8 @@ from typing import Callable, Sequence
 
 from common.errors import InputError, shown
 from common.workdir import check_writable
-from tuning.sweep import ROOT, Device, Outcome, Run, Settings, _call, execute, finished, start_flag
+from tuning.sweep import (ROOT, Device, Outcome, Run, Settings, execute, finished, run_script,
+                          start_flag, train)
 
 JOB_NAME = "tune_weights"
 POLL_S = 1.0
@@ -223,13 +225,12 @@ class RunTask:
                 start = start_flag(self.run, self.settings)
                 if start is not None:
                     self.run.folder.mkdir(parents=True, exist_ok=True)
-                    code, error = _call(self.settings.train_command(self.run) + [start],
-                                        self.settings, ranked,
-                                        self.run.folder / f"train_rank{env.global_rank}.log")
+                    code, error = run_script(self.settings.train_command(self.run) + [start],
+                                             self.settings, ranked,
+                                             self.run.folder / f"train_rank{env.global_rank}.log")
                     self._unless_stopped(Outcome("failed", code=code, error=error) if error else None)
             return None
         if self.split == "val" and finished(self.run, self.split, self.settings) is None:
-            from tuning.sweep import train
             code, error = train(self.run, ranked, self.settings)
             if error:
                 return self._unless_stopped(Outcome("failed", code=code, error=error))
@@ -295,7 +296,6 @@ def _job_outcome(run: Run, split: str, settings: Settings, record: dict) -> Outc
         return Outcome("done", time.time() - float(record.get("submitted", time.time())), metrics)
     paths = JobPaths(record["folder"], job_id=record["job"], task_id=0)
     try:
-        import pickle
         with open(paths.result_pickle, "rb") as f:
             kind, value = pickle.load(f)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError, ImportError):

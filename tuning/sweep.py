@@ -159,7 +159,7 @@ class Outcome:
     code: int = 0            # for "failed": the script's exit status (negative: its signal)
 
 
-def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> tuple[int, str]:
+def run_script(cmd: list[str], settings: Settings, device: Device, log: Path) -> tuple[int, str]:
     """Run one script with the device's flag and environment, its output to `log`: its exit
     status, and "" when it succeeded, else the log's path and last line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(device.env)}
@@ -204,7 +204,7 @@ def train(run: Run, device: Device, settings: Settings) -> tuple[int, str]:
             (run.folder / name).unlink(missing_ok=True)
     key = settings.train_key(run)
     write_json_atomic({"key": key}, run.folder / "started.json")
-    code, error = _call(settings.train_command(run) + [flag], settings, device,
+    code, error = run_script(settings.train_command(run) + [flag], settings, device,
                         run.folder / "train.log")
     if not error:
         write_json_atomic({"key": key, "trained": True}, run.folder / "started.json")
@@ -225,7 +225,7 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
     elif not (run.folder / "best.pt").is_file():
         return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
     out = run.folder / f"metrics_{split}.json"
-    code, error = _call(settings.eval_command(run, split), settings, device,
+    code, error = run_script(settings.eval_command(run, split), settings, device,
                         run.folder / f"evaluate_{split}.log")
     if error:
         return Outcome("failed", time.time() - start, error=error, code=code)
