@@ -180,7 +180,9 @@ def frozen_data(module_tmp):
         "--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1",
         "--batch-size", "50")
     local = root / "local"
-    run(*map(str, slurm_args(manifest, local, "--devices", "cpu", seeds=2, trainer=FROZEN)))
+    # Two runs at a time, one thread each (OMP_NUM_THREADS=1), as SLURM runs them with
+    # --cpus-per-run 1 on this 2-core node: the same threads give the same numbers.
+    run(*map(str, slurm_args(manifest, local, "--devices", "cpu,cpu", seeds=2, trainer=FROZEN)))
     return manifest, root / "work", local
 
 
@@ -194,9 +196,8 @@ def script(*args, timeout=300) -> subprocess.CompletedProcess:
 def test_a_frozen_sweep_through_slurm_gives_the_local_numbers(cluster, frozen_data, tmp_path):
     manifest, work, local = frozen_data
     out = work.parent / "slurm-sweep"
-    # Two cores per run: the threads torch takes on this 2-core machine without the launcher.
     proc = script(ROOT / "tune_weights.py", *slurm_args(manifest, out, "--launcher", "slurm",
-                                                        "--cpus-per-run", "2", seeds=2,
+                                                        "--cpus-per-run", "1", seeds=2,
                                                         trainer=FROZEN)[1:])
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert metric_rows(out) == metric_rows(local)
@@ -206,7 +207,8 @@ def test_a_frozen_sweep_through_slurm_gives_the_local_numbers(cluster, frozen_da
 def test_a_run_requeued_mid_training_ends_as_an_uninterrupted_one(cluster, frozen_data, tmp_path):
     manifest, work, local = frozen_data
     out = work.parent / "requeued"
-    args = slurm_args(manifest, out, "--launcher", "slurm", grid="1 0 0", trainer=FROZEN)[1:]
+    args = slurm_args(manifest, out, "--launcher", "slurm", "--cpus-per-run", "1", grid="1 0 0",
+                      trainer=FROZEN)[1:]
     proc = script(ROOT / "tune_weights.py", "--no-wait", *args)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     folder = out / "release" / "l_i2t_l_sym_1_l_img_0_l_text_0" / "seed_0"
