@@ -28,7 +28,9 @@ there?) and compared on test with both intervals as above; summary.json's "finet
 
 A run counts as finished when its marker (done_val.json, written after its metrics) holds the
 same settings; run the same command again after a stop and only unfinished runs run, a killed
-one continuing from its last.pt. Runs go one per device at a time over --devices.
+one continuing from its last.pt. Runs go one per device at a time over --devices, or with
+--launcher slurm each run is one task of a SLURM job array (tuning/slurm.py; README: Sweeps on a
+cluster).
 """
 from __future__ import annotations
 
@@ -53,6 +55,7 @@ from data.datasets.load import load_items
 from evaluation.metrics import TIES
 from evaluation.report import K
 from losses.weights import Weights
+from tuning import slurm
 from tuning.grid import BASELINE, TooMany, format_triple, parse_grid, parse_values, product_grid
 from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
@@ -109,8 +112,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="keep each run's last.pt once it is trained and validated (by default "
                         "it is removed: only a stopped run resumes from it, the sweep evaluates "
                         "best.pt, and it is half of a sweep's disk)")
+    slurm.add_flags(p)
     args = p.parse_args(own)
 
+    if slurm.misused(args):
+        p.error(slurm.misused(args))
     if args.grid is not None and any((args.w_sym, args.w_img, args.w_text)):
         p.error("give either --grid or --w-sym/--w-img/--w-text, not both")
     try:
@@ -291,7 +297,12 @@ class Progress:
 
 def run_phase(runs, split: str, args, settings: Settings) -> list[dict]:
     progress = Progress(len(runs), split, args.select)
-    outcomes = run_all(runs, args.devices, lambda r, d: execute(r, split, d, settings), progress)
+    if args.launcher == "slurm":
+        outcomes = slurm.run_all(runs, split, settings, args.slurm, progress)
+        if outcomes is None:   # --no-wait: a later call collects them
+            sys.exit(0)
+    else:
+        outcomes = run_all(runs, args.devices, lambda r, d: execute(r, split, d, settings), progress)
     failed = [(r, o) for r, o in zip(runs, outcomes) if o.status == "failed"]
     if failed:
         print(f"error: {len(failed)} of {len(runs)} runs failed ({split}); the first, "
@@ -399,6 +410,9 @@ def main() -> None:
 
 def sweep(args: argparse.Namespace, out: Path) -> None:
     check_writable(out, folder=True, fix="pass another --out")   # before the runs, not after
+    if args.launcher == "slurm":
+        args.slurm = slurm.options(args, out)
+        slurm.check(args.slurm)
     triples = grid_triples(args)
     if BASELINE not in args.triples:
         print(f"adding the baseline {format_triple(BASELINE)} to the grid: the chosen triple is "
@@ -409,7 +423,8 @@ def sweep(args: argparse.Namespace, out: Path) -> None:
     print(f"{len(runs)} runs: {len(triples)} triples x {args.seeds} seeds x "
           f"{len(args.objectives)} objective{'s' if len(args.objectives) > 1 else ''} "
           f"({', '.join(args.objectives)}){finetune_line(args)}, on "
-          f"{', '.join(d.name for d in args.devices)}; folder {out}", flush=True)
+          f"{'SLURM' if args.launcher == 'slurm' else ', '.join(d.name for d in args.devices)}; "
+          f"folder {out}", flush=True)
     val = run_phase(runs, "val", args, settings)
 
     rows = []

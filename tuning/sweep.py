@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -99,16 +99,19 @@ class Settings:
     eval_workers: int | None = None  # evaluate_retrieval.py --workers
     keep_last: bool = False          # keep last.pt after the run's validation marker
     python: str = sys.executable
+    # Read when the settings are made, not when a command is: a SLURM job runs a pickled copy.
+    trainer: Path = field(default_factory=lambda: TRAINER)
+    evaluator: Path = field(default_factory=lambda: EVALUATOR)
 
     def train_command(self, run: Run) -> list[str]:
         objective = ["--negatives", run.objective] if self.negatives else []
-        return [str(TRAINER), *map(format_weight, run.weights), *self.trainer_args, *objective,
+        return [str(self.trainer), *map(format_weight, run.weights), *self.trainer_args, *objective,
                 "--run-seed", str(run.seed), "--log-dir", str(run.folder)]
 
     def eval_command(self, run: Run, split: str) -> list[str]:
         extra = ["--save-ranks"] if split == "test" else []
         workers = [] if self.eval_workers is None else ["--workers", str(self.eval_workers)]
-        return [str(EVALUATOR), "--checkpoint", str(run.folder / "best.pt"), "--split", split,
+        return [str(self.evaluator), "--checkpoint", str(run.folder / "best.pt"), "--split", split,
                 "--out", str(run.folder / f"metrics_{split}.json"), "--ties", self.ties, *workers,
                 *extra]
 
@@ -155,11 +158,12 @@ class Outcome:
     seconds: float = 0.0
     metrics: dict | None = None
     error: str = ""          # for "failed": the log file and its last line
+    code: int = 0            # for "failed": the script's exit status (negative: its signal)
 
 
-def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> str:
-    """Run one script with the device's flag and environment, its output to `log`; "" when it
-    succeeded, else the log's path and last line."""
+def run_script(cmd: list[str], settings: Settings, device: Device, log: Path) -> tuple[int, str]:
+    """Run one script with the device's flag and environment, its output to `log`: its exit
+    status, and "" when it succeeded, else the log's path and last line."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **dict(device.env)}
     cmd = [settings.python, *cmd, "--device", device.flag]
     with open(log, "a", encoding="utf-8") as f:   # a continued run keeps its earlier part
@@ -167,40 +171,46 @@ def _call(cmd: list[str], settings: Settings, device: Device, log: Path) -> str:
         f.flush()
         code = signals.run_child(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
     if code == 0:
-        return ""
+        return 0, ""
     lines = [line for line in read_regular_text(log, errors="replace").replace("\r", "\n").splitlines()
              if line.strip()]
-    return f"exit {code}, see {log}: {lines[-1].strip() if lines else '(no output)'}"
+    return code, f"exit {code}, see {log}: {lines[-1].strip() if lines else '(no output)'}"
 
 
-def train(run: Run, device: Device, settings: Settings) -> str:
-    """Train the run unless it was trained with these settings already; "" when it is trained,
-    else the error."""
-    started = run.folder / "started.json"
+def start_flag(run: Run, settings: Settings) -> str | None:
+    """How the trainer must start this run: None when it was trained with these settings
+    already, "--resume" when it was started with them and left a last.pt, else "--overwrite".
+    Only reads the folder, so every rank of a distributed run comes to the same answer."""
     try:
-        record = json.loads(read_regular_text(started))
+        record = json.loads(read_regular_text(run.folder / "started.json"))
     except (OSError, ValueError):
         record = {}
-    key = settings.train_key(run)
-    same = isinstance(record, dict) and record.get("key") == key
+    same = isinstance(record, dict) and record.get("key") == settings.train_key(run)
     if same and record.get("trained") and (run.folder / "best.pt").is_file():
-        return ""    # only the evaluation's settings changed (and its last.pt may be gone)
+        return None    # only the evaluation's settings changed (and its last.pt may be gone)
+    return "--resume" if same and (run.folder / "last.pt").is_file() else "--overwrite"
+
+
+def train(run: Run, device: Device, settings: Settings) -> tuple[int, str]:
+    """Train the run unless it was trained with these settings already: the trainer's exit
+    status, and "" when the run is trained, else the error."""
+    flag = start_flag(run, settings)
+    if flag is None:
+        return 0, ""
     for s in ("val", "test"):       # whatever was evaluated belongs to the old model
         marker(run, s).unlink(missing_ok=True)
-    if same and (run.folder / "last.pt").is_file():
-        start_or_continue = ["--resume"]
-    else:
+    if flag == "--overwrite":
         # A fresh start: checkpoints of other settings must not be resumed or evaluated
         # should this run stop before it writes its own; --overwrite clears the rest.
         for name in ("last.pt", "best.pt"):
             (run.folder / name).unlink(missing_ok=True)
-        start_or_continue = ["--overwrite"]
-    write_json_atomic({"key": key}, started)
-    error = _call(settings.train_command(run) + start_or_continue, settings, device,
-                  run.folder / "train.log")
+    key = settings.train_key(run)
+    write_json_atomic({"key": key}, run.folder / "started.json")
+    code, error = run_script(settings.train_command(run) + [flag], settings, device,
+                        run.folder / "train.log")
     if not error:
-        write_json_atomic({"key": key, "trained": True}, started)
-    return error
+        write_json_atomic({"key": key, "trained": True}, run.folder / "started.json")
+    return code, error
 
 
 def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome:
@@ -211,16 +221,16 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
     start = time.time()
     run.folder.mkdir(parents=True, exist_ok=True)
     if split == "val":
-        error = train(run, device, settings)
+        code, error = train(run, device, settings)
         if error:
-            return Outcome("failed", time.time() - start, error=error)
+            return Outcome("failed", time.time() - start, error=error, code=code)
     elif not (run.folder / "best.pt").is_file():
         return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
     out = run.folder / f"metrics_{split}.json"
-    error = _call(settings.eval_command(run, split), settings, device,
-                  run.folder / f"evaluate_{split}.log")
+    code, error = run_script(settings.eval_command(run, split), settings, device,
+                        run.folder / f"evaluate_{split}.log")
     if error:
-        return Outcome("failed", time.time() - start, error=error)
+        return Outcome("failed", time.time() - start, error=error, code=code)
     metrics = read_json(out, f"evaluate_retrieval.py wrote no readable metrics: see {out.parent}")
     write_json_atomic({"key": settings.key(run, split), "metrics": metrics}, marker(run, split))
     if split == "val" and not settings.keep_last:
