@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from common.errors import InputError, shown
+from common.files import open_regular, read_regular_text
 from common.workdir import check_writable
 from tuning.sweep import (ROOT, Device, Outcome, Run, Settings, execute, finished, run_script,
                           start_flag, train)
@@ -280,7 +281,7 @@ def active_jobs() -> set[str] | None:
 def _recorded(run: Run, split: str, settings: Settings, active: set[str]) -> dict | None:
     """The job an earlier call submitted for this run with these settings, if SLURM holds it."""
     try:
-        record = json.loads(record_path(run, split).read_text())
+        record = json.loads(read_regular_text(record_path(run, split)))
     except (OSError, ValueError):
         return None
     if record.get("key") == settings.key(run, split) and record.get("job") in active:
@@ -296,7 +297,7 @@ def _job_outcome(run: Run, split: str, settings: Settings, record: dict) -> Outc
         return Outcome("done", time.time() - float(record.get("submitted", time.time())), metrics)
     paths = JobPaths(record["folder"], job_id=record["job"], task_id=0)
     try:
-        with open(paths.result_pickle, "rb") as f:
+        with open_regular(paths.result_pickle) as f:
             kind, value = pickle.load(f)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError, ImportError):
         kind, value = None, None
@@ -308,7 +309,7 @@ def _job_outcome(run: Run, split: str, settings: Settings, record: dict) -> Outc
                                        f"{lines[-1].strip() if lines else '(no traceback)'}")
     log = paths.stderr if paths.stderr.is_file() else paths.stdout
     try:
-        lines = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
+        lines = [x for x in read_regular_text(log, errors="replace").splitlines() if x.strip()]
     except OSError:
         lines = []
     return Outcome("failed", error=f"SLURM job {record['job']} ended without finishing the run "
