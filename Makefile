@@ -19,12 +19,14 @@ $(STAMP): requirements.txt requirements-models.txt
 
 setup: $(STAMP)
 
+# The suite in TEST_WORKERS processes, a test file each at a time (its module fixtures shared).
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # Everything but the end-to-end tests marked slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow" tests
 
 demo: $(STAMP)
 	$(PY) -m demo --data $(DATA) $(DEMO_ARGS)
