@@ -1,12 +1,13 @@
 """Shared by every test: the repository on sys.path, one way to run a script in-process (`cli`),
 one check of a script's one-line error (`one_line_error`) and of a function's (`input_error`),
-a tiny trained checkpoint (`train_tiny`), and a module's scratch folders (`module_tmp`). Tests
+a tiny trained checkpoint (`train_tiny`), a guard against a reader blocking on a FIFO (`Alarm`), and a module's scratch folders (`module_tmp`). Tests
 import them with `from conftest import ...`."""
 from __future__ import annotations
 
 import io
 import runpy
 import shutil
+import signal
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -129,6 +130,23 @@ def one_line_error(result: Result, *phrases: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("error: "), result.err
     for phrase in phrases:
         assert phrase in lines[0], lines[0]
+
+
+class Alarm:
+    """Fails the test instead of hanging it when a step blocks on a FIFO."""
+
+    def __init__(self, seconds: int):
+        self.seconds = seconds
+
+    def __enter__(self):
+        def hung(*_):
+            raise AssertionError(f"blocked for {self.seconds}s (a FIFO was opened)")
+        self.old = signal.signal(signal.SIGALRM, hung)
+        signal.alarm(self.seconds)
+
+    def __exit__(self, *exc):
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, self.old)
 
 
 def quick_text_side(manifest: Path, work: Path) -> list[str]:

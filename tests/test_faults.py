@@ -32,7 +32,7 @@ from data.images.read import read_image, to_rgb
 from data.text.preprocess import preprocess
 from demo.synthetic import generate_synthetic
 from fixtures import write_topic_manifest
-from conftest import RUN, cli, error_line, input_error, quick_text_side, tmp_files
+from conftest import RUN, Alarm, cli, error_line, input_error, quick_text_side, tmp_files
 from pipeline import ROOT, TINY_TRAIN
 
 TRAIN = "train_cross_modal_retrieval_model.py"
@@ -566,23 +566,6 @@ def test_a_really_full_disk_while_writing_the_projector_log_is_one_line(pipeline
     assert not (out / "projector").exists() and not tmp_files(out)
     # Nothing hidden is left but the folder's ownership marker.
     assert [p.name for p in out.iterdir() if p.name.startswith(".")] == [MARKER]
-
-
-class Alarm:
-    """Fails the test instead of hanging it when a step blocks on a FIFO."""
-
-    def __init__(self, seconds: int):
-        self.seconds = seconds
-
-    def __enter__(self):
-        def hung(*_):
-            raise AssertionError(f"blocked for {self.seconds}s (a FIFO was opened)")
-        self.old = signal.signal(signal.SIGALRM, hung)
-        signal.alarm(self.seconds)
-
-    def __exit__(self, *exc):
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, self.old)
 
 
 def dataset_with_a_fifo(manifest: Path, tmp_path: Path) -> tuple[Path, Path]:

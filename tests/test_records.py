@@ -4,7 +4,6 @@ system reports at a script's top is one line."""
 import copy
 import json
 import os
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,29 +12,12 @@ import torch
 
 from common import records as R
 from common.errors import InputError
-from conftest import cli, error_line, input_error
+from conftest import Alarm, cli, error_line, input_error
 from data.datasets import provenance
 from models.exported import CONFIG_FILE, IMAGE_FILE, TEXT_FILE, VOCAB_FILE, load_encoders, write_encoders
 from models.image import ImageEncoder
 from models.text import TextEncoder
 from models.vocab import Vocabulary
-
-
-class Alarm:
-    """Fails the test instead of hanging it when a reader blocks on a FIFO."""
-
-    def __init__(self, seconds: int = 10):
-        self.seconds = seconds
-
-    def __enter__(self):
-        def hung(*_):
-            raise AssertionError(f"blocked for {self.seconds}s (a FIFO was opened)")
-        self.old = signal.signal(signal.SIGALRM, hung)
-        signal.alarm(self.seconds)
-
-    def __exit__(self, *exc):
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, self.old)
 
 
 def test_a_schema_names_the_first_wrong_field_and_what_is_wrong():
