@@ -28,3 +28,10 @@ def text_side(dataset: Path, work: Path, k: int = 20) -> None:
     run("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20")
     run("extract_doc2vec_vectors.py", *common)
     run("knn_document_features.py", *common, "--k", str(k))
+
+
+def frozen_side(dataset: Path, work: Path) -> None:
+    """The text side, then the frozen features of a random-weight ResNet-18 at 32 px."""
+    text_side(dataset, work)
+    run("prepare_image_features.py", "--dataset", dataset, "--work-dir", work, "--arch",
+        "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1", "--batch-size", "50")

@@ -10,7 +10,7 @@ import torch
 
 from conftest import cli, input_error, one_line_error
 from demo.synthetic import generate_synthetic
-from pipeline import TINY_TRAIN, run, text_side
+from pipeline import TINY_TRAIN, frozen_side, run, text_side
 from data.datasets.load import load_items
 from data.datasets.provenance import dataset_hash, dataset_root
 from data.images.cache import find_cache
@@ -32,10 +32,7 @@ RUN = "l_i2t_l_sym_1_l_img_0_3_l_text_0_2"
 def prepared(module_tmp):
     root = module_tmp("frozen")
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=3)
-    text_side(manifest, root / "work")
-    run("prepare_image_features.py", "--dataset", manifest, "--work-dir", root / "work",
-        "--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1",
-        "--batch-size", "50")
+    frozen_side(manifest, root / "work")
     return manifest, root / "work"
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli, one_line_error
-from pipeline import ROOT, TINY_TRAIN, run, text_side
+from pipeline import ROOT, TINY_TRAIN, frozen_side, run
 from test_output_places import LAUNCH, wait_for
 from test_tune_weights import TESTS, fakes, read_calls  # noqa: F401 - fakes is a fixture
 
@@ -175,10 +175,7 @@ def frozen_data(module_tmp):
     from demo.synthetic import generate_synthetic
     root = module_tmp("slurm")
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=4)
-    text_side(manifest, root / "work")
-    run("prepare_image_features.py", "--dataset", manifest, "--work-dir", root / "work",
-        "--arch", "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1",
-        "--batch-size", "50")
+    frozen_side(manifest, root / "work")
     local = root / "local"
     # Two runs at a time, one thread each (OMP_NUM_THREADS=1), as SLURM runs them with
     # --cpus-per-run 1 on this 2-core node: the same threads give the same numbers.
