@@ -25,7 +25,7 @@ from data.datasets.load import load_items
 from data.datasets.provenance import dataset_hash, dataset_root
 from data.images.cache import CACHE_DIR, ensure_cache
 from data.images.read import report_bad_images
-from models import ARCHS
+from models.backbones import CHOICES as ARCH_CHOICES, arch_name
 from models.features import FEATURES_DIR, FeatureRequest, build_features, check_record, read_record
 from models.precision import pick_device
 
@@ -33,9 +33,10 @@ from models.precision import pick_device
 def main() -> None:
     p = parser(__doc__)
     g = p.add_argument_group("backbone (config.py; as the trainer's)")
-    g.add_argument("--arch", choices=sorted(ARCHS), default=config.ARCH)
+    g.add_argument("--arch", type=arch_name, default=config.ARCH, metavar="ARCH",
+                   help=f"image backbone: {ARCH_CHOICES}")
     g.add_argument("--no-pretrained", action="store_true", help="random weights drawn under --seed")
-    g.add_argument("--image-weights", default=None, help="a local state dict for the ResNet")
+    g.add_argument("--image-weights", default=None, help="a local state dict for the backbone")
     g.add_argument("--image-size", type=whole(1), default=config.IMAGE_SIZE)
     g.add_argument("--batch-size", type=whole(1), default=64, help="images per forward pass")
     g.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: cuda when present")

@@ -21,7 +21,8 @@ from common.errors import InputError
 import config
 from data.images.cache import MODES
 from losses import LOSSES, NEGATIVES, Weights
-from models import ARCHS, HEADS, Precision
+from models import HEADS, Precision
+from models.backbones import CHOICES as ARCH_CHOICES, arch_name
 from models.checkpoint import Progress, check_image_mode, checkpoint_state, load_resume, restore
 from models.precision import PRECISIONS
 from models.settings import ImageSettings
@@ -41,9 +42,11 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("w_img", type=real(0), help="weight of L_img (image -> a text-neighbour's image)")
     p.add_argument("w_text", type=real(0), help="weight of L_text (text -> a neighbour's text)")
     g = p.add_argument_group("model (config.py)")
-    g.add_argument("--arch", choices=sorted(ARCHS), default=config.ARCH)
+    g.add_argument("--arch", type=arch_name, default=config.ARCH, metavar="ARCH",
+                   help=f"image backbone: {ARCH_CHOICES}")
     g.add_argument("--no-pretrained", action="store_true", help="random image weights, not ImageNet")
-    g.add_argument("--image-weights", default=None, help="a local state dict for the ResNet")
+    g.add_argument("--image-weights", default=None,
+                   help="a local state dict for the backbone (a timm model: the whole model's, classifier ignored)")
     g.add_argument("--image-size", type=int, default=config.IMAGE_SIZE)
     g.add_argument("--embed-dim", type=int, default=config.EMBED_DIM)
     g.add_argument("--gru-hidden", type=int, default=config.GRU_HIDDEN)

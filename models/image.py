@@ -3,6 +3,7 @@ release, or a two-layer MLP), L2 normalisation. The head also runs alone on prec
 features (prepare_image_features.py, forward_features), which is how --frozen-image trains."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -10,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from data.images.read import Preprocessing
 from models.backbones import BACKBONES, Backbone, backbone
 
-ARCHS = BACKBONES   # the choices of --arch
+ARCHS = BACKBONES   # the named choices of --arch (and timm:NAME)
 HEADS = ("linear", "mlp")
 
 
@@ -40,9 +42,13 @@ class ImageEncoder(nn.Module):
     """Backbone (its classifier removed) -> head(feat_dim -> embed_dim) -> unit vector."""
 
     def __init__(self, arch: str = "resnet50", embed_dim: int = 256, pretrained: bool = True,
-                 weights_file: str | os.PathLike | None = None, head: str = "linear"):
+                 weights_file: str | os.PathLike | None = None, head: str = "linear",
+                 preprocessing: dict | None = None):
         super().__init__()
         entry = backbone(arch)
+        if preprocessing is not None:   # as a checkpoint recorded it (ModelConfig)
+            entry = dataclasses.replace(entry, preprocessing=Preprocessing.from_record(preprocessing))
+        self._entry = entry
         self.arch = arch
         self.feat_dim = entry.feature_dim
         self.embed_dim = embed_dim
@@ -71,7 +77,12 @@ class ImageEncoder(nn.Module):
     @property
     def entry(self) -> Backbone:
         """The backbone's entry: how its images are prepared, where its weights come from."""
-        return backbone(self.arch)
+        return self._entry
+
+    def recorded_preprocessing(self) -> dict | None:
+        """What a checkpoint records of the preprocessing: a timm model's, read from the
+        installed timm's config (the table's backbones keep theirs in code)."""
+        return None if self.arch in BACKBONES else self._entry.preprocessing.record()
 
     def forward(self, pixels: Tensor) -> Tensor:
         """[B, 3, H, W] normalised images -> [B, embed_dim] float32 unit vectors."""

@@ -14,7 +14,7 @@ from models.text import TextEncoder
 
 # Keys added after the first checkpoints: absent, they take their default (the release's model).
 TEXT_KEYS = ("text_encoder", "text_config", "text_pooling", "text_frozen")
-OPTIONAL = ("image_head", *TEXT_KEYS)
+OPTIONAL = ("image_head", "image_preprocessing", *TEXT_KEYS)
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,10 @@ class ModelConfig:
     text_config: dict | None = None
     text_pooling: str = "mean"
     text_frozen: bool = False
+    # A timm backbone's preprocessing (Preprocessing.record()), as the timm of training read it
+    # from its config: evaluation and export then prepare images as training did, whatever timm
+    # is installed. The table's own backbones keep theirs in code (None).
+    image_preprocessing: dict | None = None
 
     def __post_init__(self) -> None:
         # Checkpoints store builtins only: numpy integers (a vector's shape) become ints here.
@@ -41,6 +45,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        if self.image_preprocessing is None:
+            d.pop("image_preprocessing")
         if self.text_encoder == "gru":   # the GRU's checkpoints keep the keys they always had
             for key in TEXT_KEYS:
                 d.pop(key)
@@ -89,18 +95,19 @@ class CrossModalModel(nn.Module):
         return image, self.text(tokens, lengths)
 
     def config(self) -> ModelConfig:
+        image = dict(arch=self.image.arch, embed_dim=self.image.embed_dim,
+                     image_head=self.image.head_kind,
+                     image_preprocessing=self.image.recorded_preprocessing())
         if isinstance(self.text, HFTextEncoder):
-            return ModelConfig(arch=self.image.arch, embed_dim=self.image.embed_dim,
+            return ModelConfig(**image,
                                word_dim=self.text.hidden, hidden=self.text.hidden,
                                vocab_size=int(self.text.body.config.vocab_size),
-                               image_head=self.image.head_kind, text_encoder="hf",
+                               text_encoder="hf",
                                text_config=self.text.hf_config(), text_pooling=self.text.pooling,
                                text_frozen=self.text.frozen)
-        return ModelConfig(arch=self.image.arch, embed_dim=self.image.embed_dim,
-                           word_dim=self.text.embedding.embedding_dim,
+        return ModelConfig(**image, word_dim=self.text.embedding.embedding_dim,
                            hidden=self.text.gru.hidden_size,
-                           vocab_size=self.text.embedding.num_embeddings,
-                           image_head=self.image.head_kind)
+                           vocab_size=self.text.embedding.num_embeddings)
 
 
 def build_model(config: ModelConfig, word_vectors: np.ndarray | None = None,
@@ -114,7 +121,8 @@ def build_model(config: ModelConfig, word_vectors: np.ndarray | None = None,
         raise ValueError(f"build_model needs a ModelConfig, got {type(config).__name__} (a "
                          "checkpoint's dict goes through ModelConfig.from_dict)")
     image = ImageEncoder(config.arch, config.embed_dim, pretrained=pretrained,
-                         weights_file=weights_file, head=config.image_head)
+                         weights_file=weights_file, head=config.image_head,
+                         preprocessing=config.image_preprocessing)
     if config.text_encoder == "hf":
         text = HFTextEncoder(config.text_config or {}, config.embed_dim, config.text_pooling,
                              config.text_frozen, body=text_body)
