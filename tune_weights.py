@@ -22,8 +22,8 @@ with their texts, every metric recomputed from each query's saved rank and hits)
 
 Tune cheap, train once: sweep with --frozen-image after `--` (prepare_image_features.py first),
 and add --finetune-chosen N: after the choice on validation, the chosen triple, the baseline and
-every --also-test triple are trained again fine-tuned (the same flags without --frozen-image), N
-seeds each, in OUT/finetuned/, evaluated on validation (does the frozen choice stay the best
+every --also-test triple are trained again fine-tuned (the same flags without --frozen-image, then
+--finetune-args, e.g. a smaller --image-size that fine-tuning can afford), N seeds each, in OUT/finetuned/, evaluated on validation (does the frozen choice stay the best
 there?) and compared on test with both intervals as above; summary.json's "finetuned" holds it.
 
 A run counts as finished when its marker (done_val.json, written after its metrics) holds the
@@ -39,6 +39,7 @@ import contextlib
 import io
 import math
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -98,6 +99,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="after choosing on --frozen-image runs, train the chosen triple, the "
                         "baseline and the --also-test triples fine-tuned, N seeds each, and "
                         "compare those on test (0: no)")
+    g.add_argument("--finetune-args", default="", metavar="FLAGS",
+                   help="trainer flags the fine-tuned runs add to those after -- (later wins), "
+                        "e.g. \"--image-size 64 --epochs 3\": a size that fine-tuning can afford")
     g.add_argument("--also-test", default=None, metavar="TRIPLES",
                    help="triples of the grid also compared with the baseline on test whatever "
                         "the choice, named before the sweep (e.g. the paper's \"1 0.3 0.2\")")
@@ -166,6 +170,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.finetune_chosen and not getattr(args.trainer, "frozen_image", False):
         p.error("--finetune-chosen trains the choice of --frozen-image runs fine-tuned: add "
                 "--frozen-image after -- (prepare_image_features.py makes its features)")
+    args.finetune_args = shlex.split(args.finetune_args)
+    if args.finetune_args:
+        if not args.finetune_chosen:
+            p.error("--finetune-args: add --finetune-chosen N, whose runs they are for")
+        trainer_flags(p, args.triples[0], finetuned_flags(args))   # checked now, not after the sweep
     args.negatives = hasattr(args.trainer, "negatives")
     if args.objectives is None:
         args.objectives = [args.trainer.negatives if args.negatives else NO_FLAG]
@@ -333,8 +342,10 @@ def compare(chosen_runs, baseline_runs, chosen_metrics, baseline_metrics, sample
     return out
 
 
-def without_frozen(trainer_args: list[str]) -> list[str]:
-    return [a for a in trainer_args if a != "--frozen-image"]
+def finetuned_flags(args: argparse.Namespace) -> list[str]:
+    """The fine-tuned runs' trainer flags: the sweep's without --frozen-image, then
+    --finetune-args (argparse keeps a flag's last value)."""
+    return [a for a in args.trainer_args if a != "--frozen-image"] + list(args.finetune_args)
 
 
 def width(interval) -> float | None:
@@ -344,7 +355,7 @@ def width(interval) -> float | None:
 def finetune(args, out: Path, chosen: dict, named: list, workers: int, frozen_test: dict) -> dict:
     """The chosen triples, the baseline and the --also-test ones trained fine-tuned
     (--finetune-chosen seeds), chosen again on validation among them, compared on test."""
-    settings = Settings(without_frozen(args.trainer_args), args.negatives, args.ties, workers,
+    settings = Settings(finetuned_flags(args), args.negatives, args.ties, workers,
                         keep_last=args.keep_last)
     folder = out / "finetuned"
     runs = [Run(obj, w, s, folder / obj / Weights(*w).run_name() / f"seed_{s}")

@@ -17,18 +17,24 @@ from cli import max_workers, real, whole
 from common import signals
 from common.workdir import DOC2VEC_FEATURES, check_writable, load_pickle
 from common.records import read_json
+from data.images.cache import cache_folder
 from demo.fingerprint import checkpoint_fingerprint, knn_fingerprint, vectors_fingerprint
 from losses import NEGATIVES
 from losses.weights import Weights
 from models.backbones import CHOICES as ARCH_CHOICES, arch_name, backbone
+from models.features import features_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = {"baseline": ("1", "0", "0"), "paper": ("1", "0.3", "0.2")}
-# Settings that fit a 2-core CPU; each is a flag of the script named.
+# Settings that fit a 2-core CPU; each is a flag of the script named. The image side: ImageNet
+# EfficientNet-Lite0 (its weights install with pip) as frozen features at its own 224 px, or,
+# with --no-pretrained, a random-weight ResNet-18 fine-tuned at 64 px (the earlier demo).
 DEFAULTS = {
-    "synthetic": dict(items=800, image_size=64, epochs=6, min_count=5, max_sentences=0),
-    "openclipart": dict(items=1600, image_size=64, epochs=5, min_count=3, max_sentences=2),
+    "synthetic": dict(items=800, epochs=6, min_count=5, max_sentences=0),
+    "openclipart": dict(items=1600, epochs=5, min_count=3, max_sentences=2),
 }
+IMAGE = {True: dict(arch="efficientnet_lite0", frozen_image=True),
+         False: dict(arch="resnet18", frozen_image=False, image_size=64)}
 MIN_ITEMS = 40   # fewer leave too few validation and test items for the evaluation's k = 10
 K = 50           # the demo's kNN size, cut to the corpus when it has fewer training documents
 QUERIES = {"synthetic": ["rocket orbit astronaut", "guitar concert melody"],
@@ -43,17 +49,22 @@ def parse_args() -> argparse.Namespace:
     # demo only when the step that takes it runs, after minutes of the earlier ones.
     p.add_argument("--items", type=whole(MIN_ITEMS), default=None,
                    help="synthetic items / Open Clip Art pictures")
-    p.add_argument("--image-size", type=whole(16), default=None)
+    p.add_argument("--image-size", type=whole(16), default=None,
+                   help="default: the backbone's own size pretrained (224), 64 from random weights")
     p.add_argument("--epochs", type=whole(1), default=None, help="training epochs of each run")
     p.add_argument("--batch-size", type=whole(2), default=32)
     p.add_argument("--lr", type=real(0, above=True), default=1e-3,
-                   help="10x the paper's 1e-4: the demo trains a few epochs from random weights")
-    p.add_argument("--arch", type=arch_name, default="resnet18", metavar="ARCH",
-                   help=f"image backbone: {ARCH_CHOICES}")
+                   help="10x the paper's 1e-4: the demo trains only a few epochs")
+    p.add_argument("--arch", type=arch_name, default=None, metavar="ARCH",
+                   help=f"image backbone (default: efficientnet_lite0 pretrained, resnet18 with "
+                        f"--no-pretrained): {ARCH_CHOICES}")
     p.add_argument("--workers", type=whole(0, max_workers()), default=2)
-    p.add_argument("--pretrained", action="store_true",
-                   help="start the ResNet from ImageNet weights (torch's cache, downloaded there "
-                        "when absent) instead of random weights; the README's tables use random ones")
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                   help="the backbone's ImageNet weights (efficientnet_lite0's install with pip; "
+                        "a ResNet's come from torch's cache); --no-pretrained: random weights")
+    p.add_argument("--frozen-image", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on the backbone's frozen features (prepare_image_features.py); "
+                        "default: frozen when pretrained, fine-tuned from random weights")
     p.add_argument("--negatives", default="release",
                    help="the trainer's --negatives for both runs; 'release,clean' trains and "
                         "evaluates both objectives side by side (four columns)")
@@ -62,9 +73,11 @@ def parse_args() -> argparse.Namespace:
     if not args.negatives or any(n not in NEGATIVES for n in args.negatives) \
             or len(set(args.negatives)) < len(args.negatives):
         p.error(f"--negatives {','.join(args.negatives)!r}: pass release, clean or release,clean")
-    for key, value in DEFAULTS[args.data].items():
+    for key, value in {**DEFAULTS[args.data], **IMAGE[args.pretrained]}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.image_size is None:
+        args.image_size = backbone(args.arch).input_size
     # A small corpus has fewer repeats of each word: with the default --min-count a few
     # dozen items leave the queries' words out of the vocabulary.
     args.min_count = max(2, min(args.min_count, args.items // 50))
@@ -136,15 +149,21 @@ def main() -> None:
     k = min(K, len(load_pickle(work, DOC2VEC_FEATURES)["ids"]))
     steps.run("neighbours", ["knn_document_features.py", *common, "--k", k, "--deterministic"],
               work / "document_feats_knn.pickle")
-    steps.run("image cache", ["prepare_image_cache.py", *common, "--image-size", args.image_size],
-              work / "image_cache" / str(args.image_size) / "index.json")
+    image = ["--arch", args.arch, "--image-size", args.image_size,
+             *([] if args.pretrained else ["--no-pretrained"])]
+    steps.run("image cache", ["prepare_image_cache.py", *common, *image[:4]],
+              cache_folder(work, args.image_size, backbone(args.arch).preprocessing.resize) / "index.json")
+    if args.frozen_image:
+        steps.run("image features", ["prepare_image_features.py", *common, *image],
+                  features_folder(work, args.arch, args.image_size) / "record.json")
     fingerprints = {"doc2vec vectors": vectors_fingerprint(work / "doc2vec_features.pickle"),
                     "neighbour table": knn_fingerprint(work / "document_feats_knn.pickle")}
     for name in fingerprints:
         print(f"   fingerprint of the {name}: {fingerprints[name]}")
     # Stated, never inferred from what torch's cache happens to hold: the table depends on it.
     image_weights = (f"ImageNet weights ({backbone(args.arch).weights.where()})" if args.pretrained
-                     else "random weights (--no-pretrained)")
+                     else "random weights (--no-pretrained)") + \
+        (f", frozen features at {args.image_size}px" if args.frozen_image else "")
     print(f"== image branch: {args.arch} from {image_weights}")
     checkpoints = []
     for negatives in args.negatives:
@@ -154,9 +173,9 @@ def main() -> None:
             folder = Weights(*map(float, weights)).run_name() + (f"_{other}" if other else "")
             best = work / "models" / folder / "best.pt"
             label = f"train {name} ({' '.join(weights)})" + (f" {other}" if other else "")
-            steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, "--arch", args.arch,
-                              "--image-size", args.image_size, "--epochs", args.epochs, "--batch-size",
-                              args.batch_size, "--lr", args.lr, *([] if args.pretrained else ["--no-pretrained"]),
+            steps.run(label, ["train_cross_modal_retrieval_model.py", *weights, *common, *image,
+                              "--epochs", args.epochs, "--batch-size", args.batch_size, "--lr", args.lr,
+                              *(["--frozen-image"] if args.frozen_image else []),
                               "--negatives", negatives, "--run-name", folder,
                               "--overwrite"], best)   # a step that reruns replaces its earlier run
             checkpoints.append(best)
