@@ -175,7 +175,8 @@ def evaluate_checkpoint(path: str, args: argparse.Namespace, cache: Cache, out_d
     split = cache.split(run, path)
     print(f"{path}: {run.split} split of {run.dataset}: {split.n_images} images, "
           f"{split.n_texts} texts")
-    read, why_not = cached_reader(run.work_dir, split.image_paths, run.image_size)
+    read, why_not = cached_reader(run.work_dir, split.image_paths, run.image_size,
+                                  model.image.entry.preprocessing.resize)
     print("images: read from the image cache" if read else f"images: decoded from the files ({why_not})")
     images, failures = embed_images(model, split.image_paths, run.image_size, run.device,
                                     run.batch_size, run.workers, run.precision, read=read)

@@ -25,7 +25,7 @@ from data.datasets.load import load_items
 from data.datasets.provenance import dataset_hash, dataset_root
 from data.images.cache import CACHE_DIR, ensure_cache
 from data.images.read import report_bad_images
-from models.backbones import CHOICES as ARCH_CHOICES, arch_name
+from models.backbones import CHOICES as ARCH_CHOICES, arch_name, backbone
 from models.features import FEATURES_DIR, FeatureRequest, build_features, check_record, read_record
 from models.precision import pick_device
 
@@ -50,7 +50,9 @@ def main() -> None:
     check_writable(Path(args.work_dir) / CACHE_DIR, folder=True)
     check_writable(Path(args.work_dir) / FEATURES_DIR, folder=True)
     items = load_items(args)
-    cache, what = ensure_cache(args.work_dir, [it.image for it in items], args.image_size, args.workers)
+    resize = backbone(args.arch).preprocessing.resize   # the cache the features are made from
+    cache, what = ensure_cache(args.work_dir, [it.image for it in items], args.image_size,
+                               args.workers, resize=resize)
     print(what)
     report_bad_images(cache.bad, len(cache.paths), args.max_bad_images, "dataset")
     request = FeatureRequest.from_args(args)

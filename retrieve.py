@@ -80,7 +80,8 @@ def text_queries(queries: list[str], tokens: list[list[str]], model: CrossModalM
                  vocab: Vocabulary, split: EvalSplit, run: argparse.Namespace
                  ) -> list[QueryResult]:
     """Each text query against the split's images (the unreadable ones left out, reported)."""
-    read, _ = cached_reader(run.work_dir, split.image_paths, run.image_size)
+    read, _ = cached_reader(run.work_dir, split.image_paths, run.image_size,
+                            model.image.entry.preprocessing.resize)
     gallery, failures = embed_images(model, split.image_paths, run.image_size, run.device,
                                      run.batch_size, run.workers, run.precision,
                                      desc="embedding gallery images", read=read)

@@ -54,6 +54,7 @@ from models import ModelConfig, Precision, Vocabulary, build_model  # noqa: E402
 from training.data import PairDataset, epoch_order, make_loader, with_random_texts  # noqa: E402
 from data.images.cache import cached_reader, ensure_cache, training_images  # noqa: E402
 from data.images.read import ImageFiles  # noqa: E402
+from models.backbones import backbone  # noqa: E402
 from models.image_source import ImageSource  # noqa: E402
 from training.neighbors import NeighborSampler  # noqa: E402
 from training.step import StepLog, train_step  # noqa: E402
@@ -309,7 +310,8 @@ def embed_rate(model, paths: list[str], args, device: torch.device) -> dict:
     model = prepare_model(model, device, args.precision)
     out = {}
     sources = {"files": None}
-    read, _ = cached_reader(args.work_dir, paths, args.image_size)
+    read, _ = cached_reader(args.work_dir, paths, args.image_size,
+                            backbone(args.arch).preprocessing.resize)
     if read is not None:
         sources["cache"] = read
     for name, read in sources.items():
@@ -367,11 +369,14 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict = {"settings": settings, "setups": {}}
 
     t = time.perf_counter()
-    _, what = ensure_cache(args.work_dir, paths, args.image_size, args.workers, progress=False)
+    resize = backbone(args.arch).preprocessing.resize   # the trainer's cache for this arch
+    _, what = ensure_cache(args.work_dir, paths, args.image_size, args.workers, progress=False,
+                           resize=resize)
     print(f"{what} in {time.perf_counter() - t:.1f}s")
     if what.startswith("wrote"):
         results["cache_build_images_per_s"] = len(paths) / (time.perf_counter() - t)
-    read, bad, where = training_images(args.work_dir, paths, paths, args.image_size, "require")
+    read, bad, where = training_images(args.work_dir, paths, paths, args.image_size, "require",
+                                       resize=resize)
     print(where)
     if bad:
         raise RuntimeError(f"{len(bad)} generated images could not be decoded (first: "
@@ -425,7 +430,7 @@ def main(argv: list[str] | None = None) -> dict:
         show("trainer")
 
     if "authors" in args.setups:
-        files = PairDataset(image_ids, tokens, ImageFiles(paths, args.image_size))
+        files = PairDataset(image_ids, tokens, ImageFiles(paths, args.image_size, resize))
         files.set_neighbors(neighbors)
         fp32_model, fp32_optimizer = new_model(args, vocab, vectors, device, "fp32")
         results["setups"]["authors"] = time_steps(

@@ -9,9 +9,11 @@ A transformer text branch (--text-encoder hf) is written the same way: config.js
 holds the transformer's configuration and pooling, and vocab.json its tokenizer (the
 tokenizer's own JSON and the length limit), so loading needs no model folder.
 
-Embedding here is what evaluate_retrieval.py does: an image squashed (not cropped) to
-image_size x image_size, normalised by the mean and std of its backbone's entry
-(models/backbones.py), which config.json records; a text preprocessed as in training, cut to
+Embedding here is what evaluate_retrieval.py does: an image resized to image_size x image_size
+by its backbone's rule (squashed, not cropped, for the ResNets; shorter side and centre crop
+for a backbone with timm's rule), normalised by the mean and std of its backbone's entry
+(models/backbones.py), all of which config.json records (an older config.json without the
+rule, or with the sentence that described squashing, means squash); a text preprocessed as in training, cut to
 max_tokens words of the vocabulary between START and END.
 """
 from __future__ import annotations
@@ -34,7 +36,8 @@ from common.errors import InputError
 from common.files import NotRegularFile, kind_of, open_regular
 from common.workdir import atomic_write
 from data.datasets.settings import TOKEN_FLAGS
-from data.images.read import Preprocessing, read_image
+from data.images.read import (INTERPOLATIONS, OLD_RESIZE_TEXT, RESIZES, Preprocessing, Resize,
+                              read_image)
 from data.text.preprocess import preprocess
 from models.checkpoint import state_mismatch
 from models.image import ImageEncoder
@@ -50,12 +53,31 @@ FILES = (IMAGE_FILE, TEXT_FILE, CONFIG_FILE, VOCAB_FILE)
 PREPARATION = ("image_size", "max_tokens", *TOKEN_FLAGS)
 REMAKE = "export the encoders again with export_encoders.py"
 _CHANNEL = R.list_of(R.of(float), length=3)
+RESIZE_SCHEMA = {
+    "rule": R.one_of(*RESIZES), "interpolation": R.one_of(*INTERPOLATIONS),
+    "crop_pct": R.of(float, check=lambda v: 0 < v <= 1, want="a number above 0 and at most 1"),
+}
+
+
+def _resize_rule(value: object) -> str | None:
+    """Resize.record(), or the sentence older exports wrote for the only rule there was."""
+    if value == OLD_RESIZE_TEXT:
+        return None
+    if not isinstance(value, dict):
+        return f"is {str(value)[:60]!r}, not an object of rule, interpolation and crop_pct"
+    extra = sorted(set(value) - set(RESIZE_SCHEMA))
+    if extra:
+        return f"has the unknown field {extra[0]!r}"
+    return R.problem(value, RESIZE_SCHEMA, "image_resize.")
+
 CONFIG_SCHEMA = {
     "format": R.one_of(FORMAT), "arch": R.of(str), "embed_dim": R.whole(1), "word_dim": R.whole(1),
     "hidden": R.whole(1), "vocab_size": R.whole(3), "image_size": R.whole(1),
     "max_tokens": R.whole(1), "max_sentences": R.optional(R.whole(0)), "max_chars": R.whole(0),
     "keep_unicode": R.of(bool), "image_mean": _CHANNEL,
     "image_std": R.list_of(R.of(float, check=lambda v: v > 0, want="a positive number"), length=3),
+    # Filled in with OLD_RESIZE_TEXT (squash) when an export older than the field lacks it.
+    "image_resize": _resize_rule,
 }
 
 
@@ -76,7 +98,7 @@ def write_encoders(folder: str | Path, image: ImageEncoder, text: TextEncoder | 
               **{k: preparation[k] for k in PREPARATION},
               "image_mean": list(image.entry.preprocessing.mean),
               "image_std": list(image.entry.preprocessing.std),
-              "image_resize": "squashed to image_size x image_size (bilinear), not cropped",
+              "image_resize": image.entry.preprocessing.resize.record(),
               "source": source}
     for name, module in ((IMAGE_FILE, image), (TEXT_FILE, text)):
         # contiguous copies: safetensors refuses views and tensors sharing memory
@@ -138,11 +160,18 @@ class Encoders:
         """[N, embed_dim] unit rows, one per image file, decoded `batch_size` at a time."""
         size, out = self.config["image_size"], []
         # As config.json says: the export is read as written, whatever the table says now.
-        prep = Preprocessing(tuple(self.config["image_mean"]), tuple(self.config["image_std"]))
+        prep = Preprocessing(tuple(self.config["image_mean"]), tuple(self.config["image_std"]),
+                             self.resize)
         for s in range(0, len(paths), batch_size):
-            batch = torch.stack([read_image(str(p), size) for p in paths[s:s + batch_size]])
+            batch = torch.stack([read_image(str(p), size, prep.resize)
+                                 for p in paths[s:s + batch_size]])
             out.append(self.image(prep.normalize(batch.to(self.device))))
         return torch.cat(out) if out else torch.empty(0, self.image.embed_dim, device=self.device)
+
+    @property
+    def resize(self) -> Resize:
+        """How config.json says an image is resized (checked when it was loaded)."""
+        return Resize.from_record(self.config["image_resize"])
 
     def tokens(self, text: str) -> list[int]:
         """The token ids the text encoder reads for `text` (START ... END)."""
@@ -167,7 +196,10 @@ class Encoders:
 def load_encoders(folder: str | Path, device: str | torch.device = "cpu") -> Encoders:
     """The encoders export_encoders.py wrote to `folder` (no pretrained weights are fetched)."""
     folder = Path(folder)
-    config = R.read_record(folder / CONFIG_FILE, CONFIG_SCHEMA, REMAKE)
+    config = R.read_json(folder / CONFIG_FILE, REMAKE)
+    if isinstance(config, dict):   # written before the rule was recorded: the only one, squash
+        config.setdefault("image_resize", OLD_RESIZE_TEXT)
+    config = R.check(config, CONFIG_SCHEMA, folder / CONFIG_FILE, REMAKE)
     words = R.read_json(folder / VOCAB_FILE, REMAKE)
     hf = config.get("text_encoder") == "hf"
     try:

@@ -5,8 +5,8 @@ WORK_DIR/image_features/<arch>_<size>/ holds features.npy, [N, 2, F] float16 (ro
 paths[r] and its mirror, the trainer's only augmentation), backbone.pt (the backbone's weights
 that made them: a frozen-mode checkpoint holds them, so it embeds new images without this
 folder) and record.json (what they were made from: the dataset's hash, the arch, the identity of
-the weights, the image size, the image cache's fingerprint, every image's size and mtime, the
-images that could not be read). prepare_image_features.py writes it into a hidden folder renamed
+the weights, the image size, the resize rule when it is not the default squash, the image
+cache's fingerprint, every image's size and mtime, the images that could not be read). prepare_image_features.py writes it into a hidden folder renamed
 into place at the end, so an interrupted build never looks complete; the trainer refuses a
 folder that is missing, stale or made with other flags, with the command that remakes it.
 """
@@ -33,7 +33,7 @@ from common.places import check_replaceable
 from common.workdir import default_mode, swap_folder, write_error
 from data.datasets.settings import DataSettings
 from data.images.cache import CachedImages, ImageCache, _remove_leftovers, file_stats
-from data.images.read import Preprocessing
+from data.images.read import Preprocessing, Resize
 from models.backbones import backbone as backbone_entry
 from models.checkpoint import state_mismatch, torch_save
 from models.settings import ImageSettings
@@ -154,6 +154,10 @@ def build_features(request: FeatureRequest, cache: ImageCache, data_hash: str,
     root.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(root)
     entry = backbone_entry(image.arch)
+    resize = entry.preprocessing.resize
+    if cache.resize != resize:
+        raise ValueError(f"the image cache {cache.folder} is resized by {cache.resize.describe()}, "
+                         f"{image.arch} asks for {resize.describe()}: build the cache with its rule")
     shape = [len(cache.paths), 2, entry.feature_dim]
     need, free = int(np.prod(shape)) * 2, shutil.disk_usage(root).free
     if need > free:
@@ -163,6 +167,8 @@ def build_features(request: FeatureRequest, cache: ImageCache, data_hash: str,
     record = {"format": FORMAT, "arch": image.arch, "image_size": image.image_size,
               "weights": identity, "dataset_hash": data_hash, "image_cache": cache.fingerprint,
               "paths": cache.paths, "stats": cache.stats, "bad": cache.bad, "shape": shape}
+    if not resize.is_default:   # the default rule's record stays as it was before rules
+        record["resize"] = resize.record()
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.building-pid{os.getpid()}-"))
     os.chmod(tmp, default_mode(folder=True))
     try:
@@ -204,6 +210,10 @@ def read_record(folder: Path, fix: str = "run prepare_image_features.py again") 
     if not isinstance(record, dict) or record.get("format") != FORMAT or array is None:
         return None
     R.check(record, RECORD_SCHEMA, folder / RECORD, fix)
+    try:   # optional: absent where the rule is the default (and in records older than rules)
+        Resize.from_record(record.get("resize"))
+    except (TypeError, ValueError) as e:
+        raise InputError(f"{folder / RECORD}: field 'resize': {e}: {fix}") from None
     n = record["shape"][0]
     for name in ("paths", "stats"):
         if len(record[name]) != n:
@@ -223,8 +233,12 @@ def check_record(record: dict | None, folder: Path, request: FeatureRequest,
         raise InputError(f"{folder}: no image features (or unreadable, or written by another "
                          f"version) for --frozen-image: {hint}")
     identity = weights_identity(request.image, request.data.seed)
+    resize = backbone_entry(request.image.arch).preprocessing.resize
     for what, then, now in (("--arch", record["arch"], request.image.arch),
                             ("--image-size", record["image_size"], request.image.image_size),
+                            # the arch's rule, should its entry have changed since
+                            ("the resize rule", Resize.from_record(record.get("resize")).describe(),
+                             resize.describe()),
                             ("the backbone's weights", describe(record["weights"]), describe(identity))):
         if then != now:
             raise InputError(f"{folder}: the features were made with {what} {then}, this run "

@@ -84,7 +84,7 @@ class ImageSource:
         if self.read is None:
             if self.features:
                 raise ValueError("a features source without a reader: features have no files")
-            return try_read_image(path, self.size)
+            return try_read_image(path, self.size, self.preprocessing.resize)
         return self.read(image_id), None
 
     def inputs(self, batch: Tensor, precision: Precision, train: bool) -> Tensor:

@@ -116,7 +116,8 @@ def prepare(args: argparse.Namespace, ctx: Context, resumed: tuple[Path, dict] |
         source = (read, bad)
     elif ctx.main:
         read, bad, where = training_images(args.work_dir, [it.image for it in items], used,
-                                           image.image_size, args.image_cache, args.workers)
+                                           image.image_size, args.image_cache, args.workers,
+                                           entry.preprocessing.resize)
         print(where)
         source = (read, bad)
     read, bad = broadcast(source, ctx)

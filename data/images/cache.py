@@ -1,11 +1,13 @@
 """The image cache: every image of a dataset decoded and resized once, into one uint8 array file.
 
-WORK_DIR/image_cache/<size>/ holds images.npy, [N, 3, size, size] uint8 rows in the layout the
-model takes, and index.json: the sorted image paths (row r is paths[r]), each file's size,
-mtime, ctime and inode when it was decoded, the images that could not be decoded with the
-reason, and a hash of all that (the fingerprint). prepare_image_cache.py builds it; the
-trainer and the evaluation read rows through a memory map, so loader workers copy 150 KB from
-the OS page cache instead of decoding a JPEG with PIL for every image of every step.
+WORK_DIR/image_cache/<size>/ (<size>-<key>/ for a backbone whose resize rule is not the
+default squash, e.g. 224-crop0.875-bicubic) holds images.npy, [N, 3, size, size] uint8 rows in
+the layout the model takes, and index.json: the sorted image paths (row r is paths[r]), each
+file's size, mtime, ctime and inode when it was decoded, the images that could not be decoded
+with the reason, the resize rule when it is not the default, and a hash of all that (the
+fingerprint). prepare_image_cache.py builds it; the trainer and the evaluation read rows
+through a memory map, so loader workers copy 150 KB from the OS page cache instead of decoding
+a JPEG with PIL for every image of every step.
 
 A build is written into a hidden folder and renamed into place at the end: an interrupted build
 never looks complete. A cache is used only while every file it is asked for still has the size,
@@ -34,7 +36,7 @@ from common.files import not_regular, read_regular_text
 from common.places import check_replaceable
 from common.workdir import default_mode, pid_alive, swap_folder, write_error
 
-from data.images.read import ImageFiles, find_bad_images, try_read_image
+from data.images.read import SQUASH, ImageFiles, Resize, find_bad_images, try_read_image
 
 CACHE_DIR = "image_cache"
 ARRAY, INDEX = "images.npy", "index.json"
@@ -42,15 +44,18 @@ FORMAT = 2          # 2: ctime and inode in the stats, EXIF orientation applied
 MODES = ("auto", "off", "require")
 HEADER_LIMIT = 1 << 20   # bytes read for a .npy header (numpy writes a few hundred)
 CHUNK = 64          # images per worker task: big enough to amortise the task, small for the bar
-BUILD_HINT = "run prepare_image_cache.py with the same --dataset, --work-dir and --image-size"
+BUILD_HINT = "run prepare_image_cache.py with the same --dataset, --work-dir, --image-size and --arch"
 
 
 class UnreadableImage(Exception):
     """Reading an image the cache recorded as missing or broken; str(e) is the recorded reason."""
 
 
-def cache_folder(work_dir: str | Path, size: int) -> Path:
-    return Path(work_dir) / CACHE_DIR / str(size)
+def cache_folder(work_dir: str | Path, size: int, resize: Resize = SQUASH) -> Path:
+    """<size> for the default rule (the folder of caches written before there were rules),
+    <size>-<key> for another: images resized otherwise never share a folder."""
+    name = str(size) if resize.is_default else f"{size}-{resize.key}"
+    return Path(work_dir) / CACHE_DIR / name
 
 
 def file_stats(paths: Sequence[str]) -> list[list[int] | None]:
@@ -67,8 +72,11 @@ def file_stats(paths: Sequence[str]) -> list[list[int] | None]:
     return out
 
 
-def fingerprint(paths: Sequence[str], stats: Sequence, size: int) -> str:
-    data = json.dumps([FORMAT, size, list(paths), list(stats)], separators=(",", ":"))
+def fingerprint(paths: Sequence[str], stats: Sequence, size: int, resize: Resize = SQUASH) -> str:
+    # The default rule adds nothing: the fingerprints of existing caches (and the feature
+    # records that name them) stay valid.
+    rule = [] if resize.is_default else [resize.record()]
+    data = json.dumps([FORMAT, size, list(paths), list(stats), *rule], separators=(",", ":"))
     return hashlib.sha1(data.encode("utf-8")).hexdigest()
 
 
@@ -179,6 +187,7 @@ class ImageCache:
     bad: dict[str, str]
     fingerprint: str
     array_identity: tuple | None = None    # the array file the index was read with
+    resize: Resize = SQUASH
 
     @cached_property
     def row_of(self) -> dict[str, int]:
@@ -198,9 +207,10 @@ class ImageCache:
         return CachedImages(self.folder / ARRAY, rows, reasons, self.array_identity)
 
 
-def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]:
-    """(the cache of this image size, "") or (None, why there is none usable)."""
-    folder = cache_folder(work_dir, size)
+def load_cache(work_dir: str | Path, size: int, resize: Resize = SQUASH
+               ) -> tuple[ImageCache | None, str]:
+    """(the cache of this image size and resize rule, "") or (None, why there is none usable)."""
+    folder = cache_folder(work_dir, size, resize)
     if not (folder / INDEX).is_file():
         return None, f"no image cache in {folder}"
     odd = not_regular(folder / ARRAY)   # np.load would wait forever on a FIFO
@@ -210,19 +220,22 @@ def load_cache(work_dir: str | Path, size: int) -> tuple[ImageCache | None, str]
         index = json.loads(read_regular_text(folder / INDEX))
         array = np.load(folder / ARRAY, mmap_mode="r")
         identity = file_identity(os.stat(folder / ARRAY))
+        # An index without a rule was written by the default one (always, before there were rules).
         ok = (index.get("format") == FORMAT and index.get("image_size") == size
-              and array.shape == (len(index["paths"]), 3, size, size) and array.dtype == np.uint8)
+              and Resize.from_record(index.get("resize")) == resize and array.shape == (len(index["paths"]), 3, size, size) and array.dtype == np.uint8)
     except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt, whatever broke in it
         return None, f"the image cache in {folder} is unreadable ({type(e).__name__})"
     if not ok:
-        return None, f"the image cache in {folder} was written by another version or image size"
+        return None, (f"the image cache in {folder} was written by another version, image size "
+                      "or resize rule")
     return ImageCache(folder, size, index["paths"], index["stats"], index["bad"],
-                      index["fingerprint"], identity), ""
+                      index["fingerprint"], identity, resize), ""
 
 
-def find_cache(work_dir: str | Path, paths: Sequence[str], size: int) -> tuple[ImageCache | None, str]:
+def find_cache(work_dir: str | Path, paths: Sequence[str], size: int, resize: Resize = SQUASH
+               ) -> tuple[ImageCache | None, str]:
     """The cache when it holds every one of `paths` unchanged, else (None, why not)."""
-    cache, why = load_cache(work_dir, size)
+    cache, why = load_cache(work_dir, size, resize)
     if cache is None:
         return None, why
     changed = cache.changed(paths)
@@ -232,12 +245,12 @@ def find_cache(work_dir: str | Path, paths: Sequence[str], size: int) -> tuple[I
     return cache, ""
 
 
-def _decode_chunk(job: tuple[str, int, list[str], int]) -> tuple[int, list[str | None]]:
-    array_path, start, paths, size = job
+def _decode_chunk(job: tuple[str, int, list[str], int, Resize]) -> tuple[int, list[str | None]]:
+    array_path, start, paths, size, resize = job
     array = np.load(array_path, mmap_mode="r+")
     reasons = []
     for j, p in enumerate(paths):
-        img, reason = try_read_image(p, size)
+        img, reason = try_read_image(p, size, resize)
         if img is not None:
             array[start + j] = img.numpy()
         reasons.append(reason)
@@ -247,8 +260,9 @@ def _decode_chunk(job: tuple[str, int, list[str], int]) -> tuple[int, list[str |
 
 
 def _decode_all(array_path: Path, paths: list[str], size: int, workers: int,
-                progress: bool) -> list[str | None]:
-    jobs = [(str(array_path), s, paths[s:s + CHUNK], size) for s in range(0, len(paths), CHUNK)]
+                progress: bool, resize: Resize = SQUASH) -> list[str | None]:
+    jobs = [(str(array_path), s, paths[s:s + CHUNK], size, resize)
+            for s in range(0, len(paths), CHUNK)]
     reasons: list[str | None] = [None] * len(paths)
     bar = dict(total=len(paths), desc=f"caching images at {size}px", unit="img", disable=not progress)
     for start, chunk in fork_map(_decode_chunk, jobs, workers, serial_below=2, ordered=False,
@@ -269,7 +283,7 @@ def _remove_leftovers(root: Path) -> None:
 
 
 def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: int = 1,
-                progress: bool = True) -> ImageCache:
+                progress: bool = True, resize: Resize = SQUASH) -> ImageCache:
     """Decode every distinct path into a new cache (replacing any older one) and return it.
 
     Images that cannot be decoded get a zero row and a reason in `bad`; they never fail the build.
@@ -280,7 +294,7 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
     if size < 1:
         raise ValueError(f"image size must be at least 1, got {size}")
     stats = file_stats(unique)   # before decoding: a file changed meanwhile reads as changed later
-    final = cache_folder(work_dir, size)
+    final = cache_folder(work_dir, size, resize)
     check_replaceable(final, INDEX, "prepare_image_cache.py")
     root = final.parent
     root.mkdir(parents=True, exist_ok=True)
@@ -291,46 +305,50 @@ def build_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: 
         raise InputError(f"{root}: the image cache of {len(unique)} images at {size}px needs "
                            f"{need / 2**30:.1f} GiB but {free / 2**30:.1f} GiB are free: free "
                            "some space or pass a --work-dir on a larger disk")
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{size}.building-pid{os.getpid()}-"))
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.building-pid{os.getpid()}-"))
     os.chmod(tmp, default_mode(folder=True))   # mkdtemp's 0700 ignores the umask
     try:
         array = np.lib.format.open_memmap(tmp / ARRAY, mode="w+", dtype=np.uint8,
                                           shape=(len(unique), 3, size, size))
         del array   # the workers write through maps of their own
-        reasons = _decode_all(tmp / ARRAY, unique, size, workers, progress)
+        reasons = _decode_all(tmp / ARRAY, unique, size, workers, progress, resize)
         bad = {p: r for p, r in zip(unique, reasons) if r is not None}
-        fp = fingerprint(unique, stats, size)
+        fp = fingerprint(unique, stats, size, resize)
         index = {"format": FORMAT, "image_size": size, "fingerprint": fp, "paths": unique,
                  "stats": stats, "bad": bad}
+        if not resize.is_default:   # the default rule's index stays as it was before rules
+            index["resize"] = resize.record()
         (tmp / INDEX).write_text(json.dumps(index), encoding="utf-8")
         for f in (tmp / ARRAY, tmp / INDEX):
             os.chmod(f, default_mode())
-        old = root / f".{size}.old-pid{os.getpid()}-{fp[:8]}"
+        old = root / f".{final.name}.old-pid{os.getpid()}-{fp[:8]}"
         swap_folder(tmp, final, old)
     except OSError as e:    # a full disk or a folder taken away: one line, the build removed
         raise write_error(final, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return ImageCache(final, size, unique, stats, bad, fp)
+    return ImageCache(final, size, unique, stats, bad, fp, resize=resize)
 
 
 def ensure_cache(work_dir: str | Path, paths: Sequence[str], size: int, workers: int = 1,
-                 progress: bool = True) -> tuple[ImageCache, str]:
-    """The cache of exactly these images at this size: reused when its fingerprint still
-    matches the files, built (again) otherwise. Returns it and a line saying which happened."""
+                 progress: bool = True, resize: Resize = SQUASH) -> tuple[ImageCache, str]:
+    """The cache of exactly these images at this size and resize rule: reused when its
+    fingerprint still matches the files, built (again) otherwise. Returns it and a line saying
+    which happened."""
     unique = sorted(set(paths))
-    cache, why = load_cache(work_dir, size)
+    cache, why = load_cache(work_dir, size, resize)
     if cache is not None:
-        if cache.fingerprint == fingerprint(unique, file_stats(unique), size):
+        if cache.fingerprint == fingerprint(unique, file_stats(unique), size, resize):
             return cache, f"image cache {cache.folder} is up to date ({len(unique)} images): reused"
         why = f"the image cache in {cache.folder} does not match the dataset's images"
-    print(f"{why}: decoding {len(unique)} images at {size}px over {max(1, workers)} processes")
-    cache = build_cache(work_dir, unique, size, workers, progress)
+    rule = "" if resize.is_default else f", resized by {resize.describe()},"
+    print(f"{why}: decoding {len(unique)} images at {size}px{rule} over {max(1, workers)} processes")
+    cache = build_cache(work_dir, unique, size, workers, progress, resize)
     return cache, f"wrote image cache {cache.folder} ({len(unique)} images)"
 
 
 def training_images(work_dir: str | Path, item_paths: Sequence[str], used: Sequence[str], size: int,
-                    mode: str = "auto", workers: int = 1
+                    mode: str = "auto", workers: int = 1, resize: Resize = SQUASH
                     ) -> tuple[Callable[[int], torch.Tensor], dict[str, str], str]:
     """Where the trainer reads images: (image id -> uint8 reader, {path: reason} of the bad ones
     among `used`, a line saying which source it is).
@@ -343,22 +361,22 @@ def training_images(work_dir: str | Path, item_paths: Sequence[str], used: Seque
         raise ValueError(f"image cache mode {mode!r}: use one of {', '.join(MODES)}")
     why = "--image-cache off"
     if mode != "off":
-        cache, why = find_cache(work_dir, used, size)
+        cache, why = find_cache(work_dir, used, size, resize)
         if cache is not None:
             bad = {p: cache.bad[p] for p in sorted(set(used)) if p in cache.bad}
             return (cache.reader(item_paths), bad,
                     f"images: read from the image cache {cache.folder}")
         if mode == "require":
             raise InputError(f"{why}: {BUILD_HINT} (or pass --image-cache auto)")
-    bad = find_bad_images(used, size, workers)
+    bad = find_bad_images(used, size, workers, resize)
     hint = "" if mode == "off" else f"; {BUILD_HINT} to decode them only once"
-    return ImageFiles(item_paths, size), bad, f"images: decoded from the files ({why}{hint})"
+    return ImageFiles(item_paths, size, resize), bad, f"images: decoded from the files ({why}{hint})"
 
 
-def cached_reader(work_dir: str | Path, paths: Sequence[str], size: int
+def cached_reader(work_dir: str | Path, paths: Sequence[str], size: int, resize: Resize = SQUASH
                   ) -> tuple[CachedImages | None, str]:
     """For the evaluation: a reader whose image id i is paths[i], from the cache when it holds
     every one of `paths` unchanged, else (None, why not). Reading an image the cache recorded
     as bad raises UnreadableImage with the recorded reason."""
-    cache, why = find_cache(work_dir, paths, size)
+    cache, why = find_cache(work_dir, paths, size, resize)
     return (cache.reader(list(paths)), "") if cache is not None else (None, why)
