@@ -242,6 +242,15 @@ class Preprocessing:
 
     @classmethod
     def from_record(cls, record: dict) -> "Preprocessing":
-        """The preprocessing of record(); an older record's "resize": "squash" is the default."""
-        return cls(tuple(record["mean"]), tuple(record["std"]),
+        """The preprocessing of record(); an older record's "resize": "squash" is the default.
+        ValueError in one line for a record that is not one (an edited checkpoint)."""
+        def channels(name: str, low: float) -> tuple[float, float, float]:
+            value = record.get(name) if isinstance(record, dict) else None
+            if not (isinstance(value, list) and len(value) == 3 and all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                    and v > low for v in value)):
+                raise ValueError(f"image preprocessing record: {name} is {str(value)[:60]!r}, "
+                                 f"not three finite numbers above {low}")
+            return tuple(float(v) for v in value)
+        return cls(channels("mean", -math.inf), channels("std", 0.0),
                    Resize.from_record(record.get("resize")))
