@@ -13,7 +13,9 @@ from PIL import Image
 
 import models.backbones as backbones
 from common.errors import InputError
-from conftest import input_error
+from conftest import RUN, cli, input_error, one_line_error, quick_text_side
+from demo.synthetic import generate_synthetic
+from pipeline import TINY_TRAIN
 from data.datasets.settings import DataSettings
 from data.images.cache import (cache_folder, ensure_cache, file_stats, find_cache, load_cache,
                                training_images)
@@ -279,3 +281,25 @@ def test_a_default_export_records_squash(tmp_path):
     config = json.loads((tmp_path / "enc" / "config.json").read_text())
     assert config["image_resize"] == SQUASH.record()
     assert load_encoders(tmp_path / "enc").resize == SQUASH
+
+
+@pytest.mark.slow
+def test_the_scripts_cache_train_and_evaluate_by_the_arch_rule(tmp_path, crop_resnet):
+    """prepare_image_cache.py --arch builds the folder of the arch's rule, which the trainer
+    (--image-cache require) and the evaluation then find; the default rule's folder is not it."""
+    monkeypatch, plain = crop_resnet
+    manifest = generate_synthetic(tmp_path / "data", n_items=48, image_size=32, seed=2)
+    work = tmp_path / "work"
+    common = quick_text_side(manifest, work)
+    cli("prepare_image_cache.py", *common, "--image-size", "32", "--arch", "resnet18")
+    assert [p.name for p in (work / "image_cache").iterdir()] == ["32-crop0.875-bicubic"]
+    train = ["1", "0.3", "0.2", "--dataset", manifest, *TINY_TRAIN, "--epochs", "1",
+             "--work-dir", work, "--image-cache", "require"]
+    out = cli("train_cross_modal_retrieval_model.py", *train).out
+    assert "read from the image cache" in out and "32-crop0.875-bicubic" in out
+    out = cli("evaluate_retrieval.py", "--checkpoint", work / "models" / RUN / "best.pt",
+              "--device", "cpu", "--workers", "0", "--out", tmp_path / "m.json").out
+    assert "images: read from the image cache" in out
+    monkeypatch.setitem(backbones.BACKBONES, "resnet18", plain)
+    one_line_error(cli("train_cross_modal_retrieval_model.py", *train, "--overwrite",
+                       check=False), "no image cache", "image_cache/32")
