@@ -32,7 +32,7 @@ IMAGE = {True: dict(arch="efficientnet_lite0", image_size=224, finetune_size=64,
          False: dict(arch="resnet18", image_size=32)}
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data", choices=sorted(DEFAULTS), default="openclipart")
     p.add_argument("--run-dir", default=None, help="the demo's folder (default: runs/demo/DATA)")
@@ -63,7 +63,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--bootstrap", type=int, default=2000)
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
                    help="the backbone's ImageNet weights; --no-pretrained: random weights")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     for key, value in {**DEFAULTS[args.data], **IMAGE[args.pretrained]}.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
@@ -75,15 +75,9 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def main() -> None:
-    sys.stdout.reconfigure(line_buffering=True)
-    args = parse_args()
-    t0 = time.time()
-    manifest = args.run_dir / "data" / "manifest.jsonl"
-    work = args.run_dir / "work"
-    if not manifest.is_file() or not (work / "document_feats_knn.pickle").is_file():
-        sys.exit(f"error: {args.run_dir} lacks the demo's data or neighbourhoods: run "
-                 f"make demo{'' if args.data == 'openclipart' else ' DATA=' + args.data} first")
+def commands(args: argparse.Namespace, manifest: Path, work: Path) -> list[list[str]]:
+    """The scripts the experiment runs, in order: the image caches, the frozen features, the
+    sweep (whose fine-tuned runs take --finetune-args)."""
     # Absolute paths: the image cache knows its images by the paths it was built with.
     common = ["--dataset", str(manifest), "--work-dir", str(work), "--max-sentences",
               str(args.max_sentences)]
@@ -95,9 +89,9 @@ def main() -> None:
         if (args.finetune_size, args.finetune_epochs) != (args.image_size, args.epochs) else []
     size, epochs = ((args.finetune_size, args.finetune_epochs) if args.fine_tuned_only
                     else (args.image_size, args.epochs))
-    steps = [
-        *(["prepare_image_cache.py", *common, "--arch", args.arch, "--image-size", str(size),
-           "--workers", "2"] for size in sizes),
+    return [
+        *(["prepare_image_cache.py", *common, "--arch", args.arch, "--image-size", str(side),
+           "--workers", "2"] for side in sizes),
         *([] if args.fine_tuned_only else [[
             "prepare_image_features.py", *common, "--arch", args.arch, *weights,
             "--image-size", str(args.image_size), "--workers", "2"]]),
@@ -114,6 +108,18 @@ def main() -> None:
          "--workers", "0", "--image-cache", "require",
          *([] if args.fine_tuned_only else ["--frozen-image"])],
     ]
+
+
+def main() -> None:
+    sys.stdout.reconfigure(line_buffering=True)
+    args = parse_args()
+    t0 = time.time()
+    manifest = args.run_dir / "data" / "manifest.jsonl"
+    work = args.run_dir / "work"
+    if not manifest.is_file() or not (work / "document_feats_knn.pickle").is_file():
+        sys.exit(f"error: {args.run_dir} lacks the demo's data or neighbourhoods: run "
+                 f"make demo{'' if args.data == 'openclipart' else ' DATA=' + args.data} first")
+    steps = commands(args, manifest, work)
     for cmd in steps:
         print(f"== {' '.join(cmd)}", flush=True)
         code = signals.run_child([sys.executable, *cmd], cwd=ROOT)

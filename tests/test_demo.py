@@ -6,7 +6,7 @@ import pytest
 from demo.run import Steps
 from pipeline import run
 
-TINY = ["--data", "synthetic", "--items", "300", "--image-size", "32", "--epochs", "3"]
+TINY = ["--data", "synthetic", "--items", "300", "--image-size", "32", "--epochs", "3", "--no-pretrained"]
 RUNS = ("l_i2t_l_sym_1_l_img_0_l_text_0", "l_i2t_l_sym_1_l_img_0_3_l_text_0_2")
 
 
@@ -104,7 +104,7 @@ def test_experiment_sweeps_the_demos_data(demo):
     run_dir, _ = demo
     out = run("-m", "demo.experiment", "--data", "synthetic", "--run-dir", run_dir, "--grid",
               "1 0 0; 1 0.3 0.2", "--seeds", "1", "--epochs", "1", "--bootstrap", "200",
-              "--devices", "cpu", "--objectives", "none", "--image-size", "32",
+              "--devices", "cpu", "--objectives", "none", "--image-size", "32", "--no-pretrained",
               "--finetune-seeds", "1").stdout
     folder = run_dir / "experiment"
     summary = json.loads((folder / "summary.json").read_text())
@@ -126,3 +126,20 @@ def test_experiment_sweeps_the_demos_data(demo):
 def test_experiment_without_the_demos_data_says_what_to_run(tmp_path):
     proc = run("-m", "demo.experiment", "--data", "synthetic", "--run-dir", tmp_path, check=False)
     assert proc.returncode == 1 and "run make demo DATA=synthetic first" in proc.stderr
+
+
+def test_experiment_defaults_to_imagenet_features_and_affordable_fine_tuning(tmp_path):
+    """Pretrained (the default): EfficientNet-Lite0 frozen at its own 224 px, the fine-tuned runs
+    at 64 px for 3 epochs; --no-pretrained: the random ResNet-18 at 32 px for both."""
+    from demo.experiment import commands, parse_args
+    cache, cache64, features, sweep = commands(parse_args([]), tmp_path / "m.jsonl", tmp_path)
+    assert cache[cache.index("--arch") + 1] == "efficientnet_lite0" and "224" in cache and "64" in cache64
+    assert "--no-pretrained" not in features and features[features.index("--image-size") + 1] == "224"
+    trainer = sweep[sweep.index("--") + 1:]
+    assert "--frozen-image" in trainer and trainer[trainer.index("--image-size") + 1] == "224"
+    assert "--finetune-args=--image-size 64 --epochs 3" in sweep
+    cache, features, sweep = commands(parse_args(["--no-pretrained"]), tmp_path / "m.jsonl", tmp_path)
+    trainer = sweep[sweep.index("--") + 1:]
+    assert trainer[trainer.index("--arch") + 1] == "resnet18" and "--no-pretrained" in trainer
+    assert trainer[trainer.index("--image-size") + 1] == "32"
+    assert not any(a.startswith("--finetune-args") for a in sweep)

@@ -217,10 +217,12 @@ def test_finetune_chosen_trains_the_frozen_choice_fine_tuned_and_compares_it(fak
     manifest, calls = fakes
     out = tmp_path / "sweep"
     result = cli(*sweep_args(manifest, out, "--finetune-chosen", "2", "--also-test", "1 0.3 0.2",
-                             trainer_flags=["--frozen-image"]))
+                             "--finetune-args=--epochs 7", trainer_flags=["--frozen-image"]))
     trains = [c for c in read_calls(calls) if c["script"] == "train"]
     assert len([c for c in trains if c["frozen"]]) == 3 * 2
     fine = [c for c in trains if not c["frozen"]]
+    # --finetune-args reach the fine-tuned runs only, after the sweep's own flags.
+    assert {str(c["epochs"]) for c in fine} == {"7"} and "7" not in {str(c["epochs"]) for c in trains if c["frozen"]}
     # The frozen choice (rsum rises with w_img: 1 0.6 0), the baseline and the named triple.
     assert sorted(tuple(c["weights"]) for c in fine) == sorted([(1, 0, 0), (1, 0.6, 0), (1, 0.3, 0.2)] * 2)
     fine_tests = [c for c in read_calls(calls) if c["script"] == "evaluate" and c["split"] == "test"]
@@ -237,6 +239,15 @@ def test_finetune_chosen_trains_the_frozen_choice_fine_tuned_and_compares_it(fak
 
     refused = cli(*sweep_args(manifest, tmp_path / "s2", "--finetune-chosen", "2"), check=False)
     assert refused.code == 2 and "--frozen-image" in refused.err.strip().splitlines()[-1]
+    before = len(read_calls(calls))
+    refused = cli(*sweep_args(manifest, tmp_path / "s3", "--finetune-args=--epochs 2",
+                              trainer_flags=["--frozen-image"]), check=False)
+    assert refused.code == 2 and "add --finetune-chosen" in refused.err.strip().splitlines()[-1]
+    refused = cli(*sweep_args(manifest, tmp_path / "s4", "--finetune-chosen", "1",
+                              "--finetune-args=--image-size many", trainer_flags=["--frozen-image"]),
+                  check=False)
+    assert refused.code == 2 and "--image-size" in refused.err.strip().splitlines()[-1]
+    assert len(read_calls(calls)) == before   # refused before any run
 
 
 def test_a_killed_run_continues_and_changed_flags_retrain(fakes, tmp_path, monkeypatch):
