@@ -219,9 +219,9 @@ def bare_transformer(args) -> dict:
     else:
         folder = Path(args.text_model)
     with open(args.dataset, encoding="utf-8") as f:
-        rows = [r for r in map(json.loads, f) if r["split"] == "train"]
+        records = [r for r in map(json.loads, f) if r["split"] == "train"]
     # The script's text of a document: the raw text cut by the same sentence and character flags.
-    texts = [cut_text(r["text"], args.max_sentences or None, args.max_chars) for r in rows]
+    texts = [cut_text(r["text"], args.max_sentences or None, args.max_chars) for r in records]
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModel.from_pretrained(folder).eval()
     max_length = tokenizer.model_max_length
@@ -241,7 +241,7 @@ def bare_transformer(args) -> dict:
             mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
             out[rows] = F.normalize(mean, dim=-1).numpy()
     with open(args.out, "wb") as f:
-        pickle.dump({"ids": [r["id"] for r in rows], "vectors": out}, f, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump({"ids": [r["id"] for r in records], "vectors": out}, f, protocol=pickle.HIGHEST_PROTOCOL)
     return {"documents": len(texts), "max_length": max_length}
 
 
