@@ -177,7 +177,7 @@ def make_dataset(args: argparse.Namespace) -> Path:
     return manifest
 
 
-def words(items, doc) -> list[str]:
+def text_words(items, doc) -> list[str]:
     """The words of a document's text, as the GRU reads them here."""
     return re.findall(r"[a-z]+", items[doc.item].texts[doc.text].lower())
 
@@ -189,7 +189,7 @@ def text_side(docs, items, seed: int, pool: int = config.NEIGHBOR_POOL):
     vocab = Vocabulary(words)
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((len(words), config.VECTOR_SIZE)).astype(np.float32) * 0.1
-    tokens = [vocab.encode(words(items, d), config.MAX_TOKENS) for d in docs]
+    tokens = [vocab.encode(text_words(items, d), config.MAX_TOKENS) for d in docs]
     n = len(docs)
     others = (np.arange(n)[:, None] + rng.integers(1, n, (n, pool))) % n
     knn = {"ids": [d.id for d in docs],
@@ -436,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "text" in args.setups:
         timing, results["text_branch"] = train_text_branch.compare(
             args, SimpleNamespace(batches=_batches, on_device=on_device, as_features=as_features,
-                                  stepper=stepper, interleaved=interleaved), docs, lambda d: words(items, d), image_ids, read, neighbors,
+                                  stepper=stepper, interleaved=interleaved), docs, lambda d: text_words(items, d), image_ids, read, neighbors,
             vocab, vectors, tokens, device)
         results["setups"].update(timing)
         for name in timing:
