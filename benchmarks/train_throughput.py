@@ -17,11 +17,15 @@ then times in one process, each on the same data:
            and its time split into the text branch (one packed GRU call over the batch's texts,
            its neighbours' and its random texts: forward and backward, timed in the same
            rounds) and the rest
+  text     (opt-in) the trainer's step with the GRU, a transformer fine-tuned (--text-encoder hf,
+           --text-model, --text-lr) and one kept frozen (--freeze-text), the image side frozen as
+           above and the same for all three, timed in interleaved rounds
+           (benchmarks/train_text_branch.py)
 and the evaluation's image embedding (evaluation.embed.embed_images). The text side is not what
 is measured: tokens come from splitting the generated texts, word vectors and Doc2Vec
 neighbours are random. Goals (issue 6): trainer/ceiling >= 0.9, trainer/authors >= 3; (issue
 16) ceiling/frozen step time >= 10 with ResNet-50 at 224px on a CPU, >= 4 at the demo's settings.
---setups picks which of them run (e.g. ceiling,frozen).
+--setups picks which of them run (e.g. ceiling,frozen; text only when named).
 """
 from __future__ import annotations
 
@@ -35,6 +39,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -43,6 +48,7 @@ from PIL import Image, ImageDraw
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
 import config  # noqa: E402
+from benchmarks import train_text_branch  # noqa: E402
 from benchmarks.common import report, save, setup, sync  # noqa: E402
 from cli import HelpFormatter  # noqa: E402
 from data.datasets.items import documents  # noqa: E402
@@ -59,7 +65,8 @@ from models.image_source import ImageSource  # noqa: E402
 from training.neighbors import NeighborSampler  # noqa: E402
 from training.step import StepLog, train_step  # noqa: E402
 
-SETUPS = ("ceiling", "trainer", "authors", "frozen")
+SETUPS = ("ceiling", "trainer", "authors", "frozen", "text")
+DEFAULT_SETUPS = SETUPS[:4]   # text loads a transformer: only when named
 PREFETCH = 4        # batches each loader worker keeps ready (training.data.make_loader)
 
 
@@ -91,7 +98,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default=None, help="None: cuda when present")
     p.add_argument("--seed", type=int, default=0, help="of the generated data and the training")
     p.add_argument("--out", default=None, help="write the results as JSON here and as markdown beside")
-    p.add_argument("--setups", default=",".join(SETUPS), help="which setups run, of " + ",".join(SETUPS))
+    p.add_argument("--setups", default=",".join(DEFAULT_SETUPS), help="which setups run, of " + ",".join(SETUPS))
+    p.add_argument("--text-model", default=config.TEXT_MODEL,
+                   help="text: the transformer (minilm, or a Hugging Face model folder)")
+    p.add_argument("--text-lr", type=float, default=config.TEXT_LR, help="text: the fine-tuned transformer's LR")
     p.add_argument("--rounds", type=int, default=3, help="ceiling/frozen alternations (--steps over all)")
     args = p.parse_args(argv)
     args.setups = [x.strip() for x in args.setups.split(",") if x.strip()]
@@ -168,6 +178,11 @@ def make_dataset(args: argparse.Namespace) -> Path:
     return manifest
 
 
+def text_words(items, doc) -> list[str]:
+    """The words of a document's text, as the GRU reads them here."""
+    return re.findall(r"[a-z]+", items[doc.item].texts[doc.text].lower())
+
+
 def text_side(docs, items, seed: int, pool: int = config.NEIGHBOR_POOL):
     """Vocabulary, random word vectors, token ids and a random neighbour file the trainer's
     NeighborSampler accepts (the text side's speed is not what this measures)."""
@@ -175,8 +190,7 @@ def text_side(docs, items, seed: int, pool: int = config.NEIGHBOR_POOL):
     vocab = Vocabulary(words)
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((len(words), config.VECTOR_SIZE)).astype(np.float32) * 0.1
-    tokens = [vocab.encode(re.findall(r"[a-z]+", items[d.item].texts[d.text].lower()), config.MAX_TOKENS)
-              for d in docs]
+    tokens = [vocab.encode(text_words(items, d), config.MAX_TOKENS) for d in docs]
     n = len(docs)
     others = (np.arange(n)[:, None] + rng.integers(1, n, (n, pool))) % n
     knn = {"ids": [d.id for d in docs],
@@ -351,6 +365,7 @@ def table(results: dict) -> str:
                      f"{f['text_ms']:,.1f} ms ({f['text_ms'] / f['step_ms']:.0%}), the rest (image "
                      f"head, objective, optimizer, input copies) {f['step_ms'] - f['text_ms']:,.1f} ms; "
                      f"mean text length {f['mean_tokens']:.1f} tokens, {f['texts_per_step']:.0f} texts per step")
+    lines += train_text_branch.table_lines(results)
     if "cache_build_images_per_s" in results:
         lines.append(f"- image cache build (PIL decode + resize, {s['workers']} processes): "
                      f"{results['cache_build_images_per_s']:,.1f} images/s")
@@ -423,6 +438,14 @@ def main(argv: list[str] | None = None) -> dict:
         for name in runs:
             if name in results["setups"]:
                 show(name)
+    if "text" in args.setups:
+        timing, results["text_branch"] = train_text_branch.compare(
+            args, SimpleNamespace(batches=_batches, on_device=on_device, as_features=as_features,
+                                  stepper=stepper, interleaved=interleaved), docs, lambda d: text_words(items, d), image_ids, read, neighbors,
+            vocab, vectors, tokens, device)
+        results["setups"].update(timing)
+        for name in timing:
+            show(name)
     if "trainer" in args.setups:
         results["setups"]["trainer"] = time_steps(
             _batches(cached, args.batch_size, args.workers, args.seed, device), step, loader_warmup,
@@ -458,6 +481,7 @@ def main(argv: list[str] | None = None) -> dict:
     if {"frozen", "ceiling"} <= set(s):
         results["ratios"]["fine-tuned / frozen step time (goal >= 10 at 224px ResNet-50 on a CPU, "
                           ">= 4 at the demo's settings)"] = s["frozen"]["items_per_s"] / s["ceiling"]["items_per_s"]
+    results["ratios"].update(train_text_branch.ratios(s))
     for name, rate in results.get("embedding", {}).items():
         if "trainer" in s:
             results["ratios"][f"evaluation embedding from {name} / trainer images (goal >= 1)"] = \

@@ -141,3 +141,30 @@ def test_device_script_takes_its_folders_as_flags():
         wrong = subprocess.run(["bash", script, *bad], capture_output=True, text=True)
         assert wrong.returncode == 2 and wrong.stderr.startswith("error: ") \
             and len(wrong.stderr.splitlines()) == 1, wrong.stderr
+
+
+def test_train_throughput_compares_the_transformer_text_branch_with_the_gru(tmp_path, one_thread):
+    from test_transformer_vectors import tiny_bert
+    bench = load("train_throughput")
+    model = tiny_bert(tmp_path / "tiny-bert")
+    out = tmp_path / "out" / "train.json"
+    results = bench.main(["--data-dir", str(tmp_path / "data"), "--work-dir", str(tmp_path / "work"),
+                          "--images", "24", "--width", "40", "--height", "30", "--distinct", "4",
+                          "--arch", "resnet18", "--image-size", "32", "--batch-size", "6", "--warmup", "1",
+                          "--steps", "2", "--rounds", "2", "--workers", "0", "--embed-images", "0",
+                          "--embed-dim", "16", "--gru-hidden", "16", "--device", "cpu", "--setups", "text",
+                          "--text-model", str(model), "--out", str(out)])
+    s = results["setups"]
+    names = ("text: GRU", "text: transformer fine-tuned", "text: transformer --freeze-text")
+    assert set(s) == set(names)
+    for name in names:
+        assert s[name]["steps"] == 2 and s[name]["ms_per_step"] > 0
+    trained = results["text_branch"]["trained_text_parameters"]
+    assert trained["text: transformer --freeze-text"] == 32 * 16 + 16   # the head alone
+    assert trained["text: transformer fine-tuned"] > 10 * trained["text: transformer --freeze-text"]
+    tokens = results["text_branch"]["mean_tokens"]
+    assert 2 < tokens["hf"] <= 16 and tokens["gru"] > 2   # the tiny BERT cuts at its 16 positions
+    assert results["ratios"]["transformer fine-tuned / GRU step time"] == pytest.approx(
+        s["text: transformer fine-tuned"]["ms_per_step"] / s["text: GRU"]["ms_per_step"])
+    table = (tmp_path / "out" / "train.md").read_text()
+    assert "| transformer fine-tuned |" in table and "| GRU |" in table

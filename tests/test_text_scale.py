@@ -159,3 +159,30 @@ def test_a_run_can_take_some_steps_and_time_some_against_the_bare_library(tmp_pa
     with pytest.raises(SystemExit):
         bench.parse_args(["--steps", "knn,infer"])
     assert "--steps: unknown step 'knn'" in capsys.readouterr().err
+
+
+def test_the_transformer_step_is_opt_in_and_writes_beside_the_doc2vec_files(tmp_path):
+    bench = load("text_scale")
+    assert "transformer" not in bench.parse_args(["--sizes", "1000"]).steps
+    args = bench.parse_args(["--sizes", "1000", "--steps", "transformer", "--work-dir", str(tmp_path)])
+    [(name, ours, bare, writes)] = bench.steps(args, 1000, tmp_path / "m.jsonl", tmp_path)
+    assert name == "transformer" and writes == tmp_path / "transformer"
+    assert "extract_transformer_vectors.py" in ours[1] and ours[ours.index("--work-dir") + 1] == str(writes)
+    assert "bare-transformer" in bare and bare[bare.index("--text-model") + 1] == "minilm"
+    assert ours[ours.index("--batch-size") + 1] == bare[bare.index("--batch-size") + 1]
+
+
+@pytest.mark.slow
+def test_transformer_step_and_the_bare_loop_make_the_same_vectors(tmp_path, capsys):
+    from test_transformer_vectors import tiny_bert
+    bench = load("text_scale")
+    model = tiny_bert(tmp_path / "tiny-bert")
+    out = tmp_path / "out.json"
+    results = bench.main(["--sizes", "150", "--k", "10", "--steps", "transformer", "--workers", "1",
+                          "--text-model", str(model), "--work-dir", str(tmp_path / "work"), "--out", str(out)])
+    [row] = results["rows"]
+    assert row["step"] == "transformer" and row["ratio"] > 0 and row["ours"]["written_mib"] > 0
+    assert row["compared"] > 140 and row["max_abs_diff"] < 1e-5
+    assert row["bare"]["reported_max_length"] == 16   # the tokenizer's limit, as the script's
+    table = bench.main(["--table", str(out)]) and capsys.readouterr().out
+    assert f"ours and the bare loop's vectors differ by at most {row['max_abs_diff']:.2e}" in table
