@@ -21,8 +21,8 @@ import json
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -36,21 +36,13 @@ from models.backbones import backbone  # noqa: E402
 from models.features import compute_features  # noqa: E402
 
 
-@dataclass
-class RandomImages:
-    """What compute_features reads of an image cache: a folder with images.npy."""
-    folder: Path
-    size: int
-    bad: tuple = ()
-    row_of: dict | None = None
-
-
 def extract_rate(arch: str, size: int, n: int, batch_size: int, device: torch.device) -> float:
     """Images (with their mirrors) per second through compute_features, after one warm-up batch
     through the same network."""
     entry = backbone(arch)
     net = entry.build().to(device).eval()
     images = np.random.default_rng(0).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    # What compute_features reads of an image cache: its folder (images.npy), size and bad rows.
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         np.save(Path(tmp) / "images.npy", images)
         out = np.zeros((n, 2, entry.feature_dim), np.float16)
@@ -59,7 +51,7 @@ def extract_rate(arch: str, size: int, n: int, batch_size: int, device: torch.de
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        compute_features(net, entry.preprocessing, RandomImages(Path(tmp), size, row_of={}), out,
+        compute_features(net, entry.preprocessing, SimpleNamespace(folder=Path(tmp), size=size, bad=(), row_of={}), out,
                          device, batch_size, progress=False)
         if device.type == "cuda":
             torch.cuda.synchronize()

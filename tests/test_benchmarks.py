@@ -168,3 +168,17 @@ def test_train_throughput_compares_the_transformer_text_branch_with_the_gru(tmp_
         s["text: transformer fine-tuned"]["ms_per_step"] / s["text: GRU"]["ms_per_step"])
     table = (tmp_path / "out" / "train.md").read_text()
     assert "| transformer fine-tuned |" in table and "| GRU |" in table
+
+
+def test_backbones_times_extraction_and_both_steps_of_each_arch(tmp_path, one_thread, capsys):
+    bench = load("backbones")
+    results = bench.main(["--archs", "resnet18,efficientnet_lite0", "--image-size", "32",
+                          "--images", "12", "--batch-size", "4", "--steps", "2", "--warmup", "1",
+                          "--device", "cpu", "--data-dir", str(tmp_path / "data"),
+                          "--out", str(tmp_path / "b.json")])
+    assert json.loads((tmp_path / "b.json").read_text()) == json.loads(json.dumps(results))
+    for arch, width in (("resnet18", 512), ("efficientnet_lite0", 1280)):
+        r = results["archs"][arch]
+        assert r["feature_dim"] == width and r["extract_images_per_s"] > 0
+        assert r["finetuned_ms_per_step"] > 0 and r["frozen_ms_per_step"] > 0
+    assert "| efficientnet_lite0 | 1280 |" in capsys.readouterr().out
