@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Both benchmarks at the sizes of their goals, on a GPU machine, in one run:
+# The benchmarks at the sizes of their goals, on a GPU machine, in one run:
 #
 #     bash benchmarks/run_all_gpu.sh [--out DIR] [--data DIR]
 #
-# --out (default runs/bench/results) receives run_all_gpu.log, train_throughput.json/.md and
-# knn_throughput.json/.md; copy the two tables into benchmarks/RESULTS.md. --data (default
+# --out (default runs/bench/results) receives run_all_gpu.log, train_throughput.json/.md,
+# backbones.json and knn_throughput.json/.md; copy the tables into benchmarks/RESULTS.md. --data (default
 # runs/bench) holds the generated dataset and its image cache (3 GB at 224px), reused by later
 # runs. Python is $PYTHON, else the project's .venv, else python3; without nmslib the HNSW part
-# is skipped. TRAIN_ARGS and KNN_ARGS are appended to the two commands (a later flag
+# is skipped. TRAIN_ARGS, BACKBONE_ARGS and KNN_ARGS are appended to the three commands (a later flag
 # wins), e.g. for a dry run on the CPU with tiny sizes (benchmarks/RESULTS.md has one).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +45,12 @@ PY="${PYTHON:-python3}"
     $PY benchmarks/train_throughput.py --data-dir "$DATA/train_data" \
         --work-dir "$DATA/train_work" --out "$OUT_DIR/train_throughput.json" ${TRAIN_ARGS:-}
     echo "train_throughput exit status $?"
+
+    echo "== image backbones (ResNet-18, ResNet-50, EfficientNet-Lite0 at 224px: feature extraction,"
+    echo "   fine-tuned and frozen step, bf16 + channels_last for every backbone, timm's included)"
+    $PY benchmarks/backbones.py --images 2048 --batch-size 128 --steps 30 \
+        --data-dir "$DATA/backbones_data" --out "$OUT_DIR/backbones.json" ${BACKBONE_ARGS:-}
+    echo "backbones exit status $?"
 
     echo "== kNN throughput (exact 1,000,000 x 200, k 200 on the GPU; HNSW on 100,000 on the CPUs)"
     $PY benchmarks/knn_throughput.py --n 1000000 --dim 200 --k 200 \
