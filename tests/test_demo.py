@@ -130,16 +130,17 @@ def test_experiment_without_the_demos_data_says_what_to_run(tmp_path):
 
 def test_experiment_defaults_to_imagenet_features_and_affordable_fine_tuning(tmp_path):
     """Pretrained (the default): EfficientNet-Lite0 frozen at its own 224 px, the fine-tuned runs
-    at 64 px for 3 epochs; --no-pretrained: the random ResNet-18 at 32 px for both."""
+    at 64 px for 2 epochs; --no-pretrained: the random ResNet-18 at 32 px for both."""
     from demo.experiment import commands, parse_args
     cache, cache64, features, sweep = commands(parse_args([]), tmp_path / "m.jsonl", tmp_path)
     assert cache[cache.index("--arch") + 1] == "efficientnet_lite0" and "224" in cache and "64" in cache64
     assert "--no-pretrained" not in features and features[features.index("--image-size") + 1] == "224"
     trainer = sweep[sweep.index("--") + 1:]
     assert "--frozen-image" in trainer and trainer[trainer.index("--image-size") + 1] == "224"
-    assert "--finetune-args=--image-size 64 --epochs 3" in sweep
+    assert "--finetune-args=--image-size 64 --epochs 2" in sweep
+    assert trainer[trainer.index("--epochs") + 1] == "5"
     cache, features, sweep = commands(parse_args(["--no-pretrained"]), tmp_path / "m.jsonl", tmp_path)
     trainer = sweep[sweep.index("--") + 1:]
     assert trainer[trainer.index("--arch") + 1] == "resnet18" and "--no-pretrained" in trainer
-    assert trainer[trainer.index("--image-size") + 1] == "32"
+    assert trainer[trainer.index("--image-size") + 1] == "32" and trainer[trainer.index("--epochs") + 1] == "6"
     assert not any(a.startswith("--finetune-args") for a in sweep)
