@@ -44,7 +44,8 @@ FORMAT = 1
 
 
 def features_folder(work_dir: str | Path, arch: str, size: int) -> Path:
-    return Path(work_dir) / FEATURES_DIR / f"{arch}_{size}"
+    # timm:NAME -> timm-NAME: a colon is not allowed in a folder name on every file system.
+    return Path(work_dir) / FEATURES_DIR / f"{arch.replace(':', '-')}_{size}"
 
 
 @dataclass(frozen=True)

@@ -217,3 +217,4 @@ def test_a_timm_model_trains_evaluates_and_exports(tmp_path):
     cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", *common[:4], *tiny,
         "--epochs", "1", "--frozen-image", "--run-name", "frozen")
     assert (work / "models" / "frozen" / "best.pt").exists()
+    assert (work / "image_features" / "timm-test_efficientnet_32" / "features.npy").exists()
