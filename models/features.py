@@ -34,7 +34,7 @@ from common.workdir import default_mode, swap_folder, write_error
 from data.datasets.settings import DataSettings
 from data.images.cache import CachedImages, ImageCache, _remove_leftovers, file_stats
 from data.images.read import Preprocessing, Resize
-from models.backbones import backbone as backbone_entry
+from models.backbones import BACKBONES, backbone as backbone_entry
 from models.checkpoint import state_mismatch, torch_save
 from models.settings import ImageSettings
 
@@ -170,6 +170,7 @@ def build_features(request: FeatureRequest, cache: ImageCache, data_hash: str,
               "paths": cache.paths, "stats": cache.stats, "bad": cache.bad, "shape": shape}
     if not resize.is_default:   # the default rule's record stays as it was before rules
         record["resize"] = resize.record()
+    record.update(timm_preprocessing(image.arch))
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}.building-pid{os.getpid()}-"))
     os.chmod(tmp, default_mode(folder=True))
     try:
@@ -225,6 +226,12 @@ def read_record(folder: Path, fix: str = "run prepare_image_features.py again") 
     return record
 
 
+def timm_preprocessing(arch: str) -> dict:
+    """{"preprocessing": ...} for a timm arch, whose mean, std and resize rule come from the
+    installed timm's config for it (a table entry's are in code): {} otherwise."""
+    return {} if arch in BACKBONES else {"preprocessing": backbone_entry(arch).preprocessing.record()}
+
+
 def check_record(record: dict | None, folder: Path, request: FeatureRequest,
                  used: Sequence[str]) -> None:
     """One line, with the command that remakes the folder, unless it holds the features of
@@ -240,7 +247,9 @@ def check_record(record: dict | None, folder: Path, request: FeatureRequest,
                             # the arch's rule, should its entry have changed since
                             ("the resize rule", Resize.from_record(record.get("resize")).describe(),
                              resize.describe()),
-                            ("the backbone's weights", describe(record["weights"]), describe(identity))):
+                            ("the backbone's weights", describe(record["weights"]), describe(identity)),
+                            ("timm's preprocessing", record.get("preprocessing"),
+                             timm_preprocessing(request.image.arch).get("preprocessing"))):
         if then != now:
             raise InputError(f"{folder}: the features were made with {what} {then}, this run "
                              f"asks for {now}: {hint}")

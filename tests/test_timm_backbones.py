@@ -217,4 +217,12 @@ def test_a_timm_model_trains_evaluates_and_exports(tmp_path):
     cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", *common[:4], *tiny,
         "--epochs", "1", "--frozen-image", "--run-name", "frozen")
     assert (work / "models" / "frozen" / "best.pt").exists()
-    assert (work / "image_features" / "timm-test_efficientnet_32" / "features.npy").exists()
+    folder = work / "image_features" / "timm-test_efficientnet_32"
+    record = json.loads((folder / "record.json").read_text())
+    assert record["preprocessing"] == backbone(TINY_TIMM).preprocessing.record()
+    # Features made under another timm's preprocessing for the model are not reused.
+    record["preprocessing"]["mean"] = [0.5, 0.5, 0.5]
+    (folder / "record.json").write_text(json.dumps(record))
+    r = cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", *common[:4], *tiny,
+            "--epochs", "1", "--frozen-image", "--run-name", "again", check=False)
+    one_line_error(r, "timm's preprocessing", "prepare_image_features.py")
