@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
             "frozen_ms_per_step": s["frozen"]["ms_per_step"], "batch_size": args.batch_size,
             "feature_dim": backbone(arch).feature_dim, "settings": steps["settings"]}
         if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     print(table(results))
     return results

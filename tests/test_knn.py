@@ -10,8 +10,8 @@ import torch
 
 import config
 from data.datasets import provenance
-from data.neighbors.knn import (exact_knn, exact_knn_np, hnsw_knn, put_self_first, recall_at,
-                                sampled_recall)
+from data.neighbors.knn import (by_distance_then_index, exact_knn, exact_knn_np, hnsw_knn,
+                                put_self_first, recall_at, sampled_recall)
 
 
 def brute_force(base: np.ndarray, queries: np.ndarray, space: str) -> np.ndarray:
@@ -221,3 +221,24 @@ def test_the_hnsw_step_does_not_load_torch(tmp_path):
     assert r.stdout.rstrip().endswith("torch loaded: False")
     with open(tmp_path / "document_feats_knn.pickle", "rb") as f:
         assert pickle.load(f)["neighbors"].shape == (300, 5)
+
+
+def test_hnsw_orders_equal_distances_by_index():
+    """Duplicate texts tie: their order is by index, not whatever the graph's traversal gave, so
+    the same vectors give the same table run after run (the demo's fingerprints rely on it)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((80, 6)).astype(np.float32)
+    x[20:30] = x[40]          # eleven identical documents, all at one distance from the others
+    ids, dists = hnsw_knn(x, 15, "l2", workers=2)
+    for row in range(len(x)):
+        d = dists[row, 1:]    # after the document itself
+        for a in range(len(d) - 1):
+            if d[a] == d[a + 1]:
+                assert ids[row, a + 1] < ids[row, a + 2], (row, ids[row])
+    for row in (0, 55):
+        tied = [i for i in ids[row] if 20 <= i < 30 or i == 40]
+        assert tied == sorted(tied)
+    # Whatever order the search returns ties in, they come out by index.
+    got_ids, got_d = by_distance_then_index(np.array([[7, 5, 3, 9, 1]], dtype=np.int32),
+                                            np.array([[0.2, 0.2, 0.2, 0.1, 0.3]], dtype=np.float32))
+    assert got_ids.tolist() == [[9, 3, 5, 7, 1]] and got_d.tolist()[0] == sorted(got_d.tolist()[0])

@@ -181,6 +181,13 @@ def put_self_first(ids: np.ndarray, dists: np.ndarray, self_ids: np.ndarray) -> 
         r_d[:, 0] = 0
 
 
+def by_distance_then_index(ids: np.ndarray, dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row sorted by distance, equal distances (duplicate texts) by index: nmslib's own
+    order among ties varied from run to run, and with it the neighbours a seed draws."""
+    order = np.lexsort((ids, dists), axis=1)
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(dists, order, 1)
+
+
 def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_construction: int = 200,
              ef_search: int = 400, workers: int = 1, timings: dict | None = None,
              build_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -212,11 +219,10 @@ def hnsw_knn(vectors: np.ndarray, k: int, space: str = "l2", M: int = 16, ef_con
         full = [i for i, (r_ids, _) in enumerate(results) if len(r_ids) == k]
         short += [s + i for i, (r_ids, _) in enumerate(results) if len(r_ids) < k]
         if full:
-            r_ids = np.stack([results[i][0] for i in full])
-            r_d = np.stack([results[i][1] for i in full])
-            order = np.argsort(r_d, axis=1, kind="stable")
-            ids[s + np.array(full)] = np.take_along_axis(r_ids, order, 1)
-            dists[s + np.array(full)] = np.take_along_axis(r_d, order, 1)
+            r_ids, r_d = by_distance_then_index(np.stack([results[i][0] for i in full]),
+                                                np.stack([results[i][1] for i in full]))
+            ids[s + np.array(full)] = r_ids
+            dists[s + np.array(full)] = r_d
     if timings is not None:
         timings.update(build_s=built, query_s=time.time() - t)
     del index   # its copy of the vectors and its graph, before the result is finished
