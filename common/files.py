@@ -7,6 +7,7 @@ opened without blocking, checked to be a regular file, and only then read.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -85,3 +86,12 @@ def require_regular(path: str | os.PathLike, fix: str) -> Path:
     if what is not None:
         raise InputError(f"{path}: is {what}, not a regular file: {fix}")
     return Path(path)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 of a regular file, read in 1 MiB blocks (a weights file of hundreds of MB)."""
+    h = hashlib.sha256()
+    with open_regular(path) as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

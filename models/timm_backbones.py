@@ -11,7 +11,6 @@ backbone is used: every script starts without it.
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import re
 import socket
@@ -24,7 +23,7 @@ import torch
 from torch import nn
 
 from common.errors import InputError, quoted
-from common.files import open_regular
+from common.files import file_sha256
 from data.images.read import Preprocessing, Resize
 from models.weights_files import load_checked, one_line, read_state_file, strip
 
@@ -195,14 +194,6 @@ def lite_to_timm(state: dict[str, torch.Tensor], stages: list[int]) -> dict[str,
         top, _, rest = key.partition(".")
         out[f"{TOP[top]}.{rest}" if top in TOP else key] = value
     return out
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open_regular(path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

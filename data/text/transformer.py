@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from common.errors import InputError, shown
-from common.files import open_regular
+from common.files import file_sha256, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -51,14 +51,6 @@ class ModelFolder:
         return {"encoder": "transformer", "text_model": self.name, "model": self.sha256,
                 "config": self.config_hash, "pooling": "mean", "max_length": max_length,
                 "path": str(self.path)}
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open_regular(path) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _where_to_put(name: str) -> str:
