@@ -44,8 +44,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 import config
 from cli import HelpFormatter, max_workers, run_main, whole
 from common.errors import InputError
@@ -57,11 +55,11 @@ from evaluation.metrics import TIES
 from evaluation.report import K
 from losses.weights import Weights
 from tuning import slurm
+from tuning.compare import TestRun, compare as compare_runs
 from tuning.grid import BASELINE, TooMany, format_triple, parse_grid, parse_values, product_grid
 from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
 from tuning.report import aggregate, choose, csv_text, test_table, validation_table
-from tuning.stats import available, bootstrap_difference, seed_interval
 from tuning.sweep import (NO_FLAG, Run, Settings, execute, parse_devices, plan, run_all,
                           write_json_atomic, write_text_atomic)
 
@@ -322,24 +320,12 @@ def run_phase(runs, split: str, args, settings: Settings) -> list[dict]:
 
 
 def compare(chosen_runs, baseline_runs, chosen_metrics, baseline_metrics, samples: int) -> dict:
-    """{metric: baseline and chosen means, their difference, the seeds' and the queries' 95%
-    intervals} on test."""
-    per_query = {r: read_npz(r.folder / "per_query_test.npz") for r in [*chosen_runs, *baseline_runs]}
-    a = [flatten(m) for m in chosen_metrics]
-    b = [flatten(m) for m in baseline_metrics]
-    names = [n for n in METRICS if n in available(per_query[chosen_runs[0]]) and n in a[0]]
-    boot = bootstrap_difference([per_query[r] for r in chosen_runs],
-                                [per_query[r] for r in baseline_runs], names, samples)
-    by_seed_b = {r.seed: m for r, m in zip(baseline_runs, b)}
-    out = {}
-    for name in names:
-        pairs = [(m[name], by_seed_b[r.seed][name]) for r, m in zip(chosen_runs, a) if r.seed in by_seed_b]
-        mean_a, mean_b = np.mean([m[name] for m in a]), np.mean([m[name] for m in b])
-        ci = seed_interval([x - y for x, y in pairs])
-        out[name] = {"baseline": float(mean_b), "chosen": float(mean_a),
-                     "difference": float(mean_a - mean_b), "seed_ci": ci,
-                     "bootstrap_ci": boot[name], "seeds": len(pairs)}
-    return out
+    """The chosen runs against the baseline's on test (tuning.compare)."""
+    def tested(runs, metrics):
+        return [TestRun(r.seed, flatten(m), read_npz(r.folder / "per_query_test.npz"))
+                for r, m in zip(runs, metrics)]
+    return compare_runs(tested(chosen_runs, chosen_metrics), tested(baseline_runs, baseline_metrics),
+                        samples)
 
 
 def finetuned_flags(args: argparse.Namespace) -> list[str]:

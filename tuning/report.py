@@ -87,9 +87,10 @@ def _interval(ci: Sequence[float] | None, name: str) -> str:
     return "n/a" if ci is None else f"[{_format(ci[0], name)}, {_format(ci[1], name)}]"
 
 
-def test_table(comparison: dict[str, dict], label: str = "chosen") -> str:
-    """Baseline and chosen (`label`) means on test, their difference and its two 95% intervals."""
-    header = ["metric", "baseline", label, "difference", "95% CI seeds (t)",
+def test_table(comparison: dict[str, dict], label: str = "chosen", base_label: str = "baseline") -> str:
+    """Baseline (`base_label`) and chosen (`label`) means on test, their difference and its two
+    95% intervals."""
+    header = ["metric", base_label, label, "difference", "95% CI seeds (t)",
               "95% CI queries (bootstrap)"]
     lines = []
     for name, c in comparison.items():
