@@ -4,6 +4,7 @@ optimizer's groups; end to end (slow): training, resume, evaluation, retrieval a
 from __future__ import annotations
 
 import copy
+import sys
 from argparse import Namespace
 
 import pytest
@@ -91,16 +92,22 @@ def test_freeze_text_needs_the_transformer_branch(tmp_path):
     error_line(result, "--freeze-text", "--text-encoder hf")
 
 
-@pytest.mark.slow
-def test_train_resume_evaluate_retrieve_export(bert, module_tmp):
+@pytest.fixture(scope="module")
+def e2e(module_tmp):
+    """Synthetic data and its Doc2Vec text side, for the end-to-end tests."""
     from conftest import quick_text_side
     from demo.synthetic import generate_synthetic
-    from models.exported import load_encoders
-    from pipeline import TINY_TRAIN
     root = module_tmp("e2e")
     manifest = generate_synthetic(root / "data", n_items=80, image_size=16, seed=5)
-    work = root / "work"
-    quick_text_side(manifest, work)
+    quick_text_side(manifest, root / "work")
+    return root, manifest, root / "work"
+
+
+@pytest.mark.slow
+def test_train_resume_evaluate_retrieve_export(bert, e2e):
+    from models.exported import load_encoders
+    from pipeline import TINY_TRAIN
+    root, manifest, work = e2e
     train = ["train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
              "--work-dir", work, *TINY_TRAIN, "--image-size", "16", "--text-encoder", "hf",
              "--text-model", bert.folder]
@@ -123,3 +130,44 @@ def test_train_resume_evaluate_retrieve_export(bert, module_tmp):
     key = next(k for k in state["model"] if k.endswith(word))
     torch.testing.assert_close(state["model"][key], start[next(k for k in start if k.endswith(word))])
     assert state["model_config"]["text_frozen"] is True
+
+
+def test_autocast_bf16_gives_float32_unit_vectors(bert):
+    """The dtype logic of a bf16 run (autocast, as on CUDA) checked on the CPU: the transformer's
+    and the head's matrix products run in bf16 (the vectors move), the unit vectors come out
+    float32 and near the fp32 ones."""
+    enc = HFTextEncoder(stored_config(bert.body.config), embed_dim=8,
+                        body=copy.deepcopy(bert.body)).eval()
+    tokens = torch.randint(5, 90, (3, 7))
+    lengths = torch.tensor([7, 4, 2])
+    with torch.no_grad():
+        full = enc(tokens, lengths)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = enc(tokens, lengths)
+            head = enc.head(torch.randn(2, enc.hidden))
+    assert head.dtype == torch.bfloat16 and half.dtype == torch.float32
+    torch.testing.assert_close(half.norm(dim=1), torch.ones(3))
+    assert 0 < (full - half).abs().max() < 0.05
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frozen", [False, True], ids=["fine-tuned", "frozen"])
+def test_ddp_over_two_cpu_processes(bert, e2e, tmp_path, frozen):
+    """torchrun, 2 processes (gloo): every trained parameter gets a gradient (the pooler the
+    mean never reads is gone), each process takes half of the epoch, the ranks stay equal."""
+    import shutil
+    from models.checkpoint import load_checkpoint
+    from pipeline import TINY_TRAIN, run
+    _, manifest, work = e2e
+    work = shutil.copytree(work, tmp_path / "w", ignore=shutil.ignore_patterns("models"))
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                "--master_port", str(29541 + frozen)]
+    proc = run("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
+               "--work-dir", work, *TINY_TRAIN, "--image-size", "16", "--text-encoder", "hf",
+               "--text-model", bert.folder, "--epochs", "1", "--device", "cpu", "--run-name", "ddp",
+               *(["--freeze-text"] if frozen else ["--text-lr", "1e-3"]), launcher=launcher)
+    state = load_checkpoint(work / "models" / "ddp" / "last.pt")
+    n_train = sum(1 for line in manifest.read_text().splitlines() if '"train"' in line)
+    assert 0 < state["step"] <= -(-n_train // 16) // 2 + 1
+    assert proc.stdout.count("epoch 0:") == 1
+    assert state["model_config"]["text_frozen"] is frozen
