@@ -31,8 +31,21 @@ DISK_NEEDED_GB = 3.0   # the suite's scratch at its peak was 2.4 GB (a clean clo
 FAILURES = [0]   # tests failed so far (any phase)
 
 
+# The files that take longest, longest first (a whole test file is one unit of `make test`'s
+# --dist loadfile): started first, they leave the short files to fill the end of the run
+# instead of one worker finishing a long file alone while the other waits.
+LONGEST = ("test_demo.py", "test_tune_weights.py", "test_slurm.py", "test_training.py",
+           "test_faults_more.py", "test_text_scale.py", "test_faults.py", "test_frozen_image.py",
+           "test_validate.py", "test_hf_text.py")
+
+
 def pytest_runtest_logreport(report) -> None:
     FAILURES[0] += report.failed
+
+
+def pytest_collection_modifyitems(items: list) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST)))   # stable: files keep their order
 
 
 @pytest.hookimpl(trylast=True)   # after pytest's own tmp_path set-up

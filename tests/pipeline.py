@@ -24,14 +24,18 @@ def run(script: str, *args: str, check: bool = True, env: dict | None = None,
 
 
 def text_side(dataset: Path, work: Path, k: int = 20) -> None:
+    """Doc2Vec, its vectors and the kNN file, each script run in this process (the files are
+    what the tests read; a process each would only add its start, seconds each)."""
+    from conftest import cli   # conftest imports this module
     common = ["--dataset", dataset, "--work-dir", work, "--workers", "1"]
-    run("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20")
-    run("extract_doc2vec_vectors.py", *common)
-    run("knn_document_features.py", *common, "--k", str(k))
+    cli("train_doc2vec.py", *common, "--min-count", "2", "--epochs", "20")
+    cli("extract_doc2vec_vectors.py", *common)
+    cli("knn_document_features.py", *common, "--k", str(k))
 
 
 def frozen_side(dataset: Path, work: Path) -> None:
     """The text side, then the frozen features of a random-weight ResNet-18 at 32 px."""
+    from conftest import cli
     text_side(dataset, work)
-    run("prepare_image_features.py", "--dataset", dataset, "--work-dir", work, "--arch",
+    cli("prepare_image_features.py", "--dataset", dataset, "--work-dir", work, "--arch",
         "resnet18", "--no-pretrained", "--image-size", "32", "--workers", "1", "--batch-size", "50")
