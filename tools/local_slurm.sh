@@ -55,7 +55,8 @@ free_port() {
 write_conf() {
     local host cpus mem
     host=$(hostname -s)
-    cpus=$(nproc)
+    # The node's cores, not the caller's thread setting: nproc reads OMP_NUM_THREADS.
+    cpus=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.8)}' /proc/meminfo)
     cat > "$conf" <<CONF
 ClusterName=local
