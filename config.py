@@ -47,6 +47,9 @@ TEXT_ENCODER = "gru"            # "gru" (the release's) or "hf": a transformer f
 TEXT_LR = 2e-5                  # --text-encoder hf: the transformer's learning rate (its head
                                 # and the image branch train at LR)
 TEXT_POOLING = "mean"           # --text-encoder hf: "mean" over the tokens, or "cls"
+FROZEN_TEXT_CACHE = 1_000_000    # --freeze-text: texts whose pooled transformer states training
+                                # keeps (about 2 KB each for MiniLM); 0 runs the transformer on
+                                # every batch
 
 # --- Semantic neighbourhoods (kNN) ---------------------------------------------------------
 K = 200

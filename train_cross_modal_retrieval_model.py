@@ -67,6 +67,10 @@ def parse_args(argv: list[str] | None = None):
                    help="--text-encoder hf: the transformer's learning rate (its head trains at --lr)")
     g.add_argument("--freeze-text", action="store_true",
                    help="--text-encoder hf: keep the transformer as it is; only its head trains")
+    g.add_argument("--frozen-text-cache", type=whole(0), default=config.FROZEN_TEXT_CACHE,
+                   metavar="N", help="--freeze-text: keep the pooled transformer states of up to "
+                   "N texts, each computed once on its own, so that later steps run only the head "
+                   "(0: the transformer on every batch)")
     g.add_argument("--text-pooling", choices=("mean", "cls"), default=config.TEXT_POOLING,
                    help="--text-encoder hf: the mean of the token states, or the first token's")
     g = p.add_argument_group("training (config.py)")

@@ -130,6 +130,17 @@ class HFTextEncoder(nn.Module):
         if frozen:
             self.body.requires_grad_(False)
             self.body.eval()
+        self.memo: dict[tuple, Tensor] | None = None
+        self.memo_limit = 0
+
+    def keep_pooled(self, limit: int) -> None:
+        """A frozen transformer gives a text the same states at every epoch: from now on each
+        text's pooled states are computed once, on their own (so that the batch a text first
+        came in cannot change them), and kept, up to `limit` texts; a step then runs only the
+        head. Not part of the state dict: evaluation and export run the transformer."""
+        if not self.frozen:
+            raise ValueError("keep_pooled needs a frozen transformer: its states change as it trains")
+        self.memo, self.memo_limit = {}, limit
 
     def train(self, mode: bool = True) -> "HFTextEncoder":
         super().train(mode)
@@ -145,15 +156,31 @@ class HFTextEncoder(nn.Module):
         if tokens.dim() != 2 or lengths.shape != (tokens.shape[0],):
             raise ValueError(f"HFTextEncoder: tokens must be [B, L] and lengths [B], got "
                              f"{tuple(tokens.shape)} and {tuple(lengths.shape)}")
+        pooled = self.pooled(tokens, lengths) if self.memo is None else self._kept(tokens, lengths)
+        out = self.head(pooled)
+        with torch.autocast(device_type=out.device.type, enabled=False):
+            return F.normalize(out.float(), dim=-1)
+
+    def pooled(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        """The transformer's token states pooled: [B, L], [B] -> [B, hidden]."""
         positions = torch.arange(tokens.shape[1], device=tokens.device)
         mask = positions[None, :] < lengths.to(tokens.device)[:, None]
         ids = tokens.masked_fill(~mask, self.pad_id)
         hidden = self.body(input_ids=ids, attention_mask=mask.long()).last_hidden_state
         if self.pooling == "cls":
-            pooled = hidden[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
-        out = self.head(pooled)
-        with torch.autocast(device_type=out.device.type, enabled=False):
-            return F.normalize(out.float(), dim=-1)
+            return hidden[:, 0]
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+
+    def _kept(self, tokens: Tensor, lengths: Tensor) -> Tensor:
+        rows = []
+        for row, n in zip(tokens.tolist(), lengths.tolist()):
+            key = tuple(row[:n])
+            vector = self.memo.get(key)
+            if vector is None:
+                with torch.no_grad():
+                    vector = self.pooled(tokens.new_tensor([key]), lengths.new_tensor([n]))[0].float()
+                if len(self.memo) < self.memo_limit:
+                    self.memo[key] = vector
+            rows.append(vector)
+        return torch.stack(rows)

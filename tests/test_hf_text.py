@@ -138,7 +138,8 @@ def test_autocast_bf16_gives_float32_unit_vectors(bert):
     float32 and near the fp32 ones."""
     enc = HFTextEncoder(stored_config(bert.body.config), embed_dim=8,
                         body=copy.deepcopy(bert.body)).eval()
-    tokens = torch.randint(5, 90, (3, 7))
+    tokens = torch.randint(5, bert.body.config.vocab_size, (3, 7),
+                           generator=torch.Generator().manual_seed(0))
     lengths = torch.tensor([7, 4, 2])
     with torch.no_grad():
         full = enc(tokens, lengths)
@@ -171,3 +172,32 @@ def test_ddp_over_two_cpu_processes(bert, e2e, tmp_path, frozen):
     assert 0 < state["step"] <= -(-n_train // 16) // 2 + 1
     assert proc.stdout.count("epoch 0:") == 1
     assert state["model_config"]["text_frozen"] is frozen
+
+
+def test_a_frozen_branch_keeps_each_texts_pooled_states(bert):
+    """--freeze-text's cache: each text's states computed once, on their own (the same whatever
+    batch the text first came in), up to the limit; the outputs those of the transformer."""
+    enc = HFTextEncoder(stored_config(bert.body.config), embed_dim=8, frozen=True,
+                        body=copy.deepcopy(bert.body))
+    with pytest.raises(ValueError, match="frozen"):
+        HFTextEncoder(stored_config(bert.body.config), embed_dim=8,
+                      body=copy.deepcopy(bert.body)).keep_pooled(10)
+    calls = []
+    enc.body.register_forward_hook(lambda *_: calls.append(1))
+    words = bert.body.config.vocab_size
+    tokens = torch.randint(5, words, (4, 7), generator=torch.Generator().manual_seed(1))
+    lengths = torch.tensor([7, 4, 2, 4])
+    tokens[3] = tokens[1]                          # one text twice in a batch
+    with torch.no_grad():
+        direct = enc(tokens, lengths)
+        enc.keep_pooled(3)
+        kept = enc(tokens, lengths)
+        assert len(calls) == 1 + 3 and len(enc.memo) == 3   # three distinct texts, one each
+        torch.testing.assert_close(kept, direct, atol=1e-5, rtol=0)
+        # Another batch: the same text, padded otherwise, gives the kept states exactly.
+        again = enc(torch.cat([tokens[2:3], tokens[0:1]]), torch.tensor([2, 7]))
+        assert len(calls) == 4
+        assert torch.equal(again[0], kept[2]) and torch.equal(again[1], kept[0])
+        enc(torch.full((1, 5), 5), torch.tensor([5]))   # a fourth text: past the limit
+        assert len(calls) == 5 and len(enc.memo) == 3
+    assert "memo" not in "".join(enc.state_dict())

@@ -33,6 +33,8 @@ def build_trainee(args: argparse.Namespace, data: TrainingData, precision: Preci
     if frozen:
         model.image.backbone.load_state_dict(data.backbone)
         model.image.freeze_backbone()
+    if getattr(args, "freeze_text", False) and args.frozen_text_cache:
+        model.text.keep_pooled(args.frozen_text_cache)
     return precision.prepare(model)
 
 
