@@ -22,9 +22,11 @@ setup: $(STAMP)
 # The suite in TEST_WORKERS processes, a test file each at a time (its module fixtures shared),
 # each process and the scripts it starts on TEST_THREADS threads: on the 2-core machine two
 # workers of two threads each took a third more CPU time than two of one (waiting on each other).
+# The files in the order tests/conftest.py gives them (the longest first), not by test count.
 TEST_WORKERS ?= 2
 TEST_THREADS ?= 1
-PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := OMP_NUM_THREADS=$(TEST_THREADS) $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+	--no-loadscope-reorder
 test: $(STAMP)
 	$(PYTEST) tests
 

@@ -23,7 +23,6 @@ from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from common.errors import InputError, quoted
 from data.images.read import Preprocessing, Resize
@@ -100,18 +99,22 @@ class Backbone:
     input_size: int = 224
 
 
-def torchvision_resnet(make: Callable[..., nn.Module]) -> nn.Module:
-    """A torchvision ResNet whose fc is gone (avgpool stays). Built whole first: its fc's draws
-    from the generator are part of what a seeded run's weights are."""
-    net = make(weights=None)
+def torchvision_resnet(name: str) -> nn.Module:
+    """torchvision's ResNet `name` whose fc is gone (avgpool stays). Built whole first: its fc's
+    draws from the generator are part of what a seeded run's weights are. torchvision is
+    imported here, not with this module: its import (2 s, torch's compiler with it) is then paid
+    only by a process that builds one, not by the demo's driver, the sweep or the image cache."""
+    from torchvision import models as tvm
+    net = getattr(tvm, name)(weights=None)
     net.fc = nn.Identity()
     return net
 
 
-def _resnet(name: str, make: Callable[..., nn.Module], weights: object, width: int) -> Backbone:
+def _resnet(name: str, weights_file: str, width: int) -> Backbone:
     # A partial, not a closure: an entry (inside an ImageSource) pickles into loader workers.
-    return Backbone(name, partial(torchvision_resnet, make), width, IMAGENET,
-                    TorchvisionWeights(weights.url))
+    # The weights' address is torchvision's IMAGENET1K_V1 (tests/test_models.py checks it).
+    return Backbone(name, partial(torchvision_resnet, name), width, IMAGENET,
+                    TorchvisionWeights(f"https://download.pytorch.org/models/{weights_file}"))
 
 
 LITE0 = Backbone("efficientnet_lite0", partial(timm_build, LITE0_TIMM), 1280,
@@ -120,11 +123,11 @@ LITE0 = Backbone("efficientnet_lite0", partial(timm_build, LITE0_TIMM), 1280,
                  PackagedWeights())
 
 BACKBONES: dict[str, Backbone] = {b.name: b for b in (
-    _resnet("resnet18", tvm.resnet18, tvm.ResNet18_Weights.IMAGENET1K_V1, 512),
-    _resnet("resnet34", tvm.resnet34, tvm.ResNet34_Weights.IMAGENET1K_V1, 512),
-    _resnet("resnet50", tvm.resnet50, tvm.ResNet50_Weights.IMAGENET1K_V1, 2048),
-    _resnet("resnet101", tvm.resnet101, tvm.ResNet101_Weights.IMAGENET1K_V1, 2048),
-    _resnet("resnet152", tvm.resnet152, tvm.ResNet152_Weights.IMAGENET1K_V1, 2048),
+    _resnet("resnet18", "resnet18-f37072fd.pth", 512),
+    _resnet("resnet34", "resnet34-b627a593.pth", 512),
+    _resnet("resnet50", "resnet50-0676ba61.pth", 2048),
+    _resnet("resnet101", "resnet101-63fe2227.pth", 2048),
+    _resnet("resnet152", "resnet152-394f9c45.pth", 2048),
     LITE0,
 )}
 CHOICES = f"{', '.join(BACKBONES)}, or {TIMM_PREFIX}NAME for any model timm creates"

@@ -34,9 +34,9 @@ FAILURES = [0]   # tests failed so far (any phase)
 # The files that take longest, longest first (a whole test file is one unit of `make test`'s
 # --dist loadfile): started first, they leave the short files to fill the end of the run
 # instead of one worker finishing a long file alone while the other waits.
-LONGEST = ("test_demo.py", "test_tune_weights.py", "test_slurm.py", "test_training.py",
-           "test_faults_more.py", "test_text_scale.py", "test_faults.py", "test_frozen_image.py",
-           "test_validate.py", "test_hf_text.py")
+LONGEST = ("test_demo.py", "test_tune_weights.py", "test_slurm.py", "test_faults_more.py",
+           "test_training.py", "test_text_scale.py", "test_faults.py", "test_hf_text.py",
+           "test_frozen_image.py", "test_benchmarks.py")
 
 
 def pytest_runtest_logreport(report) -> None:

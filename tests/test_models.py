@@ -316,3 +316,24 @@ def test_bf16_autocast_on_cpu_gives_float32_unit_vectors():
     for out in (img, txt):
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
         torch.testing.assert_close(out.norm(dim=1), torch.ones(3), rtol=0, atol=1e-5)
+
+
+def test_resnet_entries_are_torchvisions_without_importing_it_first():
+    """The table names torchvision's ImageNet files and builds its ResNets, draw for draw; the
+    module itself does not import torchvision (the sweep and the demo's driver never build one)."""
+    import subprocess
+    import sys
+    for name in ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152"):
+        entry = image_module.BACKBONES[name]
+        weights = getattr(tvm, f"ResNet{name[6:]}_Weights").IMAGENET1K_V1
+        assert entry.weights.url == weights.url
+    torch.manual_seed(3)
+    ours = image_module.backbone("resnet18").build()
+    torch.manual_seed(3)
+    theirs = tvm.resnet18(weights=None)
+    theirs.fc = torch.nn.Identity()
+    assert all(torch.equal(a, b) for a, b in zip(ours.state_dict().values(), theirs.state_dict().values()))
+    probe = "import sys, models.backbones, tune_weights; print('torchvision' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=image_module.__file__.rsplit("/models/", 1)[0],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
