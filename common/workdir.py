@@ -151,6 +151,27 @@ def atomic_write(path: str | Path, write) -> None:
                 pass
 
 
+def link_file(source: str | Path, path: str | Path) -> bool:
+    """Make `path` a second name of `source` (a hard link), replacing `path` atomically; False,
+    with nothing changed, where the file system has no hard links (the caller writes a copy).
+    Safe for files only ever replaced, never written in place: replacing one name later leaves
+    the other with the old contents."""
+    path = Path(path)
+    tmp = str(path.parent / f".{path.name}.pid{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    try:
+        os.link(source, tmp)
+        os.replace(tmp, path)
+        return True
+    except OSError:
+        return False
+    finally:
+        if os.path.lexists(tmp):   # a failed replace, or a stop between the two calls
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
 def save_pickle(obj: object, path: str | Path) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "wb") as f:

@@ -196,3 +196,22 @@ def test_documents_without_a_vocabulary_word_are_dropped_counted_and_never_neigh
     for row, others in enumerate(({1, 2}, {0, 2}, {0, 1})):
         start = sampler.offsets[row]
         assert set(sampler.candidates[start:start + sampler.counts[row]].tolist()) == others
+
+
+def test_an_improved_epoch_writes_its_state_once_and_the_next_last_leaves_best_alone(tmp_path, monkeypatch):
+    import os
+    from training.loop import save_epoch
+    from training.step import StepLog
+    log = StepLog(None)
+    save_epoch({"epoch": 0, "w": torch.zeros(3)}, tmp_path, True, log)
+    best, last = tmp_path / "best.pt", tmp_path / "last.pt"
+    assert os.path.samefile(best, last)          # one write, two names
+    save_epoch({"epoch": 1, "w": torch.ones(3)}, tmp_path, False, log)
+    assert not os.path.samefile(best, last)
+    assert torch.load(best)["epoch"] == 0 and torch.load(last)["epoch"] == 1
+    # Where the file system has no hard links, last.pt is written as a copy.
+    monkeypatch.setattr(os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no links")))
+    save_epoch({"epoch": 2, "w": torch.full((3,), 2.0)}, tmp_path, True, log)
+    assert torch.load(best)["epoch"] == torch.load(last)["epoch"] == 2
+    assert not os.path.samefile(best, last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]   # no temporary left

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from losses import CrossModalObjective
 from models import Precision
+from common.workdir import link_file
 from models.checkpoint import Progress, save_checkpoint
 from models.image_source import ImageSource
 
@@ -82,10 +83,13 @@ def validate(model, ds, args, ctx, precision: Precision, objective: CrossModalOb
 def save_epoch(state: dict, log_dir: Path, improved: bool, log: StepLog) -> bool:
     """best.pt when the epoch improved, then last.pt (whether it improved). best.pt first: a disk
     that fills between the two leaves last.pt at the epoch before, which --resume repeats, rather
-    than a last.pt whose best.pt is missing."""
+    than a last.pt whose best.pt is missing. After an improved epoch both hold the same state:
+    last.pt is then a hard link to best.pt instead of a second copy written (a checkpoint is
+    only ever replaced, so the next last.pt leaves best.pt as it is)."""
     if improved:
         save_checkpoint(state, log_dir / "best.pt")
-    save_checkpoint(state, log_dir / "last.pt")
+    if not (improved and link_file(log_dir / "best.pt", log_dir / "last.pt")):
+        save_checkpoint(state, log_dir / "last.pt")
     log.last_checkpoint = f"{log_dir / 'last.pt'} (epoch {state['epoch']})"
     return improved
 
