@@ -34,13 +34,8 @@ def prepared(module_tmp):
 
 
 def train(manifest, work, *extra, weights=("1", "0.3", "0.2"), check=True):
-    """The trainer in this process (a process each would add its start, seconds each), its
-    result shaped as a finished process's."""
-    from types import SimpleNamespace
-    from conftest import cli
-    r = cli("train_cross_modal_retrieval_model.py", *weights, "--dataset", manifest,
-            "--work-dir", work, *TINY_TRAIN, *extra, check=check)
-    return SimpleNamespace(stdout=r.out, stderr=r.err, returncode=r.code)
+    return run("train_cross_modal_retrieval_model.py", *weights, "--dataset", manifest,
+               "--work-dir", work, *TINY_TRAIN, *extra, check=check)
 
 
 def scalars(log_dir: Path) -> dict[str, list[float]]:
