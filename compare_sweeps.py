@@ -21,6 +21,8 @@ from common.files import read_regular_text
 from tuning.compare import TestRun, compare
 from tuning.grid import format_triple, parse_grid
 from tuning.report import test_table
+from tuning.sweep import write_json_atomic
+from losses.weights import Weights
 
 SEED = re.compile(r"seed_(\d+)$")
 
@@ -38,20 +40,13 @@ def tested_runs(sweep: Path, objective: str) -> dict[tuple, list[Path]]:
                          f"{', '.join(objectives) or 'none'}); pass --objective")
     out: dict[tuple, list[Path]] = {}
     for row in summary["validation"][objective]:
-        triple = tuple(row["weights"])
-        folders = sorted((f for f in (sweep / objective).glob("*/seed_*")
-                          if (f / "metrics_test.json").is_file() and _triple_of(f) == triple),
+        # The sweep's own folder of a triple (tuning.sweep.plan names it so).
+        folder = sweep / objective / Weights(*row["weights"]).run_name()
+        folders = sorted((f for f in folder.glob("seed_*") if (f / "metrics_test.json").is_file()),
                          key=lambda f: int(SEED.search(f.name).group(1)))
         if folders:
-            out[triple] = folders
+            out[tuple(row["weights"])] = folders
     return out
-
-
-def _triple_of(folder: Path) -> tuple | None:
-    record = folder / "done_test.json"
-    if not record.is_file():
-        return None
-    return tuple(json.loads(read_regular_text(record))["key"]["weights"])
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -94,9 +89,8 @@ def main(args: argparse.Namespace) -> None:
               "paired by seed:")
         print(test_table(comparison, labels[1], labels[0]))
     if args.json:
-        args.json.write_text(json.dumps({"objective": objective, "a": str(args.a),
-                                         "b": str(args.b), "labels": labels,
-                                         "comparisons": result}, indent=1) + "\n")
+        write_json_atomic({"objective": objective, "a": str(args.a), "b": str(args.b),
+                           "labels": labels, "comparisons": result}, args.json)
 
 
 def _one_objective(*sweeps: Path) -> str:
