@@ -68,8 +68,12 @@ SPLIT_KEYS = (*DATA_FLAGS, *TOKEN_FLAGS, "split")   # runs that agree on these s
 EMBEDDING_FILES = ("ids.json",)   # what an embeddings folder of a version before its marker holds
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None, prog: str | None = None) -> argparse.Namespace:
+    """The flags; `prog` names the caller in the usage and error lines (the trainer's
+    --then-evaluate)."""
     p = eval_parser(__doc__)
+    if prog is not None:
+        p.prog = prog
     g = p.add_argument_group("evaluation")
     g.add_argument("--checkpoint", required=True, action="extend", nargs="+",
                    help="one or more best.pt files (repeat the flag or list them)")
@@ -95,7 +99,7 @@ def parse_args() -> argparse.Namespace:
                         "projector/ (implies --save-embeddings)")
     g.add_argument("--projector-max", type=int, default=2000, help="images in the projector log")
     g.add_argument("--projector-thumb", type=int, default=32, help="thumbnail side in pixels")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     check_flags(p, args, "batch_size", "block", "projector_max", "projector_thumb")
     resolved = [Path(c).resolve() for c in args.checkpoint]
     for c, r in zip(args.checkpoint, resolved):
@@ -245,9 +249,9 @@ def check_outputs(args: argparse.Namespace, names: list[str]) -> None:
                            fix="pass --save-embeddings DIR somewhere writable")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     start = time.time()
-    args = parse_args()
+    args = parse_args(argv)
     names = run_names(args.checkpoint)
     several = len(names) > 1
     check_outputs(args, names)

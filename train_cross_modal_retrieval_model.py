@@ -10,7 +10,12 @@ step. Several GPUs: torchrun --nproc_per_node N.
 --frozen-image trains the image head and the text branch on the backbone's features made once by
 prepare_image_features.py (step 4b): cheap runs for tuning the weights (tune_weights.py), whose
 chosen weights are then trained fine-tuned (tune_weights.py --finetune-chosen).
+
+--then-evaluate "FLAGS" evaluates the run's best.pt after training, in the same process, as
+`evaluate_retrieval.py --checkpoint LOG_DIR/best.pt FLAGS` would (the same numbers, one start of
+torch and the libraries fewer: tune_weights.py evaluates each run on validation this way).
 """
+import shlex
 import time
 
 import torch
@@ -116,6 +121,11 @@ def parse_args(argv: list[str] | None = None):
     g.add_argument("--overwrite", action="store_true",
                    help="remove an earlier run's checkpoints and logs from the log folder first "
                         "(without it, or --resume, a used folder is refused)")
+    g.add_argument("--then-evaluate", default=None, metavar='"FLAGS"',
+                   help="after training, evaluate the log folder's best.pt in this process as "
+                        "evaluate_retrieval.py --checkpoint LOG_DIR/best.pt FLAGS would (e.g. "
+                        "--then-evaluate=\"--split val --out val.json\"; --device defaults to the "
+                        "trainer's)")
     args = p.parse_args(argv)
     if args.run_seed is None:
         args.run_seed = args.seed
@@ -135,15 +145,44 @@ def parse_args(argv: list[str] | None = None):
     no_negative = Weights.from_args(args).negatives_problem(args.batch_size, args.negatives)
     if no_negative:
         p.error(no_negative)
+    if args.then_evaluate is not None:
+        try:
+            flags = shlex.split(args.then_evaluate)
+        except ValueError as e:
+            p.error(f"--then-evaluate {args.then_evaluate!r}: {e}")
+        if any(f == "--checkpoint" or f.startswith("--checkpoint=") for f in flags):
+            p.error("--then-evaluate evaluates the run's own best.pt: leave --checkpoint out")
     return args
+
+
+def evaluation_argv(args, log_dir, device: torch.device) -> list[str]:
+    """evaluate_retrieval.py's arguments for --then-evaluate, checked by its own parser now,
+    before any data is read (its usage line then names this flag)."""
+    import evaluate_retrieval
+    flags = shlex.split(args.then_evaluate)
+    if not any(f == "--device" or f.startswith("--device=") for f in flags):
+        flags += ["--device", device.type]
+    argv = ["--checkpoint", str(log_dir / "best.pt"), *flags]
+    evaluate_retrieval.parse_args(argv, prog="train_cross_modal_retrieval_model.py --then-evaluate")
+    return argv
 
 
 def main() -> None:
     args = parse_args()
+    evaluation = train(args)
+    if evaluation is not None:   # rank 0, once the training's model and data are released
+        import evaluate_retrieval
+        print(f"evaluating: evaluate_retrieval.py {shlex.join(evaluation)}", flush=True)
+        evaluate_retrieval.main(evaluation)
+
+
+def train(args) -> list[str] | None:
+    """Train the run; evaluate_retrieval.py's arguments when rank 0 is to evaluate it next."""
     ctx = distributed.setup(args.device)
     torch.manual_seed(args.run_seed)
     # The folder first: a used or locked one stops the run before any data is read.
     log_dir = log_folder(args)
+    evaluation = None if args.then_evaluate is None else evaluation_argv(args, log_dir, ctx.device)
     folder = claim(log_dir, args.resume, args.overwrite, ctx.main)
     resumed = (log_dir / "last.pt", load_resume(log_dir / "last.pt", ctx.device)) if args.resume else None
     # Not given: the run's own rule when resuming (a different one given is refused below).
@@ -158,6 +197,7 @@ def main() -> None:
             print("\n".join(notes))
     data = prepare(args, ctx, resumed, image)
     precision = Precision.resolve(ctx.device, args.precision)
+    benchmark = torch.backends.cudnn.benchmark
     if ctx.device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed image size: pick the fastest convolutions once
 
@@ -212,6 +252,9 @@ def main() -> None:
         print(ending(args, select, log_dir, wrote_best, resumed is not None, progress.epoch))
     folder.release()
     distributed.teardown(ctx)
+    # --then-evaluate picks its convolutions as evaluate_retrieval.py run on its own does.
+    torch.backends.cudnn.benchmark = benchmark
+    return evaluation if ctx.main else None
 
 
 if __name__ == "__main__":

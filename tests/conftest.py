@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import runpy
+import shlex
 import shutil
 import signal
 import sys
@@ -172,8 +173,10 @@ def quick_text_side(manifest: Path, work: Path) -> list[str]:
     return common
 
 
-def train_tiny(root: Path, texts_per_item: int = 1, seed: int = 0) -> tuple[Path, Path, Path]:
-    """(manifest, work folder, best.pt) of a one-epoch run on 120 generated items."""
+def train_tiny(root: Path, texts_per_item: int = 1, seed: int = 0, then: list[str] | None = None
+               ) -> tuple[Path, Path, Path]:
+    """(manifest, work folder, best.pt) of a one-epoch run on 120 generated items; `then`: the
+    trainer's --then-evaluate flags."""
     manifest = generate_synthetic(root / "data", n_items=120, image_size=32, seed=seed,
                                   texts_per_item=texts_per_item)
     work = root / "work"
@@ -182,5 +185,6 @@ def train_tiny(root: Path, texts_per_item: int = 1, seed: int = 0) -> tuple[Path
     cli("extract_doc2vec_vectors.py", *common)
     cli("knn_document_features.py", *common, "--k", "20")
     cli("train_cross_modal_retrieval_model.py", "1", "0.3", "0.2", "--dataset", manifest,
-        "--work-dir", work, *TINY_TRAIN, "--epochs", "1", "--seed", str(seed))
+        "--work-dir", work, *TINY_TRAIN, "--epochs", "1", "--seed", str(seed),
+        *([f"--then-evaluate={shlex.join(map(str, then))}"] if then else []))
     return manifest, work, work / "models" / RUN / "best.pt"

@@ -9,6 +9,7 @@ metric in metrics_<split>.json is computed from them, as evaluate_retrieval.py d
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,7 @@ def train(argv) -> None:
     for w in ("w_sym", "w_img", "w_text"):
         p.add_argument(w, type=float)
     for flag in ("--log-dir", "--run-seed", "--negatives", "--device", "--dataset", "--work-dir",
-                 "--epochs", "--workers", "--arch", "--sleep"):
+                 "--epochs", "--workers", "--arch", "--sleep", "--then-evaluate"):
         p.add_argument(flag)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--overwrite", action="store_true")
@@ -52,6 +53,9 @@ def train(argv) -> None:
              "negatives": a.negatives}
     for name in ("last.pt", "best.pt"):
         (folder / name).write_text(json.dumps(state))
+    if a.then_evaluate is not None:    # as the trainer does: in this process, after training
+        evaluate(["--checkpoint", str(folder / "best.pt"), *shlex.split(a.then_evaluate),
+                  "--device", a.device])
 
 
 def evaluate(argv) -> None:

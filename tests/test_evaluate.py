@@ -34,7 +34,10 @@ TEXTS_PER_ITEM = 2
 
 @pytest.fixture(scope="module")
 def trained(module_tmp):
-    return train_tiny(module_tmp("eval"), texts_per_item=TEXTS_PER_ITEM, seed=3)
+    root = module_tmp("eval")
+    # Evaluated by the trainer too, in its process: compared below with evaluate_retrieval.py.
+    return train_tiny(root, texts_per_item=TEXTS_PER_ITEM, seed=3,
+                      then=["--out", root / "then test.json", "--save-ranks"])
 
 
 def manifest_records(manifest: Path) -> list[dict]:
@@ -47,6 +50,32 @@ def write_manifest(path: Path, records: list[dict]) -> Path:
 
 
 # --- end to end -------------------------------------------------------------------------------
+
+def test_the_trainers_then_evaluate_gives_evaluate_retrievals_numbers(trained, tmp_path):
+    manifest, work, best = trained
+    then = json.loads((work.parent / "then test.json").read_text())
+    then_ranks = dict(np.load(best.parent / "per_query_test.npz"))
+    cli("evaluate_retrieval.py", "--checkpoint", best, "--out", tmp_path / "alone.json",
+        "--save-ranks")
+    assert then == json.loads((tmp_path / "alone.json").read_text())
+    alone_ranks = np.load(best.parent / "per_query_test.npz")
+    assert set(then_ranks) == set(alone_ranks)
+    for key, values in then_ranks.items():
+        assert np.array_equal(values, alone_ranks[key]), key
+
+
+def test_then_evaluate_flags_are_checked_before_training(trained, tmp_path):
+    manifest, work, best = trained
+    common = ["1", "0", "0", "--dataset", manifest, "--work-dir", work, "--log-dir", tmp_path / "r"]
+    for flags, phrase in (("--split nowhere", "--split: invalid choice"),
+                          ("--checkpoint x.pt", "leave --checkpoint out"),
+                          ("--out 'unclosed", "No closing quotation"),
+                          (f"--out {tmp_path}", "is a folder")):
+        result = cli("train_cross_modal_retrieval_model.py", *common, f"--then-evaluate={flags}",
+                     check=False)
+        assert result.code == 2 and phrase in result.err, result.err
+        assert "--then-evaluate" in result.err.strip().splitlines()[-1], result.err
+    assert not (tmp_path / "r").exists()    # refused before the folder was claimed
 
 def test_metrics_json_table_and_saved_embeddings_agree(trained):
     manifest, work, best = trained

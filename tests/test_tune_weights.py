@@ -147,6 +147,9 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
     val = [c for c in evals if c["split"] == "val"]
     test = [c for c in evals if c["split"] == "test"]
     assert len(val) == 12 and not any(c["save_ranks"] for c in val)
+    # Each validation in its trainer's process (--then-evaluate), each test in a process of its own.
+    assert sorted(c["pid"] for c in val) == sorted(c["pid"] for c in trains)
+    assert not {c["pid"] for c in test} & {c["pid"] for c in trains}
     # Test only after every validation, and only the chosen (rsum rises with w_img) and 1 0 0.
     assert log.index(test[0]) > max(log.index(c) for c in val)
     assert sorted(tuple(c["weights"]) for c in test) == sorted([(1, 0, 0), (1, 0.6, 0)] * 4)
@@ -192,6 +195,7 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
     new = read_calls(calls)[before:]
     assert not [c for c in new if c["script"] == "train"]
     assert len([c for c in new if c["script"] == "evaluate" and c["split"] == "val"]) == 12
+    assert not {c["pid"] for c in new} & {c["pid"] for c in trains}   # each in its own process
 
 
 def test_also_test_compares_a_named_triple_with_the_baseline_whatever_the_choice(fakes, tmp_path):
@@ -400,6 +404,9 @@ def test_a_real_sweep_on_tiny_data(tmp_path):
         assert Path(config["log_dir"]).resolve() == folder.resolve()
         val = json.loads((folder / "metrics_val.json").read_text())
         assert val["n_images"] == n_test and float(row["rsum"]) == pytest.approx(val["rsum"])
+        # Evaluated on validation by the trainer, in its process.
+        assert "evaluating: evaluate_retrieval.py" in (folder / "train.log").read_text()
+        assert not (folder / "evaluate_val.log").exists()
     # Two seeds of one triple are two different models.
     by_seed = {r["seed"]: r for r in rows
                if float(r["w_img"]) == 0.3 and r["objective"] == rows[0]["objective"]}

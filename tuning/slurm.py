@@ -231,7 +231,7 @@ class RunTask:
                     self._unless_stopped(Outcome("failed", code=code, error=error) if error else None)
             return None
         if self.split == "val" and finished(self.run, self.split, self.settings) is None:
-            code, error = train(self.run, ranked, self.settings)
+            code, error, _ = train(self.run, ranked, self.settings)
             if error:
                 return self._unless_stopped(Outcome("failed", code=code, error=error))
         # Trained: execute() only evaluates, in one process.

@@ -2,8 +2,9 @@
 over a set of devices, one run per device at a time.
 
 Each run is the real scripts as subprocesses: train_cross_modal_retrieval_model.py with the
-sweep's trainer flags, then evaluate_retrieval.py on the validation split (later, for the chosen
-weights and the baseline, on test). Subprocesses because the scripts are the interface a user
+sweep's trainer flags, evaluating its best.pt on the validation split in the same process
+(--then-evaluate; evaluate_retrieval.py on its own when the run was trained already), and later,
+for the chosen weights and the baseline, evaluate_retrieval.py on test. Subprocesses because the scripts are the interface a user
 runs by hand, a run's device is then set by its environment (CUDA_VISIBLE_DEVICES), several
 devices train at once without sharing one interpreter, and a crash or out-of-memory in one run
 leaves the others and the sweep itself standing.
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import threading
@@ -108,12 +110,16 @@ class Settings:
         return [str(self.trainer), *map(format_weight, run.weights), *self.trainer_args, *objective,
                 "--run-seed", str(run.seed), "--log-dir", str(run.folder)]
 
-    def eval_command(self, run: Run, split: str) -> list[str]:
+    def eval_flags(self, run: Run, split: str) -> list[str]:
+        """evaluate_retrieval.py's flags but --checkpoint (run.folder/best.pt) and --device."""
         extra = ["--save-ranks"] if split == "test" else []
         workers = [] if self.eval_workers is None else ["--workers", str(self.eval_workers)]
-        return [str(self.evaluator), "--checkpoint", str(run.folder / "best.pt"), "--split", split,
-                "--out", str(run.folder / f"metrics_{split}.json"), "--ties", self.ties, *workers,
-                *extra]
+        return ["--split", split, "--out", str(run.folder / f"metrics_{split}.json"),
+                "--ties", self.ties, *workers, *extra]
+
+    def eval_command(self, run: Run, split: str) -> list[str]:
+        return [str(self.evaluator), "--checkpoint", str(run.folder / "best.pt"),
+                *self.eval_flags(run, split)]
 
     def train_key(self, run: Run) -> dict:
         """What decides the trained model (not where it is, nor the device)."""
@@ -191,12 +197,14 @@ def start_flag(run: Run, settings: Settings) -> str | None:
     return "--resume" if same and (run.folder / "last.pt").is_file() else "--overwrite"
 
 
-def train(run: Run, device: Device, settings: Settings) -> tuple[int, str]:
+def train(run: Run, device: Device, settings: Settings, then: str | None = None
+          ) -> tuple[int, str, bool]:
     """Train the run unless it was trained with these settings already: the trainer's exit
-    status, and "" when the run is trained, else the error."""
+    status, "" when the run is trained (else the error), and whether the trainer also evaluated
+    it on `then` (its --then-evaluate: one process start fewer than evaluating on its own)."""
     flag = start_flag(run, settings)
     if flag is None:
-        return 0, ""
+        return 0, "", False
     for s in ("val", "test"):       # whatever was evaluated belongs to the old model
         marker(run, s).unlink(missing_ok=True)
     if flag == "--overwrite":
@@ -206,11 +214,15 @@ def train(run: Run, device: Device, settings: Settings) -> tuple[int, str]:
             (run.folder / name).unlink(missing_ok=True)
     key = settings.train_key(run)
     write_json_atomic({"key": key}, run.folder / "started.json")
-    code, error = run_script(settings.train_command(run) + [flag], settings, device,
+    evaluate = []
+    if then is not None:
+        (run.folder / f"metrics_{then}.json").unlink(missing_ok=True)   # another model's
+        evaluate = ["--then-evaluate=" + shlex.join(settings.eval_flags(run, then))]
+    code, error = run_script(settings.train_command(run) + [flag, *evaluate], settings, device,
                         run.folder / "train.log")
     if not error:
         write_json_atomic({"key": key, "trained": True}, run.folder / "started.json")
-    return code, error
+    return code, error, bool(evaluate) and not error
 
 
 def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome:
@@ -220,17 +232,19 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
         return Outcome("reused", metrics=metrics)
     start = time.time()
     run.folder.mkdir(parents=True, exist_ok=True)
+    evaluated = False
     if split == "val":
-        code, error = train(run, device, settings)
+        code, error, evaluated = train(run, device, settings, then=split)
         if error:
             return Outcome("failed", time.time() - start, error=error, code=code)
     elif not (run.folder / "best.pt").is_file():
         return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
     out = run.folder / f"metrics_{split}.json"
-    code, error = run_script(settings.eval_command(run, split), settings, device,
-                        run.folder / f"evaluate_{split}.log")
-    if error:
-        return Outcome("failed", time.time() - start, error=error, code=code)
+    if not evaluated:
+        code, error = run_script(settings.eval_command(run, split), settings, device,
+                                 run.folder / f"evaluate_{split}.log")
+        if error:
+            return Outcome("failed", time.time() - start, error=error, code=code)
     metrics = read_json(out, f"evaluate_retrieval.py wrote no readable metrics: see {out.parent}")
     write_json_atomic({"key": settings.key(run, split), "metrics": metrics}, marker(run, split))
     if split == "val" and not settings.keep_last:
