@@ -57,8 +57,8 @@ from evaluation.embed import embed_images, embed_texts, load_model
 from evaluation.export import save_embeddings, write_projector
 from evaluation.metrics import TIES
 from evaluation.neighborhood import doc2vec_model_path
-from evaluation.report import (evaluate_embeddings, format_table, metrics_path, per_query_path,
-                               run_names, write_json, write_per_query)
+from evaluation.names import metrics_path, per_query_path, run_names
+from evaluation.report import evaluate_embeddings, format_table, write_json, write_per_query
 from evaluation.split import (EvalSplit, integer_labels, load_split, reference_tokens,
                               without_unreadable)
 from evaluation.text_space import embed_reference, reference_texts, trained_model

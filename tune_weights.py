@@ -60,8 +60,8 @@ from tuning.grid import BASELINE, TooMany, format_triple, parse_grid, parse_valu
 from tuning.metrics import METRICS, flatten
 from tuning.plots import test_plot, validation_plot
 from tuning.report import aggregate, choose, csv_text, test_table, validation_table
-from tuning.sweep import (NO_FLAG, Run, Settings, execute, parse_devices, plan, run_all,
-                          write_json_atomic, write_text_atomic)
+from tuning.sweep import (NO_FLAG, Run, Settings, evaluate_all, execute, parse_devices, plan,
+                          run_all, write_json_atomic, write_text_atomic)
 
 # What a sweep folder of a version before its .made-by marker holds.
 SWEEP_FILES = ("sweep.csv", "summary.json", "*/*/seed_*/started.json")
@@ -308,6 +308,8 @@ def run_phase(runs, split: str, args, settings: Settings) -> list[dict]:
         outcomes = slurm.run_all(runs, split, settings, args.slurm, progress)
         if outcomes is None:   # --no-wait: a later call collects them
             sys.exit(0)
+    elif split == "test":   # trained runs: one evaluation process per device, not per run
+        outcomes = evaluate_all(runs, split, args.devices, settings, progress)
     else:
         outcomes = run_all(runs, args.devices, lambda r, d: execute(r, split, d, settings), progress)
     failed = [(r, o) for r, o in zip(runs, outcomes) if o.status == "failed"]

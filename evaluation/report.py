@@ -110,40 +110,12 @@ def format_table(names: Sequence[str], results: Sequence[dict]) -> str:
     return layout(["metric", *names], lines)
 
 
-def run_names(checkpoints: Sequence[str | Path]) -> list[str]:
-    """Each checkpoint's run folder name (l_i2t_l_sym_1_...); folder/file where that repeats."""
-    paths = [Path(c) for c in checkpoints]
-    names = [p.parent.name or p.stem for p in paths]
-    if len(set(names)) < len(names):
-        names = [f"{p.parent.name}/{p.stem}" for p in paths]
-    if len(set(names)) < len(names):
-        names = [str(p) for p in paths]
-    return names
-
-
-def metrics_path(checkpoint: str | Path, split: str) -> Path:
-    """metrics.json beside a best.pt evaluated on test; other files or splits say so in the name,
-    so evaluating last.pt or the val split never overwrites it."""
-    checkpoint = Path(checkpoint)
-    parts = ["metrics"] + ([checkpoint.stem] if checkpoint.stem != "best" else []) \
-        + ([split] if split != "test" else [])
-    return checkpoint.parent / ("_".join(parts) + ".json")
-
-
 def write_json(obj: dict, path: str | Path) -> None:
     def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, indent=2)
             f.write("\n")
     atomic_write(path, write)
-
-
-def per_query_path(checkpoint: str | Path, split: str) -> Path:
-    """per_query_<split>.npz beside the checkpoint (per_query_<file>_<split>.npz for a file other
-    than best.pt), as metrics_path."""
-    checkpoint = Path(checkpoint)
-    stem = "" if checkpoint.stem == "best" else f"_{checkpoint.stem}"
-    return checkpoint.parent / f"per_query{stem}_{split}.npz"
 
 
 def write_per_query(arrays: dict[str, np.ndarray], path: str | Path) -> None:

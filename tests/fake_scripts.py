@@ -16,8 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from evaluation.names import run_names  # noqa: E402 (the project's root, added above)
+
 CALLS = os.environ.get("FAKE_CALLS")      # a JSONL file every call is appended to
 FAIL = os.environ.get("FAKE_FAIL")        # "W_IMG SEED": that run's training fails
+EVAL_FAIL = os.environ.get("FAKE_EVAL_FAIL")   # "W_IMG SEED": evaluating that run on test fails
 N_IMAGES, TEXTS = 30, 2
 
 
@@ -59,12 +63,23 @@ def train(argv) -> None:
 
 
 def evaluate(argv) -> None:
+    """Several checkpoints and --out: a dict keyed by their run names, as the real script."""
     p = argparse.ArgumentParser()
-    for flag in ("--checkpoint", "--split", "--out", "--ties", "--workers", "--device"):
+    for flag in ("--split", "--out", "--ties", "--workers", "--device"):
         p.add_argument(flag)
+    p.add_argument("--checkpoint", nargs="+")
     p.add_argument("--save-ranks", action="store_true")
     a = p.parse_args(argv)
-    state = json.loads(Path(a.checkpoint).read_text())
+    results = {name: evaluate_one(checkpoint, a)
+               for name, checkpoint in zip(run_names(a.checkpoint), a.checkpoint)}
+    Path(a.out).write_text(json.dumps(results if len(results) > 1 else next(iter(results.values()))))
+
+
+def evaluate_one(checkpoint: str, a: argparse.Namespace) -> dict:
+    state = json.loads(Path(checkpoint).read_text())
+    if a.split == "test" and EVAL_FAIL == f"{state['weights'][1]:g} {state['seed']}":
+        print(f"RuntimeError: {checkpoint} is unreadable (fake)")
+        sys.exit(1)
     log_call(script="evaluate", split=a.split, weights=state["weights"], seed=state["seed"],
              negatives=state["negatives"], save_ranks=a.save_ranks, device=a.device)
     w_sym, w_img, w_text = state["weights"]
@@ -87,9 +102,9 @@ def evaluate(argv) -> None:
                                for n in ("image", "text")}
     metrics = json.loads(json.dumps(metrics, default=float))
     if a.save_ranks:
-        with open(Path(a.checkpoint).parent / f"per_query_{a.split}.npz", "wb") as f:
+        with open(Path(checkpoint).parent / f"per_query_{a.split}.npz", "wb") as f:
             np.savez(f, **per)
-    Path(a.out).write_text(json.dumps(metrics))
+    return metrics
 
 
 if __name__ == "__main__":

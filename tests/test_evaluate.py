@@ -18,7 +18,8 @@ from evaluation.embed import (device_and_precision, embed_images, embed_texts,
                              with_checkpoint_defaults)
 from evaluation.metrics import retrieval_metrics, summarize
 from evaluation.neighborhood import knn_overlap
-from evaluation.report import evaluate_embeddings, format_table, metrics_path, run_names
+from evaluation.names import metrics_path, run_names
+from evaluation.report import evaluate_embeddings, format_table
 from evaluation.split import integer_labels, load_split, without_unreadable
 from conftest import RUN, cli, one_line_error, train_tiny
 from data.images.read import read_image

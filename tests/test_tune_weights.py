@@ -127,9 +127,9 @@ def read_calls(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-def sweep_args(manifest, out, *extra, trainer_flags=()):
+def sweep_args(manifest, out, *extra, trainer_flags=(), devices="cpu,cpu"):
     return ["tune_weights.py", "--grid", "1 0 0; 1 0.3 0.2; 1 0.6 0", "--seeds", "2",
-            "--devices", "cpu,cpu", "--out", out, "--bootstrap", "200", *extra, "--",
+            "--devices", devices, "--out", out, "--bootstrap", "200", *extra, "--",
             "--dataset", manifest, "--work-dir", out.parent / "work", "--workers", "0",
             *trainer_flags]
 
@@ -147,9 +147,14 @@ def test_sweep_chooses_on_validation_then_tests_the_choice_and_the_baseline(fake
     val = [c for c in evals if c["split"] == "val"]
     test = [c for c in evals if c["split"] == "test"]
     assert len(val) == 12 and not any(c["save_ranks"] for c in val)
-    # Each validation in its trainer's process (--then-evaluate), each test in a process of its own.
+    # Each validation in its trainer's process (--then-evaluate); the 8 tests in one process per
+    # device (of 2), each run's metrics and log in its folder.
     assert sorted(c["pid"] for c in val) == sorted(c["pid"] for c in trains)
+    assert len({c["pid"] for c in test}) == 2
     assert not {c["pid"] for c in test} & {c["pid"] for c in trains}
+    for folder in {f.parent for f in out.glob("*/*/seed_*/done_test.json")}:
+        assert (folder / "evaluate_test.log").is_file() and (folder / "per_query_test.npz").is_file()
+    assert not list(out.rglob("metrics_test_together.json"))
     # Test only after every validation, and only the chosen (rsum rises with w_img) and 1 0 0.
     assert log.index(test[0]) > max(log.index(c) for c in val)
     assert sorted(tuple(c["weights"]) for c in test) == sorted([(1, 0, 0), (1, 0.6, 0)] * 4)
@@ -301,6 +306,27 @@ def test_a_failed_run_stops_the_sweep_after_the_others_with_its_log(fakes, tmp_p
     cli(*sweep_args(manifest, out))
     assert [c["script"] for c in read_calls(calls)[n:]][:2] == ["train", "evaluate"]
     assert (out / "summary.json").exists()
+
+
+def test_a_run_failing_its_test_evaluation_fails_alone(fakes, tmp_path, monkeypatch):
+    """The tests of a device share a process: when it fails, each run is evaluated on its own,
+    so only the broken one fails, and a rerun evaluates only that one."""
+    manifest, calls = fakes
+    out = tmp_path / "sweep"
+    monkeypatch.setenv("FAKE_EVAL_FAIL", "0 1")      # the baseline's seed 1
+    result = cli(*sweep_args(manifest, out, devices="cpu"), check=False)
+    assert result.code == 1, result.err
+    assert "error: 1 of 4 runs failed (test); the first, release 1 0 0 seed 1" in result.err
+    assert "unreadable (fake)" in result.err
+    done = sorted(f.parent.parent.name + "/" + f.parent.name for f in out.glob("*/*/seed_*/done_test.json"))
+    assert done == ["l_i2t_l_sym_1_l_img_0_6_l_text_0/seed_0", "l_i2t_l_sym_1_l_img_0_6_l_text_0/seed_1",
+                    "l_i2t_l_sym_1_l_img_0_l_text_0/seed_0"]
+    monkeypatch.delenv("FAKE_EVAL_FAIL")
+    n = len(read_calls(calls))
+    cli(*sweep_args(manifest, out, devices="cpu"))
+    again = read_calls(calls)[n:]
+    assert [(c["script"], c["split"], c["weights"][1], c["seed"]) for c in again] == \
+        [("evaluate", "test", 0, 1)]
 
 
 def test_without_objectives_the_trainers_default_is_passed_on(fakes, tmp_path):

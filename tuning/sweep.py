@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
@@ -33,6 +34,7 @@ from common import signals
 from common.files import read_regular_text
 from common.records import read_json
 from common.workdir import atomic_write
+from evaluation.names import run_names
 from losses.weights import Weights, exact_number
 from tuning.grid import Triple, format_triple
 
@@ -251,6 +253,71 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
         # Finished: nothing resumes it any more, and every later evaluation reads best.pt.
         (run.folder / "last.pt").unlink(missing_ok=True)
     return Outcome("done", time.time() - start, metrics)
+
+
+def evaluate_together(runs: Sequence[Run], split: str, device: Device, settings: Settings
+                      ) -> list[Outcome]:
+    """Trained runs evaluated on `split` in one evaluate_retrieval.py process, one outcome each
+    in their order: the libraries start once, and the split is read and its Doc2Vec vectors
+    inferred once (the metrics are those of a process per run). Should that process fail, each
+    run is evaluated in a process of its own, so that one broken run fails alone."""
+    outcomes: list[Outcome | None] = [finished_outcome(run, split, settings) for run in runs]
+    todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
+    if len(todo) < 2:
+        return [o or execute(run, split, device, settings) for run, o in zip(runs, outcomes)]
+    start = time.time()
+    first = runs[todo[0]].folder
+    log = first / f"evaluate_{split}.log"
+    together = first / f"metrics_{split}_together.json"   # {run name: metrics}, then split up
+    checkpoints = [str(runs[i].folder / "best.pt") for i in todo]
+    flags = settings.eval_flags(runs[todo[0]], split)
+    flags[flags.index("--out") + 1] = str(together)
+    _, error = run_script([str(settings.evaluator), "--checkpoint", *checkpoints, *flags],
+                          settings, device, log)
+    if error:
+        together.unlink(missing_ok=True)
+        if signals.stopping():   # the sweep is being stopped: no process more
+            return [o or Outcome("failed", error=error) for o in outcomes]
+        return [o or execute(run, split, device, settings) for run, o in zip(runs, outcomes)]
+    metrics = read_json(together, f"evaluate_retrieval.py wrote no readable metrics: see {log}")
+    seconds = (time.time() - start) / len(todo)
+    for i, name in zip(todo, run_names(checkpoints)):
+        run = runs[i]
+        if run.folder != first:   # each run's folder keeps the log its metrics came from
+            shutil.copyfile(log, run.folder / log.name)
+        write_json_atomic(metrics[name], run.folder / f"metrics_{split}.json")
+        write_json_atomic({"key": settings.key(run, split), "metrics": metrics[name]},
+                          marker(run, split))
+        outcomes[i] = Outcome("done", seconds, metrics[name])
+    together.unlink()
+    return outcomes
+
+
+def finished_outcome(run: Run, split: str, settings: Settings) -> Outcome | None:
+    """"reused" when the run is finished on `split`, "failed" when it is not trained, else None."""
+    metrics = finished(run, split, settings)
+    if metrics is not None:
+        return Outcome("reused", metrics=metrics)
+    if not (run.folder / "best.pt").is_file():
+        return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
+    return None
+
+
+def evaluate_all(runs: Sequence[Run], split: str, devices: Sequence[Device], settings: Settings,
+                 progress: Callable[[int, object, Device, Outcome], None]) -> list[Outcome]:
+    """Trained runs evaluated on `split`, dealt to the devices, one evaluate_retrieval.py process
+    per device (evaluate_together); progress(index, run, device, outcome) for each run."""
+    groups = [list(range(len(runs)))[d::len(devices)] for d in range(min(len(devices), len(runs)))]
+    outcomes: list[Outcome | None] = [None] * len(runs)
+
+    def report(_, group: list[int], device: Device, result) -> None:
+        for i, outcome in zip(group, [result] * len(group) if isinstance(result, Outcome) else result):
+            outcomes[i] = outcome
+            progress(i, runs[i], device, outcome)
+
+    run_all(groups, devices, lambda group, device: evaluate_together(
+        [runs[i] for i in group], split, device, settings), report)
+    return outcomes
 
 
 def run_all(jobs: Sequence, devices: Sequence[Device], work: Callable[[object, Device], Outcome],
