@@ -437,7 +437,8 @@ def sweep(args: argparse.Namespace, out: Path) -> None:
     try:
         chosen = {obj: choose(aggregated[obj], args.select) for obj in args.objectives}
     except ValueError as e:
-        raise InputError(f"{e}: see the runs' evaluate_val.log for why it was skipped") from None
+        raise InputError(f"{e}: the runs' train.log (or evaluate_val.log) says why it was "
+                         "skipped") from None
     for obj in args.objectives:
         print(f"\nvalidation, objective {obj} (mean ± std over seeds; * the best mean "
               f"{args.select}):")

@@ -77,6 +77,8 @@ def test_then_evaluate_flags_are_checked_before_training(trained, tmp_path):
         assert result.code == 2 and phrase in result.err, result.err
         assert "--then-evaluate" in result.err.strip().splitlines()[-1], result.err
     assert not (tmp_path / "r").exists()    # refused before the folder was claimed
+    # What a run does after training is not a setting of the run: a resume may change it.
+    assert "then_evaluate" not in load_checkpoint(best)["config"]
 
 def test_metrics_json_table_and_saved_embeddings_agree(trained):
     manifest, work, best = trained

@@ -448,4 +448,8 @@ def test_a_real_sweep_on_tiny_data(tmp_path):
         base = out / objective / "l_i2t_l_sym_1_l_img_0_l_text_0" / "seed_1"
         test = json.loads((base / "metrics_test.json").read_text())
         assert test["n_images"] == n_test and (base / "per_query_test.npz").is_file()
+    # The test runs shared one evaluation process: each run's numbers are those it gets alone.
+    cli("evaluate_retrieval.py", "--checkpoint", base / "best.pt", "--out", tmp_path / "alone.json")
+    assert json.loads((tmp_path / "alone.json").read_text()) == test
+    assert "--checkpoint" in (base / "evaluate_test.log").read_text()
     assert "95% CI queries (bootstrap)" in result.out

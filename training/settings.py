@@ -17,9 +17,10 @@ from losses.weights import NAMES as WEIGHT_NAMES
 
 # May change on --resume: when to stop and where to run, not what is trained.
 FREE_ON_RESUME = ("epochs", "patience", "device", "workers")
-# Not part of the record: how this invocation treats the folder; the image mode, which the
-# checkpoint keeps once, in its image_mode (models/checkpoint.py compares it).
-NOT_RECORDED = ("resume", "overwrite", "frozen_image")
+# Not part of the record: how this invocation treats the folder and what it does after training;
+# the image mode, which the checkpoint keeps once, in its image_mode (models/checkpoint.py
+# compares it).
+NOT_RECORDED = ("resume", "overwrite", "then_evaluate", "frozen_image")
 PATHS = ("dataset", "work_dir", "image_root")   # resolved: evaluation may run from another folder
 # Not compared: where things are. The folder is the run's own (its last.pt is read), and what
 # the paths hold (the dataset, the text side) is checked by its provenance record, so a moved
