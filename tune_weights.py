@@ -8,9 +8,11 @@ Every flag after `--` goes to train_cross_modal_retrieval_model.py unchanged (da
 folder, model, epochs, ...). Each run trains in its own folder, OUT/<objective>/<run
 name>/seed_<s>/ (`--log-dir`), with `--run-seed s`, so the seeds vary the initial weights, the
 data order, the neighbour draws and the flips while the data split stays that of --seed. Each
-run is then evaluated on the VALIDATION split (evaluate_retrieval.py --split val); the test
-split is not looked at while choosing. Per objective, the triple with the best mean over seeds
-of --select is chosen, and only then are its runs and the baseline's evaluated on test.
+run is then evaluated on the VALIDATION split (evaluate_retrieval.py --split val, run by the
+trainer in its own process: --then-evaluate); the test split is not looked at while choosing.
+Per objective, the triple with the best mean over seeds of --select is chosen, and only then
+are its runs and the baseline's evaluated on test (one evaluate_retrieval.py process per
+device for all of them).
 
 Written to OUT: sweep.csv (one row per run: objective, weights, seed, every validation metric),
 summary.json (means and standard deviations over seeds per triple, the choice, and the test
