@@ -145,22 +145,26 @@ def parse_args(argv: list[str] | None = None):
     no_negative = Weights.from_args(args).negatives_problem(args.batch_size, args.negatives)
     if no_negative:
         p.error(no_negative)
-    if args.then_evaluate is not None:
+    if args.then_evaluate is not None:   # from here on the flags as a list
         try:
-            flags = shlex.split(args.then_evaluate)
+            args.then_evaluate = shlex.split(args.then_evaluate)
         except ValueError as e:
             p.error(f"--then-evaluate {args.then_evaluate!r}: {e}")
-        if any(f == "--checkpoint" or f.startswith("--checkpoint=") for f in flags):
+        if _given(args.then_evaluate, "--checkpoint"):
             p.error("--then-evaluate evaluates the run's own best.pt: leave --checkpoint out")
     return args
+
+
+def _given(flags: list[str], name: str) -> bool:
+    return any(f == name or f.startswith(name + "=") for f in flags)
 
 
 def evaluation_argv(args, log_dir, device: torch.device) -> list[str]:
     """evaluate_retrieval.py's arguments for --then-evaluate, checked by its own parser now,
     before any data is read (its usage line then names this flag)."""
     import evaluate_retrieval
-    flags = shlex.split(args.then_evaluate)
-    if not any(f == "--device" or f.startswith("--device=") for f in flags):
+    flags = list(args.then_evaluate)
+    if not _given(flags, "--device"):
         flags += ["--device", device.type]
     argv = ["--checkpoint", str(log_dir / "best.pt"), *flags]
     evaluate_retrieval.parse_args(argv, prog="train_cross_modal_retrieval_model.py --then-evaluate")

@@ -123,6 +123,20 @@ def remove_stale_temps(path: str | Path) -> list[str]:
     return gone
 
 
+def temp_name(path: Path) -> str:
+    """A temporary file's name beside `path`, of the form remove_stale_temps finds."""
+    return str(path.parent / f".{path.name}.pid{os.getpid()}-{secrets.token_hex(4)}.tmp")
+
+
+def _discard(tmp: str | None) -> None:
+    """Remove a temporary file left by a failure or a stop, if there is one."""
+    if tmp is not None and os.path.lexists(tmp):
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path), then move it over `path`: a crash never leaves a half-written file.
 
@@ -136,7 +150,7 @@ def atomic_write(path: str | Path, write) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(path)
         # Named before it exists: a signal between creating it and naming it would leave it.
-        tmp = str(path.parent / f".{path.name}.pid{os.getpid()}-{secrets.token_hex(4)}.tmp")
+        tmp = temp_name(path)
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         write(tmp)
         os.chmod(tmp, default_mode())
@@ -144,11 +158,7 @@ def atomic_write(path: str | Path, write) -> None:
     except OSError as e:
         raise write_error(path, e) from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        _discard(tmp)
 
 
 def link_file(source: str | Path, path: str | Path) -> bool:
@@ -157,7 +167,7 @@ def link_file(source: str | Path, path: str | Path) -> bool:
     Safe for files only ever replaced, never written in place: replacing one name later leaves
     the other with the old contents."""
     path = Path(path)
-    tmp = str(path.parent / f".{path.name}.pid{os.getpid()}-{secrets.token_hex(4)}.tmp")
+    tmp = temp_name(path)
     try:
         os.link(source, tmp)
         os.replace(tmp, path)
@@ -165,11 +175,7 @@ def link_file(source: str | Path, path: str | Path) -> bool:
     except OSError:
         return False
     finally:
-        if os.path.lexists(tmp):   # a failed replace, or a stop between the two calls
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
+        _discard(tmp)   # a failed replace, or a stop between the two calls
 
 
 def save_pickle(obj: object, path: str | Path) -> None:

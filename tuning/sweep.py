@@ -4,8 +4,8 @@ over a set of devices, one run per device at a time.
 Each run is the real scripts as subprocesses: train_cross_modal_retrieval_model.py with the
 sweep's trainer flags, evaluating its best.pt on the validation split in the same process
 (--then-evaluate; evaluate_retrieval.py on its own when the run was trained already), and later,
-for the chosen weights and the baseline, evaluate_retrieval.py on test. Subprocesses because the scripts are the interface a user
-runs by hand, a run's device is then set by its environment (CUDA_VISIBLE_DEVICES), several
+for the chosen weights and the baseline, evaluate_retrieval.py on test (one process per device,
+evaluate_together). Subprocesses because the scripts are the interface a user runs by hand, a run's device is then set by its environment (CUDA_VISIBLE_DEVICES), several
 devices train at once without sharing one interpreter, and a crash or out-of-memory in one run
 leaves the others and the sweep itself standing.
 
@@ -229,9 +229,9 @@ def train(run: Run, device: Device, settings: Settings, then: str | None = None
 
 def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome:
     """Train (for "val") and evaluate one run, unless it is finished; then mark it finished."""
-    metrics = finished(run, split, settings)
-    if metrics is not None:
-        return Outcome("reused", metrics=metrics)
+    outcome = finished_outcome(run, split, settings)
+    if outcome is not None:
+        return outcome
     start = time.time()
     run.folder.mkdir(parents=True, exist_ok=True)
     evaluated = False
@@ -239,8 +239,6 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
         code, error, evaluated = train(run, device, settings, then=split)
         if error:
             return Outcome("failed", time.time() - start, error=error, code=code)
-    elif not (run.folder / "best.pt").is_file():
-        return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
     out = run.folder / f"metrics_{split}.json"
     if not evaluated:
         code, error = run_script(settings.eval_command(run, split), settings, device,
@@ -248,19 +246,36 @@ def execute(run: Run, split: str, device: Device, settings: Settings) -> Outcome
         if error:
             return Outcome("failed", time.time() - start, error=error, code=code)
     metrics = read_json(out, f"evaluate_retrieval.py wrote no readable metrics: see {out.parent}")
+    mark_finished(run, split, settings, metrics)
+    return Outcome("done", time.time() - start, metrics)
+
+
+def finished_outcome(run: Run, split: str, settings: Settings) -> Outcome | None:
+    """"reused" when the run is finished on `split`, "failed" when it must be trained but `split`
+    only evaluates (test), else None."""
+    metrics = finished(run, split, settings)
+    if metrics is not None:
+        return Outcome("reused", metrics=metrics)
+    if split != "val" and not (run.folder / "best.pt").is_file():
+        return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
+    return None
+
+
+def mark_finished(run: Run, split: str, settings: Settings, metrics: dict) -> None:
+    """The marker, written atomically once the run's metrics are on disk."""
     write_json_atomic({"key": settings.key(run, split), "metrics": metrics}, marker(run, split))
     if split == "val" and not settings.keep_last:
         # Finished: nothing resumes it any more, and every later evaluation reads best.pt.
         (run.folder / "last.pt").unlink(missing_ok=True)
-    return Outcome("done", time.time() - start, metrics)
 
 
 def evaluate_together(runs: Sequence[Run], split: str, device: Device, settings: Settings
                       ) -> list[Outcome]:
-    """Trained runs evaluated on `split` in one evaluate_retrieval.py process, one outcome each
-    in their order: the libraries start once, and the split is read and its Doc2Vec vectors
-    inferred once (the metrics are those of a process per run). Should that process fail, each
-    run is evaluated in a process of its own, so that one broken run fails alone."""
+    """Trained runs evaluated on `split` (not "val", which trains) in one evaluate_retrieval.py
+    process, one outcome each in their order: the libraries start once, and the split is read
+    and its Doc2Vec vectors inferred once (the metrics are those of a process per run). Should
+    that process fail, each run is evaluated in a process of its own, so that one broken run
+    fails alone."""
     outcomes: list[Outcome | None] = [finished_outcome(run, split, settings) for run in runs]
     todo = [i for i, outcome in enumerate(outcomes) if outcome is None]
     if len(todo) < 2:
@@ -286,21 +301,10 @@ def evaluate_together(runs: Sequence[Run], split: str, device: Device, settings:
         if run.folder != first:   # each run's folder keeps the log its metrics came from
             shutil.copyfile(log, run.folder / log.name)
         write_json_atomic(metrics[name], run.folder / f"metrics_{split}.json")
-        write_json_atomic({"key": settings.key(run, split), "metrics": metrics[name]},
-                          marker(run, split))
+        mark_finished(run, split, settings, metrics[name])
         outcomes[i] = Outcome("done", seconds, metrics[name])
     together.unlink()
     return outcomes
-
-
-def finished_outcome(run: Run, split: str, settings: Settings) -> Outcome | None:
-    """"reused" when the run is finished on `split`, "failed" when it is not trained, else None."""
-    metrics = finished(run, split, settings)
-    if metrics is not None:
-        return Outcome("reused", metrics=metrics)
-    if not (run.folder / "best.pt").is_file():
-        return Outcome("failed", error=f"{run.folder / 'best.pt'} is missing: train it first")
-    return None
 
 
 def evaluate_all(runs: Sequence[Run], split: str, devices: Sequence[Device], settings: Settings,
